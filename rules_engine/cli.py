@@ -1,0 +1,15 @@
+"""The `rules-engine` command line."""
+from __future__ import annotations
+
+import click
+
+from rules_engine import __version__
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="rules-engine")
+def main() -> None:
+    """Rules engine for LLM inference fleets (vLLM, TGI, SGLang) on Prometheus and Alertmanager."""
+
+
+# Sub-commands of each stage are registered below, one line each.
