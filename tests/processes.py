@@ -1,0 +1,288 @@
+"""Run the real Prometheus, Alertmanager and promtool binaries in tests.
+
+Plain functions and context managers, no framework: each binary listens on a free 127.0.0.1 port with its own
+temp dir, readiness is polled on `/-/ready` against a deadline, and the process is always stopped on exit
+(terminate, then kill after a grace period). A start failure raises with the tail of the binary's log, so a
+broken config reads as the binary's own error message.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import requests
+import yaml
+
+PROMETHEUS = os.environ.get("PROMETHEUS_BIN", "prometheus")
+PROMTOOL = os.environ.get("PROMTOOL_BIN", "promtool")
+ALERTMANAGER = os.environ.get("ALERTMANAGER_BIN", "prometheus-alertmanager")
+
+# Prometheus deletes blocks older than (newest block's max time - retention). Backfilled history can sit far in
+# the past while rules evaluated at "now" add fresh blocks, so the window must cover any history a test loads.
+# 2.42 accepts large values (it only warns above 100 years); 50 years covers any test timestamp since 1990.
+RETENTION = "18250d"
+
+# One block per 24h instead of promtool's default 2h: 7 days of a 50-instance fleet backfill in a few
+# dozen blocks instead of ~84, which loads measurably faster and gives Prometheus fewer blocks to open.
+MAX_BLOCK_DURATION = "24h"
+
+READY_TIMEOUT = 60.0
+STOP_TIMEOUT = 10.0
+
+
+class ProcessStartError(RuntimeError):
+    """A binary exited or never became ready; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def have_binary(name: str) -> bool:
+    return shutil.which(name) is not None
+
+
+def backfill(openmetrics_path: str | os.PathLike, data_dir: str | os.PathLike,
+             max_block_duration: str = MAX_BLOCK_DURATION, timeout: float = 600.0) -> None:
+    """Load an OpenMetrics file with timestamps into TSDB blocks under `data_dir` with promtool."""
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    cmd = [PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", "--quiet",
+           f"--max-block-duration={max_block_duration}", str(openmetrics_path), str(data_dir)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        raise RuntimeError(f"promtool backfill of {openmetrics_path} failed (exit {result.returncode}):\n"
+                           f"{result.stderr.strip() or result.stdout.strip()}")
+
+
+def _log_tail(log_path: Path, lines: int = 30) -> str:
+    """The last lines of a log, preceded by its error lines: a start failure's cause is often buried under
+    a dozen shutdown lines."""
+    try:
+        text = log_path.read_text(errors="replace").splitlines()
+    except OSError:
+        return "(no log)"
+    errors = [line for line in text if "level=error" in line][:5]
+    head = ("errors:\n" + "\n".join(errors) + "\n--- tail:\n") if errors else ""
+    return head + "\n".join(text[-lines:])
+
+
+def _stop(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=timeout)
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path, what: str, timeout: float,
+                ready_statuses: tuple[int, ...] = (200,)) -> None:
+    """Poll `url` until it answers one of `ready_statuses`; fail early if the process exits, and at the
+    deadline. (Behind basic auth `/-/ready` answers 401 once the server is up, which is as good a sign.)"""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while True:
+        if proc.poll() is not None:
+            raise ProcessStartError(f"{what} exited with code {proc.returncode} before becoming ready; "
+                                    f"log tail ({log_path}):\n{_log_tail(log_path)}")
+        try:
+            # verify=False: a test TLS server has a self-signed certificate; this only probes readiness.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                if requests.get(url, timeout=1.0, verify=False).status_code in ready_statuses:
+                    return
+        except requests.RequestException:
+            pass
+        if time.monotonic() > deadline:
+            raise ProcessStartError(f"{what} not ready at {url} after {timeout:.0f}s; "
+                                    f"log tail ({log_path}):\n{_log_tail(log_path)}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+
+
+@contextlib.contextmanager
+def _spawn(cmd: list[str], log_path: Path, ready_url: str, what: str, ready_timeout: float,
+           cwd: Path, ready_statuses: tuple[int, ...] = (200,)) -> Iterator[subprocess.Popen]:
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
+    try:
+        _wait_ready(proc, ready_url, log_path, what, ready_timeout, ready_statuses)
+        yield proc
+    finally:
+        _stop(proc)
+
+
+@dataclass
+class RunningPrometheus:
+    url: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    config_path: Path
+    pid: int = 0
+
+    def query(self, expr: str, time: float | None = None) -> list[dict]:
+        """Instant query; returns the result list (raises on an API error)."""
+        params = {"query": expr}
+        if time is not None:
+            params["time"] = str(time)
+        return _api_result(requests.get(f"{self.url}/api/v1/query", params=params, timeout=60))
+
+    def query_range(self, expr: str, start: float, end: float, step: float | str) -> list[dict]:
+        params = {"query": expr, "start": str(start), "end": str(end), "step": str(step)}
+        return _api_result(requests.get(f"{self.url}/api/v1/query_range", params=params, timeout=120))
+
+
+def _api_result(response: requests.Response) -> list[dict]:
+    body = response.json()
+    if body.get("status") != "success":
+        raise RuntimeError(f"Prometheus API error {response.status_code}: {body.get('errorType')}: "
+                           f"{body.get('error')}")
+    return body["data"]["result"]
+
+
+def prometheus_config(rule_files: Sequence[str | os.PathLike] = (), alertmanager_url: str | None = None,
+                      evaluation_interval: str = "15s", scrape_interval: str = "15s",
+                      scrape_configs: list[dict] | None = None, config_extra: dict | None = None) -> dict:
+    """The prometheus.yml `running_prometheus` writes, as a dict (exposed so tests can assert on it)."""
+    config: dict = {
+        "global": {"scrape_interval": scrape_interval, "evaluation_interval": evaluation_interval},
+        "rule_files": [str(Path(p).resolve()) for p in rule_files],
+        "scrape_configs": list(scrape_configs or []),
+    }
+    if alertmanager_url:
+        host_port = alertmanager_url.split("://", 1)[-1].rstrip("/")
+        scheme = alertmanager_url.split("://", 1)[0] if "://" in alertmanager_url else "http"
+        config["alerting"] = {"alertmanagers": [
+            {"scheme": scheme, "static_configs": [{"targets": [host_port]}]}]}
+    if config_extra:
+        config.update(config_extra)
+    return config
+
+
+@contextlib.contextmanager
+def running_prometheus(data_dir: str | os.PathLike | None = None, rule_files: Sequence[str | os.PathLike] = (),
+                       config_extra: dict | None = None, web_config: dict | str | os.PathLike | None = None,
+                       alertmanager_url: str | None = None, evaluation_interval: str = "15s",
+                       scrape_configs: list[dict] | None = None, enable_lifecycle: bool = False,
+                       alert_resend_delay: str | None = "1s",
+                       extra_args: Sequence[str] = (), ready_timeout: float = READY_TIMEOUT,
+                       ) -> Iterator[RunningPrometheus]:
+    """Start `prometheus` on 127.0.0.1:<free port> over `data_dir` (a fresh temp dir if None).
+
+    `config_extra` is merged at the top level of the generated prometheus.yml; `web_config` is a dict (written
+    to a file) or a path for `--web.config.file` (TLS/basic auth). Without `scrape_configs` nothing is scraped,
+    so the TSDB holds only what was backfilled plus what rules write. `alert_resend_delay` (Prometheus'
+    default is 1m) is short so alerts reach `alertmanager_url` within seconds; None keeps the default.
+    """
+    with tempfile.TemporaryDirectory(prefix="prometheus-") as tmp:
+        tmp_path = Path(tmp)
+        data_path = Path(data_dir) if data_dir is not None else tmp_path / "data"
+        data_path.mkdir(parents=True, exist_ok=True)
+        config_path = tmp_path / "prometheus.yml"
+        config = prometheus_config(rule_files, alertmanager_url, evaluation_interval,
+                                   scrape_configs=scrape_configs, config_extra=config_extra)
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        port = free_port()
+        cmd = [PROMETHEUS, f"--config.file={config_path}", f"--storage.tsdb.path={data_path}",
+               f"--storage.tsdb.retention.time={RETENTION}", f"--web.listen-address=127.0.0.1:{port}"]
+        if enable_lifecycle:
+            cmd.append("--web.enable-lifecycle")
+        if alert_resend_delay:
+            # Alerts from the first evaluations are dropped until the notifier has discovered the
+            # Alertmanager; with the default 1m resend delay a test would wait a minute for the next send.
+            cmd.append(f"--rules.alert.resend-delay={alert_resend_delay}")
+        if web_config is not None:
+            if isinstance(web_config, dict):
+                web_config_path = tmp_path / "web.yml"
+                web_config_path.write_text(yaml.safe_dump(web_config, sort_keys=False))
+            else:
+                web_config_path = Path(web_config)
+            cmd.append(f"--web.config.file={web_config_path}")
+        cmd.extend(extra_args)
+        log_path = tmp_path / "prometheus.log"
+        scheme = "http"
+        ready_statuses: tuple[int, ...] = (200,)
+        if web_config is not None:
+            web = web_config if isinstance(web_config, dict) else yaml.safe_load(Path(web_config).read_text())
+            scheme = "https" if (web or {}).get("tls_server_config") else "http"
+            ready_statuses = (200, 401)
+        url = f"{scheme}://127.0.0.1:{port}"
+        with _spawn(cmd, log_path, f"{url}/-/ready", "prometheus", ready_timeout, tmp_path,
+                    ready_statuses) as proc:
+            yield RunningPrometheus(url=url, port=port, data_dir=data_path, log_path=log_path,
+                                    config_path=config_path, pid=proc.pid)
+
+
+@dataclass
+class RunningAlertmanager:
+    url: str
+    port: int
+    cluster_address: str  # "" when clustering is disabled
+    storage_dir: Path
+    log_path: Path
+    config_path: Path
+    pid: int = 0
+
+    def alerts(self, **filters: str) -> list[dict]:
+        """GET /api/v2/alerts (optionally `filter=` label matchers, e.g. alertname="X")."""
+        params = [("filter", f'{k}="{v}"') for k, v in filters.items()]
+        response = requests.get(f"{self.url}/api/v2/alerts", params=params, timeout=10)
+        response.raise_for_status()
+        return response.json()
+
+    def post_alerts(self, alerts: list[dict]) -> None:
+        requests.post(f"{self.url}/api/v2/alerts", json=alerts, timeout=10).raise_for_status()
+
+
+@contextlib.contextmanager
+def running_alertmanager(config: str | os.PathLike | dict, peers: Sequence[str] = (), cluster: bool | None = None,
+                         extra_args: Sequence[str] = (), ready_timeout: float = READY_TIMEOUT,
+                         ) -> Iterator[RunningAlertmanager]:
+    """Start `prometheus-alertmanager` on 127.0.0.1:<free port> with a temp `--storage.path`.
+
+    `config` is the YAML text, a dict, or a path to an existing file (a str naming an existing file counts as
+    a path). Clustering is off unless `peers` are given or `cluster=True`; then the cluster listens on a free
+    loopback port (`.cluster_address`) that a second Alertmanager can name in its `peers`.
+    """
+    with tempfile.TemporaryDirectory(prefix="alertmanager-") as tmp:
+        tmp_path = Path(tmp)
+        config_path = tmp_path / "alertmanager.yml"
+        if isinstance(config, dict):
+            config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        elif isinstance(config, os.PathLike) or ("\n" not in config and Path(config).is_file()):
+            config_path = Path(config)
+        else:
+            config_path.write_text(config)
+        storage = tmp_path / "storage"
+        storage.mkdir()
+        port = free_port()
+        clustered = bool(peers) if cluster is None else cluster
+        cluster_address = f"127.0.0.1:{free_port()}" if clustered else ""
+        cmd = [ALERTMANAGER, f"--config.file={config_path}", f"--storage.path={storage}",
+               f"--web.listen-address=127.0.0.1:{port}", f"--cluster.listen-address={cluster_address}"]
+        if clustered:
+            # Gossip would otherwise advertise a non-loopback address (or fail to find a private one).
+            cmd += [f"--cluster.advertise-address={cluster_address}", "--cluster.settle-timeout=2s",
+                    "--cluster.gossip-interval=50ms", "--cluster.pushpull-interval=1s"]
+            cmd += [f"--cluster.peer={peer}" for peer in peers]
+        cmd.extend(extra_args)
+        log_path = tmp_path / "alertmanager.log"
+        url = f"http://127.0.0.1:{port}"
+        with _spawn(cmd, log_path, f"{url}/-/ready", "alertmanager", ready_timeout, tmp_path) as proc:
+            yield RunningAlertmanager(url=url, port=port, cluster_address=cluster_address, storage_dir=storage,
+                                      log_path=log_path, config_path=config_path, pid=proc.pid)
