@@ -1,0 +1,72 @@
+"""Threshold rules: a signal, or a window statistic of it, above or below a threshold for a duration."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from rules_engine.evaluate.alerting import episode_extremes, firing_episodes, steps_for
+from rules_engine.evaluate.findings import Finding
+from rules_engine.evaluate.series import EvaluationError, RangeWindow, findings_from_episodes, guard_holds
+from rules_engine.evaluate.windows import window_stat
+from rules_engine.source.frame import RangeFrame
+from rules_engine.spec.models import RulePack, SeverityLadder, ThresholdRule
+from rules_engine.spec.promql import inject_selector
+
+COMPARISONS = {"above": ">", "below": "<"}
+
+
+def queries(rule: ThresholdRule, pack: RulePack) -> dict[str, str]:
+    """The range queries the rule needs, by role.
+
+    A rule without a window statistic pushes its comparison down into the query, so Prometheus returns only the
+    samples past the threshold (a filtering comparison keeps its value, which the severity ladder still needs).
+    """
+    signal = inject_selector(rule.signal, pack.selector)
+    if rule.stat is None:
+        signal = f"({signal}) {COMPARISONS[rule.direction]} {rule.threshold!r}"
+    found = {"signal": signal}
+    if rule.guard:
+        found["guard"] = inject_selector(rule.guard, pack.selector)
+    return found
+
+
+def warmup(rule: ThresholdRule) -> pd.Timedelta:
+    """History needed before the range start so the first evaluations see full windows and `for` durations."""
+    return (rule.window or pd.Timedelta(0)) + rule.for_
+
+
+def evaluate(rule: ThresholdRule, pack: RulePack, frames: dict[str, RangeFrame], window: RangeWindow) -> list[Finding]:
+    signal = frames["signal"]
+    values = signal.values
+    if rule.stat is not None:
+        values = window_stat(values, rule.stat, rule.window, window.step)
+    observed = values.to_numpy()
+    with np.errstate(invalid="ignore"):
+        active = observed > rule.threshold if rule.direction == "above" else observed < rule.threshold
+    if "guard" in frames:
+        active &= guard_holds(signal, frames["guard"], pack.keep_labels)
+    episodes = firing_episodes(active, steps_for(rule.for_, window.step), steps_for(rule.keep_firing_for, window.step))
+    episodes = window.overlapping(episodes, values.index)
+    peaks = episode_extremes(observed, episodes, largest=rule.direction == "above")
+    severities = severity_of(rule, peaks)
+    details = {"stat": rule.stat, "window": str(rule.window) if rule.window is not None else None, "direction": rule.direction}
+    return findings_from_episodes(rule, pack, "threshold", signal, values.index, episodes, peaks, severities,
+                                  rule.threshold, details)
+
+
+def severity_of(rule: ThresholdRule, peaks: np.ndarray) -> list[str]:
+    """Severity of each peak: fixed, or the highest ladder level the peak reached (`low` below the first level)."""
+    if not isinstance(rule.severity, SeverityLadder):
+        return [rule.severity] * len(peaks)
+    ladder = rule.severity
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if ladder.by == "value":
+            past = peaks if rule.direction == "above" else -peaks
+            bounds = [(name, bound if rule.direction == "above" else -bound) for name, bound in ladder.levels()]
+        else:
+            past = peaks / rule.threshold if rule.direction == "above" else rule.threshold / peaks
+            bounds = ladder.levels()
+    severity = np.full(len(peaks), "low", dtype=object)
+    for name, bound in sorted(bounds, key=lambda level: level[1]):
+        severity[past >= bound] = name
+    return list(severity)
