@@ -1,0 +1,115 @@
+"""The terminal report: a summary, the findings ranked by severity and duration, and what could not be evaluated."""
+from __future__ import annotations
+
+import re
+import textwrap
+from collections import Counter
+
+import click
+import pandas as pd
+
+from rules_engine.evaluate.engine import Backtest
+from rules_engine.evaluate.findings import SEVERITIES, Finding
+from rules_engine.report.export import rfc3339
+from rules_engine.spec.models import format_duration
+
+SEVERITY_COLOURS = {"critical": "red", "high": "magenta", "medium": "yellow", "low": "cyan"}
+_PLACEHOLDER = re.compile(r"\{\{\s*\$(labels\.([a-zA-Z_][a-zA-Z0-9_]*)|value)\s*(\|\s*(humanizePercentage|humanize))?\s*\}\}")
+
+
+def format_value(value: float) -> str:
+    if value != value:  # NaN
+        return "n/a"
+    return f"{value:.4g}"
+
+
+def render_annotation(template: str, labels: dict[str, str], value: float) -> str:
+    """Fill the Prometheus-style placeholders of a rule's own annotation for display.
+
+    Only `{{ $labels.NAME }}` and `{{ $value }}` (optionally `| humanize` / `| humanizePercentage`) are replaced, by
+    plain substitution: label values are data, never evaluated as a template.
+    """
+
+    def substitute(match: re.Match) -> str:
+        if match.group(2):
+            return labels.get(match.group(2), "")
+        if match.group(4) == "humanizePercentage":
+            return f"{value * 100:.3g}%"
+        return format_value(value)
+
+    return _PLACEHOLDER.sub(substitute, template)
+
+
+def _series_name(finding: Finding) -> str:
+    labels = dict(finding.labels)
+    head = labels.pop("instance", "") or "(all)"
+    rest = ", ".join(f"{k}={v}" for k, v in sorted(labels.items()))
+    return f"{head} {{{rest}}}" if rest else head
+
+
+def render_text(backtest: Backtest, source: str, health: dict | None = None, colour: bool = False,
+                limit: int | None = None) -> str:
+    def style(text: str, **kwargs) -> str:
+        return click.style(text, **kwargs) if colour else text
+
+    lines = [
+        style("rules-engine backtest", bold=True),
+        f"  range   {rfc3339(backtest.start)} .. {rfc3339(backtest.end)}  step {format_duration(backtest.step)}",
+        f"  source  {source}",
+        "",
+        style("Summary", bold=True),
+    ]
+    evaluated = [o for o in backtest.outcomes if not o.error]
+    by_severity = Counter(f.severity for f in backtest.findings)
+    lines.append(f"  rules     {len(evaluated)} of {len(backtest.outcomes)} evaluated"
+                 + (f", {len(backtest.failed)} could not be" if backtest.failed else ""))
+    lines.append(f"  series    {sum(o.series for o in evaluated)} evaluated (a rule with a plain threshold counts only the series that crossed it)")
+    counts = ", ".join(style(f"{by_severity[s]} {s}", fg=SEVERITY_COLOURS[s]) for s in reversed(SEVERITIES) if by_severity[s])
+    lines.append(f"  findings  {len(backtest.findings)}" + (f": {counts}" if counts else ""))
+    if health:
+        lines.extend(_health_lines(health))
+
+    lines.append("")
+    lines.append(style("Findings", bold=True) + " (most severe first, then longest)")
+    if not backtest.findings:
+        lines.append("  none: no rule fired in this range")
+    shown = backtest.findings if limit is None else backtest.findings[:limit]
+    for index, finding in enumerate(shown, start=1):
+        lines.extend(_finding_lines(index, finding, backtest.end, style))
+    if limit is not None and len(backtest.findings) > limit:
+        lines.append(f"  ... and {len(backtest.findings) - limit} more (use --export for all)")
+
+    if backtest.failed:
+        lines.append("")
+        lines.append(style("Could not be evaluated", bold=True))
+        for outcome in backtest.failed:
+            lines.append(f"  {outcome.rule}: {outcome.error}")
+    return "\n".join(lines) + "\n"
+
+
+def _finding_lines(index: int, finding: Finding, range_end: pd.Timestamp, style) -> list[str]:
+    ongoing = " (still firing at the end)" if finding.end is None else ""
+    comparison = "<" if finding.details.get("direction") == "below" else ">"
+    headline = (f"  {index:>3}. {style(finding.severity.upper(), fg=SEVERITY_COLOURS[finding.severity], bold=True)} "
+                f"{finding.rule} [{finding.category}] on {_series_name(finding)}")
+    timing = (f"       {rfc3339(finding.start)} for {format_duration(finding.duration(range_end).round('s'))}{ongoing}; "
+              f"peak {format_value(finding.value)} {comparison} {format_value(finding.threshold)}")
+    lines = [headline, timing]
+    if finding.summary:
+        lines.append(f"       {render_annotation(finding.summary, finding.labels, finding.value)}")
+    if finding.recommendation:
+        wrapped = textwrap.wrap(finding.recommendation, width=100, initial_indent="       -> ", subsequent_indent="          ")
+        lines.extend(wrapped)
+    if finding.playbook:
+        lines.append(f"       playbook: {finding.playbook}")
+    return lines
+
+
+def _health_lines(health: dict) -> list[str]:
+    lines = [f"  health    {health['overall']:.1f} / 100 overall"]
+    for title, key in (("by instance", "instances"), ("by category", "categories")):
+        scores = health.get(key) or {}
+        if scores:
+            worst = sorted(scores.items(), key=lambda item: item[1])
+            lines.append(f"    {title:<12}" + ", ".join(f"{name} {score:.0f}" for name, score in worst))
+    return lines

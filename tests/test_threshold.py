@@ -1,0 +1,82 @@
+"""Threshold rules on frames built directly: window + condition + guard + for + severity, end to end in memory."""
+import numpy as np
+import pandas as pd
+
+from rules_engine.evaluate import threshold
+from rules_engine.evaluate.series import RangeWindow
+from rules_engine.source.frame import RangeFrame
+from rules_engine.spec.models import RulePack
+
+STEP = pd.Timedelta("1m")
+GRID = pd.date_range("2026-01-01", periods=120, freq=STEP, tz="UTC")
+
+
+def pack(**rule) -> RulePack:
+    base = {"name": "R", "category": "queue_buildup", "signal": "sum by (instance) (waiting)"}
+    return RulePack.model_validate({"kind": "RulePack", "name": "p", "selector": '{job="vllm"}', "keep_labels": ["instance"],
+                                    "rules": [{**base, **rule}]})
+
+
+def frame(query: str, columns: dict[str, np.ndarray]) -> RangeFrame:
+    values = pd.DataFrame(np.column_stack(list(columns.values())), index=GRID)
+    values.columns = pd.RangeIndex(len(columns))
+    labels = pd.DataFrame({"instance": list(columns)})
+    return RangeFrame(query=query, values=values, labels=labels)
+
+
+def run(rule_pack: RulePack, frames: dict[str, RangeFrame]):
+    rule = rule_pack.rules[0]
+    return threshold.evaluate(rule, rule_pack, frames, RangeWindow(GRID[0], GRID[-1], STEP))
+
+
+def test_plain_threshold_pushes_the_comparison_down():
+    rule_pack = pack(above=5, guard="sum by (instance) (rate(req[5m])) > 1")
+    queries = threshold.queries(rule_pack.rules[0], rule_pack)
+    assert queries == {"signal": '(sum by (instance)(waiting{job="vllm"})) > 5.0',
+                       "guard": 'sum by (instance)(rate(req{job="vllm"}[5m])) > 1'}
+    windowed = pack(above=5, stat="p95", window="10m")
+    assert threshold.queries(windowed.rules[0], windowed) == {"signal": 'sum by (instance)(waiting{job="vllm"})'}
+
+
+def test_for_window_and_severity():
+    calm = np.ones(120)
+    busy = np.ones(120)
+    busy[30:60] = 12.0  # 2.4x the threshold: critical
+    rule_pack = pack(above=5, stat="max", window="5m", **{"for": "10m"})
+    findings = run(rule_pack, {"signal": frame("q", {"a": calm, "b": busy})})
+    assert len(findings) == 1
+    (finding,) = findings
+    assert finding.labels == {"instance": "b"} and finding.severity == "critical" and finding.value == 12.0
+    assert finding.start == GRID[40]  # active from row 30, firing 10 steps later
+    assert finding.end == GRID[65]  # max over 5m stays above until row 64 inclusive
+
+
+def test_guard_matches_on_kept_labels():
+    busy = np.full(120, 9.0)
+    guard = np.where(np.arange(120) < 50, 1.0, np.nan)  # guard holds for the first 50 minutes only
+    rule_pack = pack(above=5, guard="g")
+    findings = run(rule_pack, {"signal": frame("q", {"a": busy, "b": busy}), "guard": frame("g", {"b": guard})})
+    assert [(f.labels["instance"], f.start, f.end) for f in findings] == [("b", GRID[0], GRID[50])]
+
+
+def test_below_rule_reports_the_trough_and_value_ladder():
+    hit_rate = np.full(120, 0.5)
+    hit_rate[10:40] = 0.05
+    rule_pack = pack(below=0.2, severity={"by": "value", "medium": 0.15, "high": 0.1, "critical": 0.01})
+    (finding,) = run(rule_pack, {"signal": frame("q", {"a": hit_rate})})
+    assert finding.value == 0.05 and finding.severity == "high" and finding.details["direction"] == "below"
+
+
+def test_ratio_ladder_levels():
+    rule_pack = pack(above=10)
+    rule = rule_pack.rules[0]
+    assert threshold.severity_of(rule, np.array([10.5, 12.0, 15.0, 25.0])) == ["low", "medium", "high", "critical"]
+
+
+def test_episode_resolved_during_warmup_is_not_reported():
+    values = np.ones(120)
+    values[0:5] = 50.0
+    rule_pack = pack(above=5)
+    rule = rule_pack.rules[0]
+    findings = threshold.evaluate(rule, rule_pack, {"signal": frame("q", {"a": values})}, RangeWindow(GRID[10], GRID[-1], STEP))
+    assert findings == []
