@@ -13,3 +13,8 @@ def main() -> None:
 
 
 # Sub-commands of each stage are registered below, one line each.
+from rules_engine.server.command import serve, workflows  # noqa: E402
+main.add_command(serve)
+main.add_command(workflows)
+from rules_engine.simulate.command import simulate  # noqa: E402
+main.add_command(simulate)

@@ -1,0 +1,82 @@
+"""`rules-engine simulate`: write a simulated vLLM fleet history (OpenMetrics) and its ground truth."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import click
+
+from rules_engine.simulate.fleet import FleetSpec
+from rules_engine.simulate.history import simulate as simulate_history
+from rules_engine.simulate.incidents import IncidentError, load_incidents
+from rules_engine.simulate.scenarios import SCENARIOS
+from rules_engine.simulate.timeparse import parse_duration, parse_time
+
+
+def _duration(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _time(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+@click.command("simulate")
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="OpenMetrics file to write (load it with `promtool tsdb create-blocks-from openmetrics`).")
+@click.option("--instances", type=click.IntRange(min=1), default=None,
+              help="Number of vLLM instances (default: the scenario's, 8).")
+@click.option("--duration", callback=_duration, default=None, help="Length of history, e.g. 6h, 2d, 7d "
+              "(default: the scenario's, 2d).")
+@click.option("--end", callback=_time, default=None,
+              help="End of the history: RFC 3339 or unix seconds (default: now, rounded down to the step).")
+@click.option("--step", callback=_duration, default="30s", show_default=True, help="Scrape interval.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Random seed; same seed, same file.")
+@click.option("--scenario", type=click.Choice(sorted(SCENARIOS)), default="demo", show_default=True,
+              help="Named incident set and fleet shape; `none` injects no incidents.")
+@click.option("--incidents", "incidents_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              default=None, help="YAML incident list, injected in addition to the scenario's.")
+@click.option("--legacy-fraction", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
+              help="Share of instances on an old vLLM exposing vllm:gpu_cache_usage_perc and "
+                   "vllm:time_per_output_token_seconds instead of the current names.")
+@click.option("--truth", "truth_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the ground truth (incidents, restarts, instances) as JSON here.")
+def simulate(out_path, instances, duration, end, step, seed, scenario, incidents_path, legacy_fraction,
+             truth_path):
+    """Write a simulated vLLM fleet history with injected incidents as OpenMetrics with timestamps."""
+    chosen = SCENARIOS[scenario]
+    if int(step) != step or step < 1:
+        raise click.BadParameter("must be a whole number of seconds", param_hint="--step")
+    step = int(step)
+    end = float(int(time.time() if end is None else end) // step * step)
+    duration = parse_duration(chosen.duration) if duration is None else duration
+    incidents = list(chosen.incidents)
+    if incidents_path is not None:
+        try:
+            incidents += load_incidents(incidents_path)
+        except IncidentError as error:
+            raise click.ClickException(str(error)) from None
+    try:
+        spec = FleetSpec(start=end - duration, end=end, instances=instances or chosen.instances, step=step,
+                         seed=seed, legacy_fraction=legacy_fraction)
+        began = time.perf_counter()
+        result = simulate_history(out_path, spec, incidents, truth_path=truth_path)
+    except ValueError as error:
+        raise click.ClickException(str(error)) from None
+    samples = sum(int(s.present.sum()) for s in result.series)
+    click.echo(f"wrote {out_path}: {spec.instances} instances, {duration / 3600:g}h at {step}s, "
+               f"{samples} scrapes, {result.bytes_written / 1e6:.1f} MB in {time.perf_counter() - began:.1f}s; "
+               f"{len(result.truth['incidents'])} incident record(s)"
+               + (f" ({len(result.truth['skipped_incidents'])} incident(s) outside the range skipped)"
+                  if result.truth["skipped_incidents"] else "")
+               + (f", truth in {truth_path}" if truth_path else ""))

@@ -1,0 +1,35 @@
+"""Named scenarios: a fleet shape plus an incident list, used for the shipped demo snapshot and tests."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from rules_engine.simulate.incidents import Incident
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    description: str
+    instances: int
+    duration: str
+    incidents: tuple[Incident, ...]
+
+
+# One incident of each kind, on different instances, spread over the second day so each stands alone
+# (the first day is a clean baseline for regression and trend rules).
+DEMO_INCIDENTS = (
+    Incident("queue_buildup", ("vllm-2:8000",), start="26h", duration=30 * 60, magnitude=1.15),
+    Incident("ttft_spike", ("vllm-1:8000",), start="29h", duration=20 * 60, magnitude=6.0),
+    Incident("kv_pressure", ("vllm-5:8000",), start="31h", duration=30 * 60, magnitude=0.97),
+    Incident("error_burst", ("vllm-4:8000",), start="34h", duration=20 * 60, magnitude=0.3),
+    Incident("itl_regression", ("vllm-3:8000",), start="36h", magnitude=1.4),
+    Incident("kv_linear_climb", ("vllm-6:8000",), start="38h", duration=4 * 3600, magnitude=0.45, hold=1800),
+    Incident("low_cache_hit", ("vllm-7:8000",), start="40h", duration=2 * 3600, magnitude=0.2),
+    Incident("restart", ("vllm-0:8000",), start="44h", duration=90),
+)
+
+SCENARIOS = {
+    "demo": Scenario("demo", "8 instances x 2 days, one incident of each kind on day 2", 8, "2d", DEMO_INCIDENTS),
+    "none": Scenario("none", "no incidents: background load, noise, spikes, random restarts and gaps only", 8,
+                     "2d", ()),
+}
