@@ -164,7 +164,11 @@ def _rule_type(value: Any) -> str:
 
 
 # Rule kinds are tagged by `type:`; threshold is the default. New kinds join this union.
-Rule = Annotated[Union[Annotated[ThresholdRule, Tag("threshold")]], Discriminator(_rule_type)]
+from rules_engine.spec.regression import RegressionRule  # noqa: E402  (kind modules build on RuleBase above)
+from rules_engine.spec.trend import TrendRule  # noqa: E402
+
+Rule = Annotated[Union[Annotated[ThresholdRule, Tag("threshold")], Annotated[TrendRule, Tag("trend")],
+                       Annotated[RegressionRule, Tag("regression")]], Discriminator(_rule_type)]
 
 RULE_DEFAULT_KEYS = ("for", "keep_firing_for", "severity")
 
