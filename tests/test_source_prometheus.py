@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from rules_engine.source import PrometheusSource, SourceError
 from rules_engine.source.frame import evaluation_grid
 from rules_engine.source.prometheus import (MAX_POINTS_PER_QUERY, decode_matrix, frame_from_chunks,
-                                            prometheus_options, prometheus_source_from_options)
+                                            prometheus_options, source_from_options)
 from tests import processes
 from tests.conftest import require_binary
 
@@ -280,7 +280,10 @@ def test_cli_options_build_a_working_source(secured_prometheus):
     @click.command()
     @prometheus_options
     def count(**options):
-        source = prometheus_source_from_options(**options)
+        try:
+            source = source_from_options(**options)
+        except SourceError as error:
+            raise click.UsageError(str(error))
         click.echo(source.query_range(METRIC, *ONE_HOUR).series_count)
 
     runner = CliRunner()

@@ -514,9 +514,9 @@ def _basic_auth_pair(value: Any) -> tuple[str, str]:
 
 
 def prometheus_options(command: Callable) -> Callable:
-    """Click options for reaching Prometheus; pair with `prometheus_source_from_options(**options)`."""
+    """Click options for reaching Prometheus; pass the values on with `source_from_options(**options)`."""
     options = [
-        click.option("--prometheus", "prometheus", metavar="URL",
+        click.option("--prometheus", "prometheus_url", metavar="URL",
                      help="Prometheus-compatible API base URL, path prefix included (Mimir: http://host/prometheus)."),
         click.option("--bearer-token-file", type=click.Path(dir_okay=False), help="File holding a bearer token."),
         click.option("--basic-auth", metavar="USER:PASSWORD_FILE", help="Basic auth user and a file with the password."),
@@ -532,30 +532,23 @@ def prometheus_options(command: Callable) -> Callable:
     return command
 
 
-def prometheus_source_from_options(prometheus: str | None, bearer_token_file: str | None = None,
-                                   basic_auth: str | None = None, ca_file: str | None = None,
-                                   insecure_skip_verify: bool = False, headers: tuple[str, ...] = (),
-                                   timeout: float = 60.0) -> PrometheusSource:
-    """Build the source from `prometheus_options` values; bad values raise click.BadParameter naming the option."""
-    if not prometheus:
-        raise click.UsageError("--prometheus URL is required")
+def source_from_options(prometheus_url: str | None, bearer_token_file: str | None = None,
+                        basic_auth: str | None = None, ca_file: str | None = None, insecure_skip_verify: bool = False,
+                        headers: tuple[str, ...] = (), timeout: float = 60.0) -> PrometheusSource:
+    """Build the source from `prometheus_options` values; a bad value raises SourceError naming its option."""
+    if not prometheus_url:
+        raise SourceError("--prometheus URL is required")
     header_map: dict[str, str] = {}
     for header in headers:
         name, sep, value = header.partition(":")
         if not sep or not name.strip():
-            raise click.BadParameter(f"{header!r} is not NAME:VALUE", param_hint="--header")
+            raise SourceError(f"--header {header!r} is not NAME:VALUE")
         header_map[name.strip()] = value.strip()
     auth = None
     if basic_auth is not None:
         user, sep, password_file = basic_auth.partition(":")
         if not sep or not user or not password_file:
-            raise click.BadParameter(f"{basic_auth!r} is not USER:PASSWORD_FILE", param_hint="--basic-auth")
-        try:
-            auth = (user, _read_secret(password_file, "password file"))
-        except SourceError as exc:
-            raise click.BadParameter(str(exc), param_hint="--basic-auth") from None
-    try:
-        return PrometheusSource(prometheus, bearer_token_file=bearer_token_file, basic_auth=auth, ca_file=ca_file,
-                                insecure_skip_verify=insecure_skip_verify, headers=header_map, timeout=timeout)
-    except SourceError as exc:
-        raise click.UsageError(str(exc)) from None
+            raise SourceError(f"--basic-auth {basic_auth!r} is not USER:PASSWORD_FILE")
+        auth = (user, _read_secret(password_file, "--basic-auth password file"))
+    return PrometheusSource(prometheus_url, bearer_token_file=bearer_token_file, basic_auth=auth, ca_file=ca_file,
+                            insecure_skip_verify=insecure_skip_verify, headers=header_map, timeout=timeout)
