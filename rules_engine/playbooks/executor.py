@@ -1,0 +1,393 @@
+"""Running approved workflows: claim under a lease, run steps in order, record each, roll back on failure.
+
+Crash safety rests on the step records: a step is marked RUNNING (committed) before it starts and SUCCEEDED or
+FAILED (committed) after. A workflow whose owner stops renewing its lease is claimed again and resumed:
+SUCCEEDED steps are never run again; a step found RUNNING was interrupted, and it is re-run only when that is
+harmless (read-only recommend/verify, an http step marked `idempotent`, a rollback step) with the reason recorded;
+otherwise it is marked FAILED ("outcome unknown") and the workflow fails into its rollback.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from typing import Any
+
+import requests
+from sqlalchemy import and_, func, or_, select, update
+
+from rules_engine.playbooks import store as st
+from rules_engine.playbooks import workflow as wf
+from rules_engine.playbooks.prometheus import PrometheusError, instant_query
+from rules_engine.playbooks.recommend import current_settings, recommend
+from rules_engine.playbooks.runtime import Runtime
+from rules_engine.playbooks.templates import RenderError, render_promql, render_structure, render_text
+from rules_engine.spec.playbook import (MUTATING_STEP_TYPES, HttpStep, Playbook, RecommendStep, RollbackStep,
+                                        VerifyStep)
+
+RESPONSE_KEEP = 2000  # characters of a response body kept in the step output
+
+
+class LeaseLost(RuntimeError):
+    """Another process took the workflow over (our lease expired); stop touching it."""
+
+
+class Interrupted(RuntimeError):
+    """The engine is shutting down; the current step stays RUNNING and is resumed after restart."""
+
+
+def claim_next(rt: Runtime, now: float | None = None) -> str | None:
+    """Claim one runnable workflow: APPROVED within its playbook's concurrency limit, or one whose lease expired
+    (IN_PROGRESS, or FAILED with its rollback unfinished). Returns its id."""
+    now = time.time() if now is None else now
+    expired = or_(st.workflows.c.lease_until.is_(None), st.workflows.c.lease_until < now)
+    with rt.store.write() as conn:
+        candidates = conn.execute(
+            select(st.workflows.c.id, st.workflows.c.playbook, st.workflows.c.state, st.workflows.c.lease_owner)
+            .where(or_(st.workflows.c.state == wf.APPROVED,
+                       and_(st.workflows.c.state == wf.IN_PROGRESS, expired),
+                       and_(st.workflows.c.state == wf.FAILED, st.workflows.c.phase == "rollback", expired)))
+            .order_by(st.workflows.c.updated_at).limit(50)).all()
+        if not candidates:
+            return None
+        running = dict(conn.execute(
+            select(st.workflows.c.playbook, func.count()).where(
+                st.workflows.c.state == wf.IN_PROGRESS, st.workflows.c.lease_until >= now)
+            .group_by(st.workflows.c.playbook)).all())
+        for row in candidates:
+            playbook = rt.playbooks.get(row.playbook)
+            lease = {"lease_owner": rt.owner, "lease_until": now + rt.lease_seconds}
+            if row.state == wf.APPROVED:
+                if playbook is not None and running.get(row.playbook, 0) >= playbook.max_concurrent:
+                    continue  # stays APPROVED (queued) until a slot frees
+                wf.transition(conn, row.id, wf.IN_PROGRESS, f"executor:{rt.owner}", "execution started", **lease)
+                return row.id
+            took = conn.execute(update(st.workflows).where(st.workflows.c.id == row.id, expired,
+                                                           st.workflows.c.state == row.state)
+                                .values(updated_at=now, **lease)).rowcount
+            if took == 1:
+                st.record_audit(conn, f"executor:{rt.owner}", "resumed", row.id, state=row.state,
+                                previous_owner=row.lease_owner, note="lease expired: previous owner stopped")
+                return row.id
+    return None
+
+
+def _renew(rt: Runtime, workflow_id: str) -> None:
+    with rt.store.write() as conn:
+        owned = conn.execute(update(st.workflows).where(st.workflows.c.id == workflow_id,
+                                                        st.workflows.c.lease_owner == rt.owner)
+                             .values(lease_until=time.time() + rt.lease_seconds)).rowcount
+    if owned != 1:
+        raise LeaseLost(f"workflow {workflow_id}: lease taken over by another process")
+
+
+def _wait(rt: Runtime, workflow_id: str, seconds: float) -> None:
+    """Sleep `seconds`, renewing the lease, waking early (Interrupted) on shutdown."""
+    deadline = time.monotonic() + seconds
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        if rt.stop.wait(min(left, max(rt.lease_seconds / 3, 0.05))):
+            raise Interrupted("engine stopping")
+        _renew(rt, workflow_id)
+
+
+def template_context(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -> dict[str, Any]:
+    outputs = {s.name: s.output for s in workflow.steps if s.state == wf.STEP_SUCCEEDED}
+    recommendation = next((s.output for s in reversed(workflow.steps)
+                           if s.type == "recommend" and s.state == wf.STEP_SUCCEEDED), {})
+    return {
+        "labels": workflow.labels, "annotations": workflow.annotations,
+        "alert": {"fingerprint": workflow.fingerprint, "starts_at": workflow.starts_at,
+                  "alertname": workflow.alertname, "instance": workflow.instance},
+        "workflow": {"id": workflow.id, "playbook": workflow.playbook, "dry_run": workflow.dry_run},
+        "playbook": {"name": playbook.name, "optimization_level": playbook.optimization_level,
+                     "risk": playbook.risk, "server_kind": playbook.server_kind},
+        "vars": rt.variables, "steps": outputs, "recommendation": recommendation,
+        "baselines": workflow.context.get("baselines", {}),
+    }
+
+
+def run_workflow(rt: Runtime, workflow_id: str) -> str:
+    """Run (or resume) a claimed workflow to a final state or to FAILED; returns the state it ends in."""
+    with rt.store.read() as conn:
+        workflow = st.get_workflow(conn, workflow_id)
+    playbook = rt.playbooks.get(workflow.playbook)
+    if playbook is None:
+        return _fail(rt, workflow, None, f"playbook {workflow.playbook!r} is not loaded")
+    if workflow.state == wf.FAILED and workflow.phase == "rollback":
+        return _rollback(rt, workflow, playbook)
+    _capture_baselines(rt, workflow, playbook)
+    for record, step in zip(workflow.steps, playbook.steps):
+        if isinstance(step, RollbackStep) or record.state in (wf.STEP_SUCCEEDED, wf.STEP_SKIPPED):
+            continue
+        if record.state == wf.STEP_PENDING and not step.applies_to(workflow.labels):
+            with rt.store.write() as conn:
+                st.update_step(conn, workflow.id, record.idx, state=wf.STEP_SKIPPED,
+                               note=f"not for this alert (when: {step.when})")
+            record.state = wf.STEP_SKIPPED
+            continue
+        if record.state == wf.STEP_FAILED:  # crashed between the step failing and the workflow failing
+            return _fail(rt, workflow, playbook, f"step {step.name} failed: {record.note}")
+        if record.state == wf.STEP_RUNNING:
+            rerun_safe = step.type in ("recommend", "verify") or getattr(step, "idempotent", False)
+            if not rerun_safe:
+                note = (f"interrupted while running (owner {workflow.lease_owner or '?'} stopped); the outcome is "
+                        f"unknown and a non-idempotent {step.type} step is not re-run")
+                with rt.store.write() as conn:
+                    st.update_step(conn, workflow.id, record.idx, state=wf.STEP_FAILED, finished_at=time.time(),
+                                   note=note)
+                    st.record_audit(conn, f"executor:{rt.owner}", "step_interrupted", workflow.id, step=step.name)
+                record.state, record.note = wf.STEP_FAILED, note
+                return _fail(rt, workflow, playbook, f"step {step.name}: {note}")
+            with rt.store.write() as conn:
+                st.record_audit(conn, f"executor:{rt.owner}", "step_rerun", workflow.id, step=step.name,
+                                reason=f"interrupted while running; a {step.type} step "
+                                       f"{'is idempotent' if step.type not in ('recommend', 'verify') else 'only reads'}"
+                                       ", so it is run again")
+        ok = _run_recorded(rt, workflow, playbook, record, step)
+        if not ok:
+            return _fail(rt, workflow, playbook, f"step {step.name} failed: {record.note}")
+        if isinstance(step, RecommendStep) and not record.output.get("changes"):
+            return _complete(rt, workflow, playbook, "nothing to change: " + (record.note or ""))
+    return _complete(rt, workflow, playbook, "dry run recorded" if workflow.dry_run else "all steps succeeded")
+
+
+def _complete(rt: Runtime, workflow: st.Workflow, playbook: Playbook, reason: str) -> str:
+    with rt.store.write() as conn:
+        for record, step in zip(workflow.steps, playbook.steps):
+            if record.state == wf.STEP_PENDING:
+                st.update_step(conn, workflow.id, record.idx, state=wf.STEP_SKIPPED,
+                               note="not needed: the workflow completed" if isinstance(step, RollbackStep)
+                               else f"not run: {reason}")
+        wf.transition(conn, workflow.id, wf.COMPLETED, f"executor:{rt.owner}", reason)
+    return wf.COMPLETED
+
+
+def _run_recorded(rt: Runtime, workflow: st.Workflow, playbook: Playbook, record: st.StepRecord, step) -> bool:
+    started = time.time()
+    with rt.store.write() as conn:
+        owned = conn.execute(update(st.workflows).where(st.workflows.c.id == workflow.id,
+                                                        st.workflows.c.lease_owner == rt.owner)
+                             .values(lease_until=started + rt.lease_seconds, updated_at=started)).rowcount
+        if owned != 1:
+            raise LeaseLost(f"workflow {workflow.id}: lease taken over by another process")
+        st.update_step(conn, workflow.id, record.idx, state=wf.STEP_RUNNING, started_at=started,
+                       attempts=record.attempts + 1, finished_at=None)
+    record.state, record.attempts = wf.STEP_RUNNING, record.attempts + 1
+    context = template_context(rt, workflow, playbook)
+    try:
+        ok, output, note = run_step(rt, workflow, playbook, step, context)
+    except (Interrupted, LeaseLost):
+        raise
+    except Exception as error:  # a bug or an unexpected failure in one step must not wedge the workflow
+        ok, output, note = False, {"error": f"{type(error).__name__}: {error}"}, f"{type(error).__name__}: {error}"
+    finished = time.time()
+    with rt.store.write() as conn:
+        st.update_step(conn, workflow.id, record.idx, state=wf.STEP_SUCCEEDED if ok else wf.STEP_FAILED,
+                       finished_at=finished, output=output, note=note)
+        st.record_audit(conn, f"executor:{rt.owner}", "step_succeeded" if ok else "step_failed", workflow.id,
+                        step=step.name, type=step.type, seconds=round(finished - started, 3), note=note,
+                        dry_run=workflow.dry_run)
+    record.state = wf.STEP_SUCCEEDED if ok else wf.STEP_FAILED
+    record.output, record.note, record.started_at, record.finished_at = output, note, started, finished
+    rt.observe_step(step.type, "success" if ok else "failure", finished - started)
+    return ok
+
+
+def _fail(rt: Runtime, workflow: st.Workflow, playbook: Playbook | None, reason: str) -> str:
+    """FAILED; then, if a change may have been made, run the rollback steps."""
+    changed = playbook is not None and any(
+        step.type in MUTATING_STEP_TYPES and not isinstance(step, RollbackStep) and record.state != wf.STEP_PENDING
+        for record, step in zip(workflow.steps, playbook.steps))
+    has_rollback = playbook is not None and any(isinstance(s, RollbackStep) for s in playbook.steps)
+    phase = "rollback" if changed and has_rollback else "done"
+    with rt.store.write() as conn:
+        if workflow.state == wf.APPROVED:  # e.g. its playbook vanished before it started
+            wf.transition(conn, workflow.id, wf.IN_PROGRESS, f"executor:{rt.owner}", "execution started")
+        wf.transition(conn, workflow.id, wf.FAILED, f"executor:{rt.owner}", reason, phase=phase,
+                      lease_owner=rt.owner if phase == "rollback" else None,
+                      lease_until=time.time() + rt.lease_seconds if phase == "rollback" else None)
+        if playbook is not None and phase == "done":
+            for record, step in zip(workflow.steps, playbook.steps):
+                if record.state == wf.STEP_PENDING:
+                    st.update_step(conn, workflow.id, record.idx, state=wf.STEP_SKIPPED,
+                                   note="not run: the workflow failed" + ("" if changed else " before any change"))
+    workflow.state, workflow.phase = wf.FAILED, phase
+    if phase == "rollback":
+        return _rollback(rt, workflow, playbook)
+    return wf.FAILED
+
+
+def _rollback(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -> str:
+    with rt.store.read() as conn:
+        workflow.steps = st.load_steps(conn, workflow.id)
+    ok_all = True
+    for record, step in zip(workflow.steps, playbook.steps):
+        if not isinstance(step, RollbackStep) or record.state in (wf.STEP_SUCCEEDED, wf.STEP_SKIPPED):
+            continue
+        if not step.applies_to(workflow.labels):
+            continue
+        if record.state in (wf.STEP_RUNNING, wf.STEP_FAILED):
+            # Restoring the previous configuration twice is harmless; leaving a half-applied change is not.
+            with rt.store.write() as conn:
+                st.record_audit(conn, f"executor:{rt.owner}", "step_rerun", workflow.id, step=step.name,
+                                reason=f"rollback step found {record.state} after an interruption; rollback is "
+                                       "re-run because a half-applied change is worse than restoring twice")
+        if not _run_recorded(rt, workflow, playbook, record, step):
+            ok_all = False
+            break
+    with rt.store.write() as conn:
+        if ok_all:
+            wf.transition(conn, workflow.id, wf.ROLLED_BACK, f"executor:{rt.owner}", "rollback steps succeeded")
+            for record, step in zip(workflow.steps, playbook.steps):
+                if record.state == wf.STEP_PENDING:
+                    st.update_step(conn, workflow.id, record.idx, state=wf.STEP_SKIPPED,
+                                   note="not run: the workflow failed and was rolled back")
+            return wf.ROLLED_BACK
+        conn.execute(update(st.workflows).where(st.workflows.c.id == workflow.id)
+                     .values(phase="done", lease_owner=None, lease_until=None, updated_at=time.time()))
+        st.record_audit(conn, f"executor:{rt.owner}", "rollback_failed", workflow.id,
+                        note="rollback did not complete; the change may still be in place: act by hand")
+    return wf.FAILED
+
+
+def _capture_baselines(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -> None:
+    """Evaluate the query of every verify step that compares against a baseline, before any change is made.
+    Kept in the workflow's context, so a resumed workflow compares against the same pre-change value."""
+    wanted = [s for s in playbook.steps if isinstance(s, VerifyStep) and s.improvement is not None]
+    baselines = dict(workflow.context.get("baselines", {}))
+    missing = [s for s in wanted if s.name not in baselines]
+    if not missing:
+        return
+    context = template_context(rt, workflow, playbook)
+    for step in missing:
+        query = render_promql(step.query, context, f"steps.{step.name}.query")
+        if workflow.dry_run or not rt.prometheus_url:
+            baselines[step.name] = {"query": query, "value": None,
+                                    "note": "dry run" if workflow.dry_run else "no Prometheus configured"}
+            continue
+        try:
+            series = instant_query(rt.prometheus_url, query, timeout=rt.prometheus_timeout, session=None)
+            value = _reduce([v for _, v in series], step.reduce)
+            baselines[step.name] = {"query": query, "value": value, "at": st._rfc3339(time.time())}
+        except PrometheusError as error:
+            baselines[step.name] = {"query": query, "value": None, "note": str(error)}
+    workflow.context["baselines"] = baselines
+    with rt.store.write() as conn:
+        conn.execute(update(st.workflows).where(st.workflows.c.id == workflow.id)
+                     .values(context=st.dumps(workflow.context)))
+        st.record_audit(conn, f"executor:{rt.owner}", "baselines_captured", workflow.id, baselines=baselines)
+
+
+def _reduce(values: list[float], how: str) -> float | None:
+    if not values:
+        return None
+    return max(values) if how == "max" else min(values) if how == "min" else statistics.fmean(values)
+
+
+def run_step(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step, context: dict
+             ) -> tuple[bool, dict, str]:
+    """Run one step; returns (ok, output, note). Side effects only outside dry-run."""
+    if isinstance(step, RecommendStep):
+        return _recommend(rt, workflow, playbook, step)
+    if isinstance(step, HttpStep):
+        return _http(rt, workflow, step, context)
+    if isinstance(step, VerifyStep):
+        return _verify(rt, workflow, step, context)
+    raise ValueError(f"unknown step type {step.type!r}")
+
+
+def _recommend(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step: RecommendStep) -> tuple[bool, dict, str]:
+    kind = step.server_kind or playbook.server_kind
+    exposed, source = current_settings(rt.prometheus_url, kind, workflow.instance, timeout=rt.prometheus_timeout)
+    current = {**step.current, **exposed}
+    bottleneck = step.bottleneck_by_alertname.get(workflow.alertname, step.bottleneck)
+    output = recommend(kind, bottleneck, playbook.optimization_level, current)
+    output["current_source"] = source
+    if not output["changes"]:
+        return True, output, "no change recommended: settings already at the limits for this level"
+    return True, output, f"{len(output['changes'])} change(s): " + ", ".join(
+        f"{d['knob']} {d['from']} -> {d['to']}" for d in output["details"])
+
+
+def _http(rt: Runtime, workflow: st.Workflow, step: HttpStep, context: dict) -> tuple[bool, dict, str]:
+    request = step.request
+    context = {**context, "percent": getattr(step, "percent", 100)}
+    try:
+        url = render_text(request.url, context, f"steps.{step.name}.request.url")
+        headers = {k: render_text(v, context, f"steps.{step.name}.request.headers.{k}")
+                   for k, v in request.headers.items()}
+        body = (render_structure(request.json_body, context, f"steps.{step.name}.request.json")
+                if request.json_body is not None else None)
+        encoded = json.dumps(body) if body is not None else None
+    except (RenderError, TypeError, ValueError) as error:
+        return False, {"error": str(error)}, f"could not render the request: {error}"
+    # Header values may carry credentials from `vars`; only their names are recorded.
+    described = {"method": request.method, "url": url, "header_names": sorted(headers), "json": body}
+    if workflow.dry_run:
+        return True, {"dry_run": True, "would_send": described}, f"dry run: would {request.method} {url}"
+    if encoded is not None:
+        headers.setdefault("Content-Type", "application/json")
+    attempts = []
+    for attempt in range(request.retries + 1):
+        if attempt:
+            if rt.stop.wait(request.retry_backoff * (2 ** (attempt - 1))):
+                raise Interrupted("engine stopping")
+        started = time.monotonic()
+        try:
+            response = rt.http.request(request.method, url, data=encoded, headers=headers,
+                                       timeout=request.timeout, allow_redirects=False)
+        except requests.RequestException as error:
+            attempts.append({"error": f"{type(error).__name__}: {error}", "seconds": time.monotonic() - started})
+            continue
+        attempts.append({"status": response.status_code, "seconds": round(time.monotonic() - started, 4)})
+        output = {**described, "status": response.status_code, "response": response.text[:RESPONSE_KEEP],
+                  "attempts": attempts}
+        if response.status_code in request.expect_status:
+            return True, output, f"{request.method} {url} -> {response.status_code}"
+        if response.status_code < 500 and response.status_code != 429:
+            return False, output, f"{request.method} {url} -> {response.status_code} (not retried)"
+    return False, {**described, "attempts": attempts}, (
+        f"{request.method} {url} failed after {len(attempts)} attempt(s): {attempts[-1]}")
+
+
+def _verify(rt: Runtime, workflow: st.Workflow, step: VerifyStep, context: dict) -> tuple[bool, dict, str]:
+    try:
+        query = render_promql(step.query, context, f"steps.{step.name}.query")
+    except RenderError as error:
+        return False, {"error": str(error)}, str(error)
+    condition = ({"below": step.below} if step.below is not None else {"above": step.above}
+                 if step.above is not None else {"improvement": step.improvement.model_dump()})
+    if workflow.dry_run:
+        return True, {"dry_run": True, "would_query": query, "after_seconds": step.delay, "condition": condition}, \
+            f"dry run: would check {query} after {step.delay:.0f}s"
+    if not rt.prometheus_url:
+        return False, {"query": query}, "no Prometheus URL configured: cannot verify"
+    _wait(rt, workflow.id, step.delay)
+    try:
+        series = instant_query(rt.prometheus_url, query, timeout=rt.prometheus_timeout)
+    except PrometheusError as error:
+        return False, {"query": query, "error": str(error)}, str(error)
+    value = _reduce([v for _, v in series], step.reduce)
+    output: dict[str, Any] = {"query": query, "value": value, "series": len(series), "condition": condition}
+    if value is None:
+        passed = step.on_no_data == "pass"
+        return passed, output, f"no data for {query}; on_no_data={step.on_no_data}"
+    if step.below is not None:
+        passed = value < step.below
+        return passed, {**output, "passed": passed}, f"{value:.6g} {'<' if passed else '>='} {step.below}"
+    if step.above is not None:
+        passed = value > step.above
+        return passed, {**output, "passed": passed}, f"{value:.6g} {'>' if passed else '<='} {step.above}"
+    baseline = context.get("baselines", {}).get(step.name, {}).get("value")
+    if baseline is None:
+        return False, {**output, "baseline": None}, "no pre-change baseline was captured: cannot judge improvement"
+    improvement = step.improvement
+    change = (baseline - value) if improvement.direction == "decrease" else (value - baseline)
+    percent = 100.0 * change / abs(baseline) if baseline else (100.0 if change > 0 else 0.0)
+    passed = percent >= improvement.percent
+    return passed, {**output, "baseline": baseline, "improvement_percent": round(percent, 3), "passed": passed}, (
+        f"{improvement.direction} of {percent:.1f}% vs baseline {baseline:.6g} "
+        f"({'>=' if passed else '<'} {improvement.percent}% required)")

@@ -1,0 +1,57 @@
+"""`evaluate --fix`: hand a backtest's findings to the matching playbooks, through the webhook's own path.
+
+Each finding becomes the alert the live rule would have sent (same labels, so the same fingerprint, and its start
+as startsAt), and goes through the same intake as a webhook alert: matching, idempotency per episode, cooldown.
+With dry_run the workflows run at once and record what they would do; without it they wait for approval like
+any other (approve them with `rules-engine workflows approve` or the API; `serve` executes them).
+"""
+from __future__ import annotations
+
+import time
+from typing import Iterable
+
+import pandas as pd
+
+from rules_engine.evaluate.findings import Finding
+from rules_engine.playbooks import store as st
+from rules_engine.playbooks import workflow as wf
+from rules_engine.playbooks.executor import run_workflow
+from rules_engine.playbooks.intake import process_alerts
+from rules_engine.playbooks.payload import Alert, canonical_time, label_fingerprint
+from rules_engine.playbooks.runtime import Runtime
+from rules_engine.spec.playbook import Playbook
+
+
+def finding_alert(finding: Finding) -> Alert:
+    labels = {**finding.labels, **finding.rule_labels, "alertname": finding.rule, "severity": finding.severity,
+              "category": finding.category}
+    if finding.pack:
+        labels["rule_pack"] = finding.pack
+    annotations = {key: value for key, value in {
+        "summary": finding.summary, "description": finding.description, "recommendation": finding.recommendation,
+        "playbook": finding.playbook or "", "runbook_url": finding.runbook_url}.items() if value}
+    start = pd.Timestamp(finding.start)
+    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
+    return Alert.model_validate({
+        "status": "firing", "labels": labels, "annotations": annotations,
+        "startsAt": canonical_time(start.strftime("%Y-%m-%dT%H:%M:%S") + f".{start.microsecond:06d}"
+                                   f"{start.nanosecond:03d}Z"),
+        "fingerprint": label_fingerprint(labels)})
+
+
+def run_findings(findings: Iterable[Finding], playbooks: Iterable[Playbook], store: st.Store, dry_run: bool = True,
+                 prometheus_url: str | None = None, variables: dict | None = None) -> list[st.Workflow]:
+    """Start the matching playbooks for each finding; returns the workflows created (already run when dry_run)."""
+    rt = Runtime(store=store, playbooks={p.name: p for p in playbooks}, dry_run=dry_run,
+                 prometheus_url=prometheus_url, variables=dict(variables or {}), owner="evaluate --fix")
+    alerts = [finding_alert(f) for f in findings]
+    with store.write() as conn:
+        result = process_alerts(conn, rt, alerts, actor="cli:evaluate --fix", origin="evaluate --fix")
+    if dry_run:
+        for workflow_id in result.created:
+            with store.write() as conn:
+                wf.transition(conn, workflow_id, wf.IN_PROGRESS, "cli:evaluate --fix", "dry run started",
+                              lease_owner=rt.owner, lease_until=time.time() + 3600)
+            run_workflow(rt, workflow_id)
+    with store.read() as conn:
+        return [st.get_workflow(conn, workflow_id) for workflow_id in result.created]

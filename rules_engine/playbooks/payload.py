@@ -1,0 +1,113 @@
+"""The Alertmanager webhook payload (version 4) and the identity of an alert episode.
+
+Unknown keys are ignored so a newer Alertmanager keeps working; the keys a receiver depends on are required and
+typed, so a custom `payload:` template or another tool's JSON is rejected with a 400 naming the field.
+"""
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+_RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$")
+ZERO_TIME = "0001-01-01T00:00:00.000000000Z"  # Alertmanager's endsAt while an alert fires
+
+
+def canonical_time(text: str) -> str:
+    """RFC 3339 (nanoseconds allowed) → UTC with exactly nine fractional digits.
+
+    Two Alertmanagers, or the same one before and after a restart, must produce the same episode key for the same
+    startsAt whatever offset or precision they print, and Python's datetime would drop nanoseconds.
+    """
+    found = _RFC3339.match(text)
+    if not found:
+        raise ValueError(f"not an RFC 3339 timestamp: {text!r}")
+    day, clock, fraction, offset = found.groups()
+    fraction = (fraction or "").ljust(9, "0")
+    if day.startswith("0001-01-01") and clock == "00:00:00":
+        return ZERO_TIME
+    offset = "+00:00" if offset in ("Z", "z") else offset
+    moment = datetime.fromisoformat(f"{day}T{clock}{offset}").astimezone(timezone.utc)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction}Z"
+
+
+def epoch_seconds(canonical: str) -> float:
+    if canonical == ZERO_TIME:
+        return 0.0
+    whole = datetime.strptime(canonical[:19], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc)
+    return whole.timestamp() + int(canonical[20:29]) / 1e9
+
+
+class Alert(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    status: Literal["firing", "resolved"]
+    labels: dict[str, str]
+    annotations: dict[str, str] = Field(default_factory=dict)
+    starts_at: str = Field(alias="startsAt")
+    ends_at: str = Field(default=ZERO_TIME, alias="endsAt")
+    generator_url: str = Field(default="", alias="generatorURL")
+    fingerprint: str = Field(min_length=1)
+
+    @field_validator("starts_at", "ends_at")
+    @classmethod
+    def _time(cls, value: str) -> str:
+        return canonical_time(value)
+
+    @field_validator("labels")
+    @classmethod
+    def _alertname(cls, labels: dict[str, str]) -> dict[str, str]:
+        if not labels.get("alertname"):
+            raise ValueError("an alert needs an `alertname` label")
+        return labels
+
+
+class WebhookPayload(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+    version: Literal["4"]
+    group_key: str = Field(alias="groupKey")
+    truncated_alerts: int = Field(default=0, ge=0, alias="truncatedAlerts")
+    status: Literal["firing", "resolved"]
+    receiver: str
+    group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
+    common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
+    common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
+    external_url: str = Field(default="", alias="externalURL")
+    notification_reason: str | None = None  # Alertmanager >= 0.32
+    route_labels: dict[str, str] | None = Field(default=None, alias="routeLabels")  # Alertmanager >= 0.32
+    alerts: list[Alert]
+
+
+class PayloadError(ValueError):
+    """A payload that is not an Alertmanager v4 webhook; `problems` name each field ("alerts[3].startsAt: ...")."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("; ".join(problems))
+
+
+def parse_payload(body: bytes | str) -> WebhookPayload:
+    try:
+        return WebhookPayload.model_validate_json(body)
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False):
+            where = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+                            for i, p in enumerate(item["loc"]))
+            if item["type"] == "json_invalid":
+                problems.append(f"body is not valid JSON: {item['msg']}")
+            else:
+                problems.append(f"{where or 'body'}: {item['msg']}")
+        raise PayloadError(problems) from None
+
+
+def label_fingerprint(labels: dict[str, str]) -> str:
+    """Prometheus' label-set fingerprint (FNV-1a 64 over sorted name/value pairs, each followed by 0xff), which is
+    what Alertmanager sends as `fingerprint`, so an alert built from a backtest finding has the live alert's key."""
+    hash_ = 0xCBF29CE484222325
+    for name in sorted(labels):
+        for part in (name, labels[name]):
+            for byte in part.encode("utf-8") + b"\xff":
+                hash_ = ((hash_ ^ byte) * 0x100000001B3) & 0xFFFFFFFFFFFFFFFF
+    return f"{hash_:016x}"

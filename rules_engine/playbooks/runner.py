@@ -1,0 +1,110 @@
+"""Background loops of a receiver process: intake (events → workflows), executors, and housekeeping.
+
+Every loop reads its work from the store, so several processes can run them against one database: the webhook
+only persists and wakes the local intake, and a process that dies leaves nothing that another (or its own
+restart) cannot pick up.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from sqlalchemy import select, update
+
+from rules_engine.playbooks import store as st
+from rules_engine.playbooks.executor import Interrupted, LeaseLost, claim_next, run_workflow
+from rules_engine.playbooks.intake import expire_approvals, process_next_event
+from rules_engine.playbooks.runtime import Runtime
+
+log = logging.getLogger(__name__)
+HOUSEKEEPING_INTERVAL = 5.0
+
+
+@dataclass
+class Runner:
+    rt: Runtime
+    executor_threads: int = 2  # workflows run at once by this process (playbooks also cap their own)
+    poll_interval: float = 0.5  # how often to look for work written by other processes
+    intake_wake: threading.Event = field(default_factory=threading.Event)
+    executor_wake: threading.Event = field(default_factory=threading.Event)
+    threads: list[threading.Thread] = field(default_factory=list)
+
+    def start(self) -> "Runner":
+        self.threads = [threading.Thread(target=self._intake_loop, name="intake", daemon=True)]
+        self.threads += [threading.Thread(target=self._executor_loop, name=f"executor-{i}", daemon=True)
+                         for i in range(self.executor_threads)]
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def wake(self) -> None:
+        self.intake_wake.set()
+        self.executor_wake.set()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        self.rt.stop.set()
+        self.wake()
+        for thread in self.threads:
+            thread.join(timeout)
+
+    def _intake_loop(self) -> None:
+        last_housekeeping = 0.0
+        while not self.rt.stop.is_set():
+            try:
+                worked = False
+                while not self.rt.stop.is_set() and process_next_event(self.rt):
+                    worked = True
+                if worked:
+                    self.executor_wake.set()
+                if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL:
+                    last_housekeeping = time.monotonic()
+                    expire_approvals(self.rt)
+                deliver_notifications(self.rt)
+            except Exception:  # the database may be briefly unavailable; log and keep going
+                log.exception("intake loop")
+                self.rt.stop.wait(1.0)
+            self.intake_wake.wait(self.poll_interval)
+            self.intake_wake.clear()
+
+    def _executor_loop(self) -> None:
+        while not self.rt.stop.is_set():
+            try:
+                workflow_id = claim_next(self.rt)
+                if workflow_id is not None:
+                    try:
+                        run_workflow(self.rt, workflow_id)
+                    except (Interrupted, LeaseLost) as stopped:
+                        log.info("workflow %s left for resumption: %s", workflow_id, stopped)
+                    continue
+            except Exception:
+                log.exception("executor loop")
+                self.rt.stop.wait(1.0)
+            self.executor_wake.wait(self.poll_interval)
+            self.executor_wake.clear()
+
+
+def deliver_notifications(rt: Runtime, batch: int = 20) -> int:
+    """POST pending workflow state changes to the configured outbound webhooks (at most once each)."""
+    if not rt.notify_urls:
+        return 0
+    with rt.store.write() as conn:
+        rows = conn.execute(select(st.notifications.c.id, st.notifications.c.body, st.notifications.c.workflow_id)
+                            .where(st.notifications.c.sent_at.is_(None)).order_by(st.notifications.c.id)
+                            .limit(batch)).all()
+        if not rows:
+            return 0
+        conn.execute(update(st.notifications).where(st.notifications.c.id.in_([r.id for r in rows]))
+                     .values(sent_at=time.time(), attempts=st.notifications.c.attempts + 1))
+    for row in rows:
+        for url in rt.notify_urls:
+            try:
+                response = rt.http.post(url, data=row.body, headers={"Content-Type": "application/json"}, timeout=5)
+                failed = None if response.status_code < 300 else f"HTTP {response.status_code}"
+            except Exception as error:  # a notification target being down must not stop the engine
+                failed = f"{type(error).__name__}: {error}"
+            if failed:
+                with rt.store.write() as conn:
+                    st.record_audit(conn, "engine", "notification_failed", row.workflow_id, url=url, error=failed)
+    return len(rows)

@@ -1,0 +1,369 @@
+"""The persistent store: raw webhook events, alert episodes, workflows, their steps, and the audit log.
+
+SQLAlchemy Core over SQLite (WAL) by default; a PostgreSQL URL works too. Correctness across several receiver
+processes sharing one store rests on the database, not on process memory:
+- an episode is UNIQUE (fingerprint, starts_at) and a workflow UNIQUE (playbook, fingerprint, starts_at), so
+  resends, HA duplicates and concurrent receivers can insert it at most once;
+- writers are serialized (SQLite `BEGIN IMMEDIATE`; PostgreSQL row locks / `SKIP LOCKED` on the event queue and
+  an advisory lock around intake), so the cooldown check and the insert it guards see the same world;
+- the audit table refuses UPDATE and DELETE (SQLite triggers), so it stays append-only whatever code runs.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterator
+
+from sqlalchemy import (Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
+                        create_engine, event, func, insert, select, text, update)
+from sqlalchemy.engine import Connection, Engine
+
+metadata = MetaData()
+
+events = Table(
+    "events", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("received_at", Float, nullable=False),
+    Column("remote_addr", String(100), nullable=False, default=""),
+    Column("external_url", Text, nullable=False, default=""),
+    Column("group_key", Text, nullable=False, default=""),
+    Column("status", String(20), nullable=False, default=""),
+    Column("alert_count", Integer, nullable=False, default=0),
+    Column("body", Text, nullable=False),
+    Column("processed_at", Float, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    Index("ix_events_unprocessed", "processed_at", "id"),
+)
+
+episodes = Table(
+    "episodes", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("fingerprint", String(64), nullable=False),
+    Column("starts_at", String(40), nullable=False),
+    Column("alertname", Text, nullable=False),
+    Column("labels", Text, nullable=False),
+    Column("annotations", Text, nullable=False),
+    Column("first_event_id", Integer, nullable=True),
+    Column("first_seen", Float, nullable=False),
+    Column("deliveries", Integer, nullable=False, default=1),
+    Column("resolved_at", Float, nullable=True),
+    Column("ends_at", String(40), nullable=True),
+    Column("generator_url", Text, nullable=False, default=""),
+    UniqueConstraint("fingerprint", "starts_at", name="uq_episode"),
+)
+
+workflows = Table(
+    "workflows", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("playbook", String(200), nullable=False),
+    Column("state", String(20), nullable=False),
+    Column("phase", String(20), nullable=False, default="main"),  # main | rollback | done
+    Column("dry_run", Boolean, nullable=False, default=False),
+    Column("optimization_level", String(20), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("starts_at", String(40), nullable=False),
+    Column("alertname", Text, nullable=False),
+    Column("instance", Text, nullable=False, default=""),
+    Column("series_key", Text, nullable=False, default=""),
+    Column("labels", Text, nullable=False),
+    Column("annotations", Text, nullable=False),
+    Column("origin", String(40), nullable=False, default="alertmanager"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("decided_by", Text, nullable=True),
+    Column("reason", Text, nullable=True),
+    Column("context", Text, nullable=False, default="{}"),
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_until", Float, nullable=True),
+    UniqueConstraint("playbook", "fingerprint", "starts_at", name="uq_workflow_episode"),
+    Index("ix_workflows_state", "state"),
+    Index("ix_workflows_series", "playbook", "series_key", "created_at"),
+)
+
+steps = Table(
+    "steps", metadata,
+    Column("workflow_id", String(32), primary_key=True),
+    Column("idx", Integer, primary_key=True),
+    Column("name", String(100), nullable=False),
+    Column("type", String(20), nullable=False),
+    Column("state", String(20), nullable=False, default="PENDING"),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("output", Text, nullable=False, default="{}"),
+    Column("note", Text, nullable=True),
+)
+
+audit = Table(
+    "audit", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("action", String(60), nullable=False),
+    Column("workflow_id", String(32), nullable=True),
+    Column("detail", Text, nullable=False, default="{}"),
+    Index("ix_audit_workflow", "workflow_id", "id"),
+)
+
+# Transactional outbox for the optional outbound webhooks on workflow state changes: written in the same
+# transaction as the transition, delivered (and marked) afterwards, so a crash neither loses nor invents one.
+notifications = Table(
+    "notifications", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", Float, nullable=False),
+    Column("workflow_id", String(32), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("sent_at", Float, nullable=True),
+    Column("attempts", Integer, nullable=False, default=0),
+)
+
+_SQLITE_APPEND_ONLY = [
+    "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
+    "CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit "
+    "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",
+]
+_POSTGRES_APPEND_ONLY = [
+    "CREATE OR REPLACE FUNCTION audit_append_only() RETURNS trigger AS $$ "
+    "BEGIN RAISE EXCEPTION 'audit log is append-only'; END; $$ LANGUAGE plpgsql",
+    "DROP TRIGGER IF EXISTS audit_append_only ON audit",
+    "CREATE TRIGGER audit_append_only BEFORE UPDATE OR DELETE ON audit "
+    "FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
+]
+INTAKE_LOCK_KEY = 7_300_511  # PostgreSQL advisory lock serializing intake across receiver processes
+
+
+@dataclass
+class Store:
+    """Engines for one database. `write()` gives a serialized transaction, `read()` a plain one."""
+
+    url: str
+    engine: Engine
+    read_engine: Engine
+    dialect: str
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[Connection]:
+        with self.engine.begin() as conn:
+            if self.dialect == "postgresql":
+                conn.execute(text("SET LOCAL lock_timeout = '30s'"))
+            yield conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[Connection]:
+        with self.read_engine.connect() as conn:
+            yield conn
+
+    def ping(self) -> None:
+        with self.read() as conn:
+            conn.execute(select(func.count()).select_from(workflows)).scalar_one()
+
+    def dispose(self) -> None:
+        self.engine.dispose()
+        if self.read_engine is not self.engine:
+            self.read_engine.dispose()
+
+
+def open_store(url: str, synchronous: str = "FULL") -> Store:
+    """Open (and create the schema of) the store at a SQLAlchemy URL. `synchronous` is SQLite's fsync policy:
+    FULL makes a commit durable against power loss before the webhook answers 2xx; NORMAL only against a
+    crash of the process (WAL), which is cheaper."""
+    if url.startswith("sqlite"):
+        engine = _sqlite_engine(url, "BEGIN IMMEDIATE", synchronous)
+        read_engine = _sqlite_engine(url, "BEGIN", synchronous)
+        dialect = "sqlite"
+    else:
+        engine = create_engine(url, pool_pre_ping=True, future=True)
+        read_engine = engine
+        dialect = engine.dialect.name
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        for statement in (_SQLITE_APPEND_ONLY if dialect == "sqlite" else
+                          _POSTGRES_APPEND_ONLY if dialect == "postgresql" else []):
+            conn.exec_driver_sql(statement)
+    return Store(url=url, engine=engine, read_engine=read_engine, dialect=dialect)
+
+
+def _sqlite_engine(url: str, begin: str, synchronous: str) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True)
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_connection, _record):
+        # Let SQLAlchemy's begin event below issue BEGIN, instead of pysqlite's implicit, deferred one.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn):
+        conn.exec_driver_sql(begin)
+
+    return engine
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def loads(value: str | None) -> Any:
+    return json.loads(value) if value else {}
+
+
+def record_audit(conn: Connection, actor: str, action: str, workflow_id: str | None = None, **detail: Any) -> None:
+    conn.execute(insert(audit).values(at=time.time(), actor=actor, action=action, workflow_id=workflow_id,
+                                      detail=dumps(detail)))
+
+
+def insert_event(store: Store, body: str, remote_addr: str = "", external_url: str = "", group_key: str = "",
+                 status: str = "", alert_count: int = 0) -> int:
+    """Persist one webhook delivery as received and commit. Returns the event id."""
+    with store.write() as conn:
+        result = conn.execute(insert(events).values(
+            received_at=time.time(), remote_addr=remote_addr, external_url=external_url, group_key=group_key,
+            status=status, alert_count=alert_count, body=body))
+        return int(result.inserted_primary_key[0])
+
+
+def unprocessed_event_count(conn: Connection) -> int:
+    return conn.execute(select(func.count()).select_from(events).where(events.c.processed_at.is_(None))).scalar_one()
+
+
+@dataclass
+class StepRecord:
+    idx: int
+    name: str
+    type: str
+    state: str
+    started_at: float | None
+    finished_at: float | None
+    attempts: int
+    output: dict
+    note: str | None
+
+    @property
+    def duration(self) -> float | None:
+        if self.started_at is None or self.finished_at is None:
+            return None
+        return self.finished_at - self.started_at
+
+
+@dataclass
+class Workflow:
+    id: str
+    playbook: str
+    state: str
+    phase: str
+    dry_run: bool
+    optimization_level: str
+    fingerprint: str
+    starts_at: str
+    alertname: str
+    instance: str
+    series_key: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    origin: str
+    created_at: float
+    updated_at: float
+    decided_by: str | None
+    reason: str | None
+    context: dict
+    lease_owner: str | None = None
+    lease_until: float | None = None
+    steps: list[StepRecord] = field(default_factory=list)
+
+    def to_json(self, with_steps: bool = True) -> dict:
+        body = {
+            "id": self.id, "playbook": self.playbook, "state": self.state, "phase": self.phase,
+            "dry_run": self.dry_run, "optimization_level": self.optimization_level,
+            "fingerprint": self.fingerprint, "starts_at": self.starts_at, "alertname": self.alertname,
+            "instance": self.instance, "series_key": self.series_key, "labels": self.labels,
+            "annotations": self.annotations, "origin": self.origin, "created_at": _rfc3339(self.created_at),
+            "updated_at": _rfc3339(self.updated_at), "decided_by": self.decided_by, "reason": self.reason,
+            "context": self.context,
+        }
+        if with_steps:
+            body["steps"] = [{
+                "idx": s.idx, "name": s.name, "type": s.type, "state": s.state,
+                "started_at": _rfc3339(s.started_at), "finished_at": _rfc3339(s.finished_at),
+                "duration_seconds": s.duration, "attempts": s.attempts, "output": s.output, "note": s.note,
+            } for s in self.steps]
+        return body
+
+
+def _rfc3339(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int((epoch % 1) * 1e6):06d}Z"
+
+
+def _workflow_from_row(row) -> Workflow:
+    m = row._mapping
+    return Workflow(id=m["id"], playbook=m["playbook"], state=m["state"], phase=m["phase"], dry_run=bool(m["dry_run"]),
+                    optimization_level=m["optimization_level"], fingerprint=m["fingerprint"],
+                    starts_at=m["starts_at"], alertname=m["alertname"], instance=m["instance"],
+                    series_key=m["series_key"], labels=loads(m["labels"]), annotations=loads(m["annotations"]),
+                    origin=m["origin"], created_at=m["created_at"], updated_at=m["updated_at"],
+                    decided_by=m["decided_by"], reason=m["reason"], context=loads(m["context"]),
+                    lease_owner=m["lease_owner"], lease_until=m["lease_until"])
+
+
+def load_steps(conn: Connection, workflow_id: str) -> list[StepRecord]:
+    rows = conn.execute(select(steps).where(steps.c.workflow_id == workflow_id).order_by(steps.c.idx)).all()
+    return [StepRecord(idx=r.idx, name=r.name, type=r.type, state=r.state, started_at=r.started_at,
+                       finished_at=r.finished_at, attempts=r.attempts, output=loads(r.output), note=r.note)
+            for r in rows]
+
+
+def get_workflow(conn: Connection, workflow_id: str, with_steps: bool = True) -> Workflow | None:
+    row = conn.execute(select(workflows).where(workflows.c.id == workflow_id)).first()
+    if row is None:
+        return None
+    found = _workflow_from_row(row)
+    if with_steps:
+        found.steps = load_steps(conn, workflow_id)
+    return found
+
+
+def list_workflows(conn: Connection, state: str | None = None, instance: str | None = None,
+                   alertname: str | None = None, playbook: str | None = None, limit: int = 100,
+                   with_steps: bool = False) -> list[Workflow]:
+    query = select(workflows).order_by(workflows.c.created_at.desc()).limit(limit)
+    if state:
+        query = query.where(workflows.c.state == state)
+    if instance:
+        query = query.where(workflows.c.instance == instance)
+    if alertname:
+        query = query.where(workflows.c.alertname == alertname)
+    if playbook:
+        query = query.where(workflows.c.playbook == playbook)
+    found = [_workflow_from_row(row) for row in conn.execute(query).all()]
+    if with_steps:
+        for item in found:
+            item.steps = load_steps(conn, item.id)
+    return found
+
+
+def audit_entries(conn: Connection, workflow_id: str | None = None, limit: int = 1000) -> list[dict]:
+    query = select(audit).order_by(audit.c.id).limit(limit)
+    if workflow_id:
+        query = query.where(audit.c.workflow_id == workflow_id)
+    return [{"id": r.id, "at": _rfc3339(r.at), "actor": r.actor, "action": r.action, "workflow_id": r.workflow_id,
+             "detail": loads(r.detail)} for r in conn.execute(query).all()]
+
+
+def workflow_state_counts(conn: Connection) -> dict[str, int]:
+    rows = conn.execute(select(workflows.c.state, func.count()).group_by(workflows.c.state)).all()
+    return {state: count for state, count in rows}
+
+
+def update_step(conn: Connection, workflow_id: str, idx: int, **values: Any) -> None:
+    if "output" in values:
+        values["output"] = dumps(values["output"])
+    conn.execute(update(steps).where(steps.c.workflow_id == workflow_id, steps.c.idx == idx).values(**values))

@@ -1,0 +1,195 @@
+"""`rules-engine serve` (gunicorn, gthread workers) and `rules-engine workflows list|show|approve|reject`.
+
+gunicorn because it is a production WSGI server already in the dependencies; gthread workers because a webhook
+request is short and I/O bound (one SQLite commit), and threads keep the background loops of each worker process
+alongside. Each worker process builds its own app (no preload), so stores and runners are never shared across fork.
+"""
+from __future__ import annotations
+
+import getpass
+import json
+import sys
+
+import click
+
+from rules_engine.server.config import ConfigError, ServerConfig, load_config
+
+
+def run_gunicorn(config: ServerConfig) -> None:
+    from gunicorn.app.base import BaseApplication
+
+    from rules_engine.server.app import create_app, shutdown
+
+    class EngineApplication(BaseApplication):
+        def load_config(self):
+            settings = {
+                "bind": config.listen, "workers": config.workers, "threads": config.threads,
+                "worker_class": "gthread", "timeout": 60, "graceful_timeout": 15, "keepalive": 5,
+                "accesslog": "-" if config.access_log else None, "errorlog": "-", "loglevel": "info",
+                "preload_app": False,
+                # Stop the background loops cleanly when a worker exits, so in-flight steps are left resumable.
+                "worker_exit": lambda server, worker: shutdown(worker.wsgi) if hasattr(worker, "wsgi") else None,
+            }
+            for key, value in settings.items():
+                self.cfg.set(key, value)
+
+        def load(self):
+            return create_app(config)
+
+    EngineApplication().run()
+
+
+@click.command("serve")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="Server config YAML (listen, database_url, playbooks, credentials, roles, ...).")
+@click.option("--listen", help="host:port to bind (default 127.0.0.1:9095).")
+@click.option("--database", "database_url", help="SQLAlchemy URL (default sqlite:///rules-engine.db; "
+                                                  "postgresql://... accepted).")
+@click.option("--playbooks", multiple=True, help="Playbook files or folders (repeatable; default rules/).")
+@click.option("--prometheus", "prometheus_url", help="Prometheus URL for verify steps and current settings.")
+@click.option("--dry-run", is_flag=True, default=None, help="Record what every workflow would do; send nothing.")
+@click.option("--workers", type=int, help="WSGI worker processes (default 2).")
+@click.option("--threads", type=int, help="Threads per worker (default 4).")
+@click.option("--no-processing", is_flag=True, default=False,
+              help="Only receive and persist webhooks; another process runs intake and workflows.")
+def serve(config_path, listen, database_url, playbooks, prometheus_url, dry_run, workers, threads, no_processing):
+    """Receive Alertmanager webhooks and run optimization playbooks."""
+    try:
+        config = load_config(config_path, listen=listen, database_url=database_url,
+                             playbooks=list(playbooks) or None, prometheus_url=prometheus_url, dry_run=dry_run,
+                             workers=workers, threads=threads, process=False if no_processing else None)
+        _check(config)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"rules-engine serve: listening on {config.listen}, store {_redacted(config.database_url)}, "
+               f"{config.workers} worker(s) x {config.threads} thread(s)"
+               f"{', dry run' if config.dry_run else ''}{', receive only' if not config.process else ''}", err=True)
+    run_gunicorn(config)
+
+
+def _check(config: ServerConfig) -> None:
+    """Fail before forking workers: playbooks load, secrets are readable, the store opens."""
+    from rules_engine.playbooks.runtime import load_playbooks
+    from rules_engine.playbooks.store import open_store
+    from rules_engine.server.config import Credentials
+    from rules_engine.spec import SpecError
+
+    if config.alertmanager_auth is None:
+        raise ConfigError("alertmanager_auth is required: the webhook never runs unauthenticated")
+    if not config.operators:
+        raise ConfigError("configure at least one operator (operators: [{name, token, roles}]) to approve workflows")
+    try:
+        load_playbooks(config.playbooks)
+    except SpecError as error:
+        raise ConfigError("playbooks do not load:\n" + "\n".join(str(p) for p in error.problems)) from None
+    Credentials.from_config(config)
+    open_store(config.database_url, synchronous=config.sqlite_synchronous).dispose()
+
+
+def _redacted(url: str) -> str:
+    # A PostgreSQL URL may carry a password; never print it.
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return url
+
+
+# --- workflows ----------------------------------------------------------------------------------------------------
+def _store(config_path: str | None, database_url: str | None):
+    from rules_engine.playbooks.store import open_store
+
+    try:
+        config = load_config(config_path, database_url=database_url)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    return open_store(config.database_url, synchronous=config.sqlite_synchronous)
+
+
+_store_options = [
+    click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+                 help="The serve config (for its database_url)."),
+    click.option("--database", "database_url", help="SQLAlchemy URL of the store."),
+]
+
+
+def _with_store(function):
+    for option in reversed(_store_options):
+        function = option(function)
+    return function
+
+
+@click.group("workflows")
+def workflows():
+    """List, show, approve and reject optimization workflows (directly on the store: DB access is admin access)."""
+
+
+@workflows.command("list")
+@_with_store
+@click.option("--state", help="Filter by state (PENDING_APPROVAL, APPROVED, IN_PROGRESS, COMPLETED, ...).")
+@click.option("--instance")
+@click.option("--alertname")
+@click.option("--playbook")
+@click.option("--limit", type=int, default=100)
+@click.option("--json", "as_json", is_flag=True)
+def list_command(config_path, database_url, state, instance, alertname, playbook, limit, as_json):
+    from rules_engine.playbooks import store as st
+
+    store = _store(config_path, database_url)
+    with store.read() as conn:
+        found = st.list_workflows(conn, state=state, instance=instance, alertname=alertname, playbook=playbook,
+                                  limit=limit)
+    if as_json:
+        click.echo(json.dumps([w.to_json(with_steps=False) for w in found], indent=2))
+        return
+    click.echo(f"{'ID':12}  {'STATE':16}  {'PLAYBOOK':32}  {'ALERT':28}  {'INSTANCE':24}  CREATED")
+    for w in found:
+        click.echo(f"{w.id:12}  {w.state + (' (dry)' if w.dry_run else ''):16}  {w.playbook[:32]:32}  "
+                   f"{w.alertname[:28]:28}  {w.instance[:24]:24}  {st._rfc3339(w.created_at)[:19]}")
+
+
+@workflows.command("show")
+@_with_store
+@click.argument("workflow_id")
+def show_command(config_path, database_url, workflow_id):
+    from rules_engine.playbooks import store as st
+
+    store = _store(config_path, database_url)
+    with store.read() as conn:
+        found = st.get_workflow(conn, workflow_id)
+        if found is None:
+            raise click.ClickException(f"no workflow {workflow_id!r}")
+        body = found.to_json()
+        body["audit"] = st.audit_entries(conn, workflow_id)
+    click.echo(json.dumps(body, indent=2))
+
+
+def _decide(config_path, database_url, workflow_id, text, decision):
+    from rules_engine.playbooks import workflow as wf
+
+    store = _store(config_path, database_url)
+    actor = f"cli:{getpass.getuser()}"
+    try:
+        updated = (wf.approve if decision == "approve" else wf.reject)(store, workflow_id, actor, text)
+    except (wf.TransitionError, wf.NotFound) as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(f"{updated.id}: {updated.state} (by {actor})")
+
+
+@workflows.command("approve")
+@_with_store
+@click.argument("workflow_id")
+@click.option("--comment", default="")
+def approve_command(config_path, database_url, workflow_id, comment):
+    _decide(config_path, database_url, workflow_id, comment, "approve")
+
+
+@workflows.command("reject")
+@_with_store
+@click.argument("workflow_id")
+@click.option("--reason", default="")
+def reject_command(config_path, database_url, workflow_id, reason):
+    _decide(config_path, database_url, workflow_id, reason, "reject")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(serve())

@@ -1,0 +1,204 @@
+"""Configuration of `rules-engine serve` (a YAML file, overridden by command-line flags) and its credentials.
+
+Secrets are read from files or environment variables, never written in the config itself, and only their SHA-256
+digests are kept in memory: a request's credential is hashed and compared with `hmac.compare_digest`, which takes
+the same time whatever the input (and the digest length is fixed, so length leaks nothing either).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from rules_engine.spec.playbook import OPTIMIZATION_LEVELS, OptimizationLevel
+
+
+class SecretSource(BaseModel):
+    """Where a secret comes from: a file (trailing newline stripped), an environment variable, or for operator
+    tokens a SHA-256 hex digest of the token (so the config file never holds the token)."""
+
+    model_config = ConfigDict(extra="forbid")
+    file: str | None = None
+    env: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$")
+
+    @model_validator(mode="after")
+    def _one(self) -> "SecretSource":
+        if sum(x is not None for x in (self.file, self.env, self.sha256)) != 1:
+            raise ValueError("give exactly one of `file`, `env` or `sha256`")
+        return self
+
+    def digest(self, what: str) -> bytes:
+        if self.sha256:
+            return bytes.fromhex(self.sha256)
+        if self.file:
+            try:
+                secret = Path(self.file).read_text().rstrip("\r\n")
+            except OSError as error:
+                raise ConfigError(f"{what}: cannot read secret file {self.file}: {error.strerror}") from None
+        else:
+            secret = os.environ.get(self.env or "", "")
+            if not secret:
+                raise ConfigError(f"{what}: environment variable {self.env} is empty or unset")
+        if not secret:
+            raise ConfigError(f"{what}: secret file {self.file} is empty")
+        return hashlib.sha256(secret.encode()).digest()
+
+
+class AlertmanagerAuth(BaseModel):
+    """How Alertmanager authenticates: `authorization: {credentials_file}` (bearer) or `basic_auth`."""
+
+    model_config = ConfigDict(extra="forbid")
+    bearer_token: SecretSource | None = None
+    basic_username: str | None = None
+    basic_password: SecretSource | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> "AlertmanagerAuth":
+        basic = self.basic_username is not None or self.basic_password is not None
+        if (self.bearer_token is not None) == basic:
+            raise ValueError("configure either `bearer_token` or `basic_username` + `basic_password`")
+        if basic and (self.basic_username is None or self.basic_password is None):
+            raise ValueError("basic auth needs both `basic_username` and `basic_password`")
+        return self
+
+
+class Operator(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    token: SecretSource
+    roles: list[str] = Field(default_factory=lambda: ["viewer"])
+
+
+DEFAULT_ROLES: dict[str, list[str]] = {
+    "viewer": [],
+    "operator": ["conservative"],
+    "senior": ["conservative", "moderate"],
+    "admin": list(OPTIMIZATION_LEVELS),
+}
+
+
+class ServerConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    listen: str = "127.0.0.1:9095"
+    database_url: str = "sqlite:///rules-engine.db"
+    sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    playbooks: list[str] = Field(default_factory=lambda: ["rules"])
+    prometheus_url: str | None = None
+    prometheus_timeout: float = 10.0
+    dry_run: bool = False
+    variables: dict = Field(default_factory=dict)
+    alertmanager_auth: AlertmanagerAuth | None = None
+    operators: list[Operator] = Field(default_factory=list)
+    # role -> the optimization levels it may approve or reject
+    roles: dict[str, list[OptimizationLevel]] = Field(default_factory=lambda: dict(DEFAULT_ROLES))
+    notify_urls: list[str] = Field(default_factory=list)
+    process: bool = True  # run intake and executors in the server processes (False: receive and persist only)
+    lease_seconds: float = Field(default=60.0, gt=0)
+    poll_interval: float = Field(default=0.5, gt=0)
+    executor_threads: int = Field(default=2, ge=1)
+    workers: int = Field(default=2, ge=1)  # WSGI worker processes
+    threads: int = Field(default=4, ge=1)  # threads per worker
+    max_payload_bytes: int = 16 * 1024 * 1024
+    access_log: bool = False
+
+    @model_validator(mode="after")
+    def _roles(self) -> "ServerConfig":
+        for operator in self.operators:
+            unknown = [r for r in operator.roles if r not in self.roles]
+            if unknown:
+                raise ValueError(f"operator {operator.name!r} has unknown role(s) {unknown}; known: {sorted(self.roles)}")
+        names = [o.name for o in self.operators]
+        if len(set(names)) != len(names):
+            raise ValueError("operator names must be unique")
+        return self
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def load_config(path: str | os.PathLike | None, **overrides) -> ServerConfig:
+    raw: dict = {}
+    if path:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as error:
+            raise ConfigError(f"{path}: {error}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: the config must be a mapping")
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ServerConfig.model_validate(raw)
+    except ValidationError as error:
+        problems = [f"{path or 'config'}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
+                    for e in error.errors(include_url=False)]
+        raise ConfigError("\n".join(problems)) from None
+
+
+@dataclass(frozen=True)
+class Principal:
+    name: str
+    roles: tuple[str, ...]
+    levels: frozenset[str]
+
+
+@dataclass
+class Credentials:
+    """Digests of the configured secrets; checks requests' Authorization headers in constant time."""
+
+    alertmanager_bearer: bytes | None = None
+    alertmanager_basic: tuple[bytes, bytes] | None = None  # (username digest, password digest)
+    operators: list[tuple[bytes, Principal]] = field(default_factory=list)
+
+    @classmethod
+    def from_config(cls, config: ServerConfig) -> "Credentials":
+        creds = cls()
+        auth = config.alertmanager_auth
+        if auth is not None and auth.bearer_token is not None:
+            creds.alertmanager_bearer = auth.bearer_token.digest("alertmanager_auth.bearer_token")
+        elif auth is not None:
+            creds.alertmanager_basic = (hashlib.sha256(auth.basic_username.encode()).digest(),
+                                        auth.basic_password.digest("alertmanager_auth.basic_password"))
+        for operator in config.operators:
+            levels = frozenset(level for role in operator.roles for level in config.roles[role])
+            creds.operators.append((operator.token.digest(f"operators.{operator.name}.token"),
+                                    Principal(operator.name, tuple(operator.roles), levels)))
+        return creds
+
+    def alertmanager_ok(self, header: str | None) -> bool:
+        scheme, _, value = (header or "").partition(" ")
+        scheme = scheme.lower()
+        if self.alertmanager_bearer is not None:
+            return scheme == "bearer" and _same(value.strip(), self.alertmanager_bearer)
+        if self.alertmanager_basic is not None and scheme == "basic":
+            try:
+                user, _, password = base64.b64decode(value.strip(), validate=True).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                return False
+            # Both compared, always, so timing does not tell which one was wrong.
+            user_ok = _same(user, self.alertmanager_basic[0])
+            password_ok = _same(password, self.alertmanager_basic[1])
+            return user_ok and password_ok
+        return False
+
+    def operator(self, header: str | None) -> Principal | None:
+        scheme, _, value = (header or "").partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return None
+        found = None
+        for digest, principal in self.operators:  # no early exit: time does not depend on which one matched
+            if _same(value.strip(), digest):
+                found = principal
+        return found
+
+
+def _same(presented: str, digest: bytes) -> bool:
+    return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), digest)

@@ -1,0 +1,70 @@
+"""The engine's own metrics, on a registry per application (no process-global state).
+
+Counters and histograms count what this process did; workflow counts by state and the unprocessed-event
+backlog are read from the store at scrape time, so they are right whichever process did the work.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from rules_engine.playbooks import store as st
+from rules_engine.playbooks import workflow as wf
+
+
+class _StoreCollector:
+    def __init__(self, store: st.Store):
+        self.store = store
+
+    def collect(self):
+        states = GaugeMetricFamily("rules_engine_workflows", "Workflows in the store by state.", labels=["state"])
+        backlog = GaugeMetricFamily("rules_engine_events_unprocessed",
+                                    "Webhook events persisted but not yet processed.")
+        try:
+            with self.store.read() as conn:
+                counts = st.workflow_state_counts(conn)
+                pending = st.unprocessed_event_count(conn)
+        except Exception:  # a scrape must not fail because the store is briefly unavailable
+            return
+        for state in wf.STATES:
+            states.add_metric([state], counts.get(state, 0))
+        backlog.add_metric([], pending)
+        yield states
+        yield backlog
+
+
+@dataclass
+class EngineMetrics:
+    registry: CollectorRegistry
+    webhook_requests: Counter
+    webhook_alerts: Counter
+    webhook_ack_seconds: Histogram
+    step_seconds: Histogram
+    action_failures: Counter
+
+    def observe_step(self, step_type: str, outcome: str, seconds: float) -> None:
+        self.step_seconds.labels(step_type, outcome).observe(seconds)
+        if outcome != "success" and step_type in ("http", "canary", "rollout", "rollback"):
+            self.action_failures.labels(step_type).inc()
+
+
+def engine_metrics(store: st.Store) -> EngineMetrics:
+    registry = CollectorRegistry(auto_describe=True)
+    registry.register(_StoreCollector(store))
+    return EngineMetrics(
+        registry=registry,
+        webhook_requests=Counter("rules_engine_webhook_requests", "Webhook deliveries by outcome "
+                                 "(accepted, unauthorized, invalid, unavailable).", ["outcome"], registry=registry),
+        webhook_alerts=Counter("rules_engine_webhook_alerts", "Alerts in accepted deliveries, by status.",
+                               ["status"], registry=registry),
+        webhook_ack_seconds=Histogram("rules_engine_webhook_ack_seconds", "Time to acknowledge a delivery "
+                                      "(validate + persist).", registry=registry,
+                                      buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)),
+        step_seconds=Histogram("rules_engine_step_duration_seconds", "Playbook step durations.",
+                               ["type", "outcome"], registry=registry,
+                               buckets=(.01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 900)),
+        action_failures=Counter("rules_engine_action_failures", "Failed actions (http/canary/rollout/rollback "
+                                "steps).", ["type"], registry=registry),
+    )

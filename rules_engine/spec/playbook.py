@@ -1,0 +1,284 @@
+"""The playbook spec: which alerts a playbook acts on, under which policy, and its ordered steps.
+
+A playbook is a YAML document with `kind: Playbook` beside the rule packs. Text fields that say "template" are
+Jinja2 templates rendered in a sandbox with the alert's labels and annotations as data (never as template source);
+they are parsed here so a syntax error is reported at load time with the file and field.
+"""
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal, Union
+
+from jinja2 import TemplateSyntaxError
+from jinja2.sandbox import ImmutableSandboxedEnvironment
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from rules_engine.spec.models import Category, ServerKind, parse_duration
+
+# Durations are written as Prometheus durations ("30s", "5m") or seconds, and held as seconds.
+Seconds = Annotated[float, BeforeValidator(lambda v: parse_duration(v).total_seconds())]
+
+OptimizationLevel = Literal["conservative", "moderate", "aggressive"]
+OPTIMIZATION_LEVELS: tuple[str, ...] = ("conservative", "moderate", "aggressive")
+Risk = Literal["low", "medium", "high"]
+Bottleneck = Literal["queue_buildup", "kv_cache_pressure", "high_ttft", "high_itl", "low_prefix_cache_hit",
+                     "under_batching"]
+
+# Alertmanager's matcher syntax: name, operator, value (double-quoted, or bare without spaces/quotes).
+_MATCHER = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|([^"\s,{}]*))\s*$')
+_SYNTAX_ENV = ImmutableSandboxedEnvironment()
+
+
+class LabelMatcher(BaseModel):
+    """One Alertmanager-style matcher. Regexes are fully anchored, as in Alertmanager."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    name: str
+    op: Literal["=", "!=", "=~", "!~"]
+    value: str
+
+    @classmethod
+    def parse(cls, text: str) -> "LabelMatcher":
+        found = _MATCHER.match(text)
+        if not found:
+            raise ValueError(f'invalid matcher {text!r}: write name="value", name!="value", name=~"regex" or name!~"regex"')
+        name, op, quoted, bare = found.groups()
+        value = bytes(quoted, "utf-8").decode("unicode_escape") if quoted is not None else bare
+        if op in ("=~", "!~"):
+            try:
+                re.compile(value)
+            except re.error as error:
+                raise ValueError(f"invalid regex in matcher {text!r}: {error}") from None
+        return cls(name=name, op=op, value=value)
+
+    def matches(self, labels: dict[str, str]) -> bool:
+        # A missing label is the empty string, as in Alertmanager (so `instance!=""` requires the label).
+        actual = labels.get(self.name, "")
+        if self.op == "=":
+            return actual == self.value
+        if self.op == "!=":
+            return actual != self.value
+        hit = re.fullmatch(self.value, actual) is not None
+        return hit if self.op == "=~" else not hit
+
+    def __str__(self) -> str:
+        escaped = self.value.replace("\\", "\\\\").replace('"', '\\"')
+        return f'{self.name}{self.op}"{escaped}"'
+
+
+def _check_template(text: str) -> str:
+    try:
+        _SYNTAX_ENV.parse(text)
+    except TemplateSyntaxError as error:
+        raise ValueError(f"invalid template (line {error.lineno} of the template): {error.message}") from None
+    return text
+
+
+def _check_templates_in(value: Any) -> Any:
+    """Parse every string leaf of a JSON body structure as a template."""
+    if isinstance(value, str):
+        _check_template(value)
+    elif isinstance(value, dict):
+        for item in value.values():
+            _check_templates_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_templates_in(item)
+    return value
+
+
+class Match(BaseModel):
+    """Which alerts start this playbook: every matcher must hold. An alert whose `playbook` annotation names this
+    playbook also matches (the compile stage writes that annotation from the rule's `playbook:`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    matchers: list[str] = Field(default_factory=list)
+    by_annotation: bool = True
+
+    @field_validator("matchers")
+    @classmethod
+    def _parse(cls, matchers: list[str]) -> list[str]:
+        for text in matchers:
+            LabelMatcher.parse(text)
+        return matchers
+
+    @property
+    def label_matchers(self) -> list[LabelMatcher]:
+        return [LabelMatcher.parse(text) for text in self.matchers]
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    required: bool = True
+    # A workflow nobody approved in time is cancelled: approving a stale alert's change is worse than not acting.
+    timeout: Seconds = 4 * 3600.0
+
+
+class HttpRequest(BaseModel):
+    """An outbound call. `url` and header values are text templates; `json` is a structure whose string leaves are
+    templates (a leaf that is one `{{ expression }}` keeps the expression's native type, e.g. a dict of changes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
+    url: str
+    headers: dict[str, str] = Field(default_factory=dict)
+    json_body: Any = Field(default=None, alias="json")
+    timeout: Seconds = 10.0
+    retries: int = Field(default=2, ge=0, le=10)
+    retry_backoff: Seconds = 1.0
+    expect_status: list[int] = Field(default_factory=lambda: list(range(200, 300)))
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, url: str) -> str:
+        return _check_template(url)
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, headers: dict[str, str]) -> dict[str, str]:
+        for value in headers.values():
+            _check_template(value)
+        return headers
+
+    @field_validator("json_body")
+    @classmethod
+    def _body(cls, body: Any) -> Any:
+        return _check_templates_in(body)
+
+
+class StepBase(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]+$", max_length=100)
+    # Run only for alerts whose labels match all of these (e.g. one verify per alertname); SKIPPED otherwise.
+    when: list[str] = Field(default_factory=list)
+
+    @field_validator("when")
+    @classmethod
+    def _when(cls, matchers: list[str]) -> list[str]:
+        for text in matchers:
+            LabelMatcher.parse(text)
+        return matchers
+
+    def applies_to(self, labels: dict[str, str]) -> bool:
+        return all(LabelMatcher.parse(text).matches(labels) for text in self.when)
+
+
+class RecommendStep(StepBase):
+    """Concrete configuration changes for the server kind, reading current settings from Prometheus when exposed."""
+
+    type: Literal["recommend"]
+    bottleneck: Bottleneck
+    # One playbook can serve several rules: the alert's name picks the bottleneck where it differs.
+    bottleneck_by_alertname: dict[str, Bottleneck] = Field(default_factory=dict)
+    server_kind: ServerKind | None = None  # defaults to the playbook's
+    current: dict[str, Any] = Field(default_factory=dict)  # known settings when Prometheus does not expose them
+
+
+class HttpStep(StepBase):
+    """Call an orchestrator or deployment API. Mutating: after a crash mid-call it is not re-run unless
+    `idempotent: true` says a second call is harmless."""
+
+    type: Literal["http"]
+    request: HttpRequest
+    idempotent: bool = False
+
+
+class CanaryStep(HttpStep):
+    """The change applied to a subset first: the request's templates see `percent`."""
+
+    type: Literal["canary"]  # type: ignore[assignment]
+    percent: float = Field(default=10, gt=0, le=100)
+
+
+class RolloutStep(HttpStep):
+    """The change applied to all (or `percent` of) targets after the canary was verified."""
+
+    type: Literal["rollout"]  # type: ignore[assignment]
+    percent: float = Field(default=100, gt=0, le=100)
+
+
+class RollbackStep(HttpStep):
+    """The inverse change; runs only when the workflow fails after a change started (verify failed, a call failed)."""
+
+    type: Literal["rollback"]  # type: ignore[assignment]
+
+
+class Improvement(BaseModel):
+    """Pass when the value moved by at least `percent` in `direction` against the pre-change baseline (the same
+    query evaluated before the first change)."""
+
+    model_config = ConfigDict(extra="forbid")
+    percent: float = Field(gt=0, le=100)
+    direction: Literal["decrease", "increase"] = "decrease"
+
+
+class VerifyStep(StepBase):
+    """A PromQL check after a delay. `query` is a template whose `{{ ... }}` outputs are escaped for use inside a
+    PromQL double-quoted string, so a label value cannot change the query. The result is reduced over series with
+    `reduce` (max by default: every series must pass a `below` check)."""
+
+    type: Literal["verify"]
+    query: str
+    delay: Seconds = 120.0
+    below: float | None = None
+    above: float | None = None
+    improvement: Improvement | None = None
+    reduce: Literal["max", "min", "mean"] = "max"
+    on_no_data: Literal["fail", "pass"] = "fail"
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, query: str) -> str:
+        return _check_template(query)
+
+    @model_validator(mode="after")
+    def _one_condition(self) -> "VerifyStep":
+        given = [c for c in (self.below, self.above, self.improvement) if c is not None]
+        if len(given) != 1:
+            raise ValueError("give exactly one of `below`, `above` or `improvement`")
+        return self
+
+
+Step = Annotated[Union[RecommendStep, HttpStep, CanaryStep, RolloutStep, RollbackStep, VerifyStep],
+                 Field(discriminator="type")]
+MUTATING_STEP_TYPES = ("http", "canary", "rollout", "rollback")
+
+
+class Playbook(BaseModel):
+    """One optimization playbook."""
+
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["Playbook"] = "Playbook"
+    name: str = Field(pattern=r"^[a-zA-Z0-9_.-]+$", max_length=200)
+    description: str = ""
+    match: Match
+    server_kind: ServerKind = "vllm"
+    category: Category | None = None
+    risk: Risk = "medium"
+    optimization_level: OptimizationLevel = "conservative"
+    approval: Approval = Approval()
+    dry_run: bool = False
+    # No more than one run per series (the values of `series_labels`) per cooldown.
+    cooldown: Seconds = 1800.0
+    series_labels: list[str] = Field(default_factory=lambda: ["instance"])
+    max_concurrent: int = Field(default=1, ge=1)
+    steps: list[Step] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _steps(self) -> "Playbook":
+        names = [step.name for step in self.steps]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"step names must be unique; repeated: {duplicates}")
+        if not self.match.matchers and not self.match.by_annotation:
+            raise ValueError("`match` needs matchers or `by_annotation: true`, or the playbook can never run")
+        return self
+
+    def matches(self, labels: dict[str, str], annotations: dict[str, str]) -> bool:
+        if self.match.by_annotation and annotations.get("playbook") == self.name:
+            return True
+        matchers = self.match.label_matchers
+        return bool(matchers) and all(m.matches(labels) for m in matchers)
+
+    def series_key(self, labels: dict[str, str]) -> str:
+        return ",".join(f"{name}={labels.get(name, '')}" for name in self.series_labels)
