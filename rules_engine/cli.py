@@ -18,3 +18,5 @@ main.add_command(serve)
 main.add_command(workflows)
 from rules_engine.simulate.command import simulate  # noqa: E402
 main.add_command(simulate)
+from rules_engine.compile.command import generate  # noqa: E402
+main.add_command(generate)
