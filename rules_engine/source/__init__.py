@@ -2,6 +2,7 @@
 from rules_engine.source.base import Source, SourceError
 from rules_engine.source.frame import RangeFrame, evaluation_grid, frame_from_matrix
 from rules_engine.source.prometheus import PrometheusSource, prometheus_options, source_from_options
+from rules_engine.source.snapshot import SnapshotSource, record_snapshot
 
-__all__ = ["PrometheusSource", "RangeFrame", "Source", "SourceError", "evaluation_grid", "frame_from_matrix",
-           "prometheus_options", "source_from_options"]
+__all__ = ["PrometheusSource", "RangeFrame", "SnapshotSource", "Source", "SourceError", "evaluation_grid",
+           "frame_from_matrix", "prometheus_options", "record_snapshot", "source_from_options"]
