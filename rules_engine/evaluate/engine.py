@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 
 import pandas as pd
 
-from rules_engine.evaluate import threshold
+from rules_engine.evaluate import regression, threshold, trend
 from rules_engine.evaluate.findings import Finding, severity_rank
 from rules_engine.evaluate.series import EvaluationError, RangeWindow
 from rules_engine.source.base import Source, SourceError
@@ -15,7 +15,7 @@ from rules_engine.source.frame import RangeFrame
 from rules_engine.spec.loader import RuleSet
 
 # Each rule kind is a module with queries(rule, pack), warmup(rule) and evaluate(rule, pack, frames, window).
-RULE_KINDS: dict[str, ModuleType] = {"threshold": threshold}
+RULE_KINDS: dict[str, ModuleType] = {"threshold": threshold, "trend": trend, "regression": regression}
 
 
 @dataclass

@@ -241,7 +241,7 @@ def evaluate(rule: RegressionRule, pack: RulePack, frames: dict[str, RangeFrame]
         fire_row = int(eval_rows[first])
         base = float(baseline_at[first, col])
         onset = _onset(values[:, col], grid, rule, fire_row, k, kb, baseline_end[fire_row])
-        change = float(current_at[first, col] / base - 1.0) if base != 0 else float("inf")
+        change = float(current_at[first, col] / base - 1.0) if base != 0 else None  # JSON has no infinity
         peaks.append(peak)
         severities.append(_severity(rule, peak / base if base else np.inf))
         per_episode.append({

@@ -1,0 +1,129 @@
+"""The health score: 100 minus deductions per finding severity and per violated SLO, per instance, category, fleet.
+
+The seeds' score (100; -25 per critical, -15 per high, -10 per medium, -5 per low finding; -20 × the share of
+SLOs violated; clamped to 0..100), re-based on a backtest's findings and SLO results:
+
+- a finding deducts once per alert (rule × series labels) at the worst severity it reached, so an alert that
+  flaps ten times over a week costs what one sustained episode costs;
+- instance score: 100 - the deductions of findings carrying that `instance` label - 20 × (violated / evaluated)
+  SLO groups carrying that `instance` label;
+- overall score: the mean of the instance scores (instances without findings score 100; pass `instances` so
+  they are counted), minus the deductions of fleet-level findings (no `instance` label), minus 20 × the share of
+  fleet-level SLO groups (no `instance` label) violated;
+- category score: 100 - the category's instance-attributed deductions divided by the number of instances -
+  its fleet-level deductions; `slo_burn` also loses 20 × the share of all SLO groups violated.
+Every score is clamped to 0..100. An SLO group counts as violated when its attainment is below the objective.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from rules_engine.evaluate.findings import SEVERITIES, Finding, severity_rank
+
+DEDUCTIONS = {"critical": 25.0, "high": 15.0, "medium": 10.0, "low": 5.0}
+SLO_VIOLATION_WEIGHT = 20.0
+CATEGORIES = ("high_latency", "low_throughput", "queue_buildup", "cache_inefficiency", "memory_pressure",
+              "batch_size_suboptimal", "error_rate", "slo_burn")
+
+
+@dataclass
+class InstanceHealth:
+    instance: str
+    score: float
+    findings: int = 0  # distinct alerts (rule × series) that deducted
+    slo_groups: int = 0
+    slo_violations: int = 0
+
+
+@dataclass
+class Health:
+    """Scores 0..100: `overall`, per `instances` (InstanceHealth by instance) and per `categories`."""
+
+    overall: float
+    instances: dict[str, InstanceHealth] = field(default_factory=dict)
+    categories: dict[str, float] = field(default_factory=dict)
+    fleet_findings: int = 0
+    slo_groups: int = 0
+    slo_violations: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON export's `health` object."""
+        return {
+            "overall": round(self.overall, 2),
+            "instances": {name: {"score": round(h.score, 2), "findings": h.findings, "slo_groups": h.slo_groups,
+                                 "slo_violations": h.slo_violations} for name, h in sorted(self.instances.items())},
+            "categories": {name: round(score, 2) for name, score in self.categories.items()},
+            "fleet_findings": self.fleet_findings,
+            "slo_groups": self.slo_groups,
+            "slo_violations": self.slo_violations,
+            "method": {"deductions": dict(DEDUCTIONS), "slo_violation_weight": SLO_VIOLATION_WEIGHT},
+        }
+
+
+def _clamp(score: float) -> float:
+    return max(0.0, min(100.0, score))
+
+
+def distinct_alerts(findings: Iterable[Finding]) -> list[Finding]:
+    """One finding per (rule, kind, series labels): the one with the worst severity."""
+    worst: dict[tuple, Finding] = {}
+    for finding in findings:
+        key = (finding.rule, finding.kind, tuple(sorted(finding.labels.items())))
+        if key not in worst or severity_rank(finding.severity) > severity_rank(worst[key].severity):
+            worst[key] = finding
+    return list(worst.values())
+
+
+def health_scores(findings: Iterable[Finding], slo_results: Iterable[Any] = (), instances: Iterable[str] = ()) -> Health:
+    """Score a backtest. `slo_results` are SLOResult-like (labels, compliant, error); `instances` the fleet's
+    instance names, so that instances without findings count as healthy in the overall score."""
+    alerts = distinct_alerts(findings)
+    slos = [r for r in slo_results if getattr(r, "error", None) is None and getattr(r, "compliant", None) is not None]
+    names = set(instances) | {f.labels["instance"] for f in alerts if f.labels.get("instance")}
+    names |= {r.labels["instance"] for r in slos if r.labels.get("instance")}
+
+    per_instance = {name: InstanceHealth(name, 100.0) for name in names}
+    deducted = {name: 0.0 for name in names}
+    fleet_deduction = 0.0
+    fleet_findings = 0
+    for finding in alerts:
+        points = DEDUCTIONS.get(finding.severity, 0.0)
+        instance = finding.labels.get("instance")
+        if instance:
+            deducted[instance] += points
+            per_instance[instance].findings += 1
+        else:
+            fleet_deduction += points
+            fleet_findings += 1
+    fleet_slos = [r for r in slos if not r.labels.get("instance")]
+    for result in slos:
+        instance = result.labels.get("instance")
+        if instance:
+            per_instance[instance].slo_groups += 1
+            per_instance[instance].slo_violations += int(not result.compliant)
+    for name, health in per_instance.items():
+        share = health.slo_violations / health.slo_groups if health.slo_groups else 0.0
+        health.score = _clamp(100.0 - deducted[name] - SLO_VIOLATION_WEIGHT * share)
+
+    fleet_violations = sum(not r.compliant for r in fleet_slos)
+    mean = sum(h.score for h in per_instance.values()) / len(per_instance) if per_instance else 100.0
+    overall = _clamp(mean - fleet_deduction
+                     - (SLO_VIOLATION_WEIGHT * fleet_violations / len(fleet_slos) if fleet_slos else 0.0))
+
+    count = max(len(per_instance), 1)
+    categories = {}
+    all_violations = sum(not r.compliant for r in slos)
+    for category in CATEGORIES:
+        of_category = [f for f in alerts if f.category == category]
+        attributed = sum(DEDUCTIONS.get(f.severity, 0.0) for f in of_category if f.labels.get("instance"))
+        fleet = sum(DEDUCTIONS.get(f.severity, 0.0) for f in of_category if not f.labels.get("instance"))
+        score = 100.0 - attributed / count - fleet
+        if category == "slo_burn" and slos:
+            score -= SLO_VIOLATION_WEIGHT * all_violations / len(slos)
+        categories[category] = _clamp(score)
+    return Health(overall=overall, instances=per_instance, categories=categories, fleet_findings=fleet_findings,
+                  slo_groups=len(slos), slo_violations=all_violations)
+
+
+assert set(DEDUCTIONS) == set(SEVERITIES)
