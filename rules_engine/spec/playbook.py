@@ -25,7 +25,7 @@ Bottleneck = Literal["queue_buildup", "kv_cache_pressure", "high_ttft", "high_it
                      "under_batching"]
 
 # Alertmanager's matcher syntax: name, operator, value (double-quoted, or bare without spaces/quotes).
-_MATCHER = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|([^"\s,{}]*))\s*$')
+_MATCHER = re.compile(r'^\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*(=~|!~|!=|=)\s*(?:"((?:[^"\\]|\\.)*)"|([^"\s,{}=]*))\s*$')
 _SYNTAX_ENV = ImmutableSandboxedEnvironment()
 
 
