@@ -19,6 +19,7 @@ import socket
 import ssl
 import warnings
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +28,7 @@ import click
 import numpy as np
 import pandas as pd
 import requests
+import urllib3
 from prometheus_api_client import PrometheusConnect
 from prometheus_api_client.exceptions import PrometheusApiClientException
 from urllib3.exceptions import InsecureRequestWarning
@@ -70,6 +72,8 @@ class PrometheusSource:
             raise SourceError(f"max_points_per_query must be 1..{MAX_POINTS_PER_QUERY}, got {max_points_per_query}")
         if timeout <= 0:
             raise SourceError(f"timeout must be positive, got {timeout}")
+        if retries < 0 or backoff < 0:
+            raise SourceError(f"retries and backoff must not be negative, got {retries} and {backoff}")
         self.url = _redacted(url.rstrip("/"))
         self.timeout = float(timeout)
         self.retries = int(retries)
@@ -85,7 +89,6 @@ class PrometheusSource:
         if insecure_skip_verify:
             session.verify = False
             # The user asked for it; a warning per request would only bury the report.
-            import urllib3
             urllib3.disable_warnings(InsecureRequestWarning)
         elif ca_file is not None:
             if not Path(ca_file).is_file():
@@ -227,6 +230,9 @@ class PrometheusSource:
         return f"cannot reach Prometheus at {self.url}: {_innermost_message(causes)}{attempts} ({what})"
 
     def _status_error(self, status: int, reason: str, body: bytes, content_type: str, what: str) -> str:
+        if not reason:
+            with contextlib.suppress(ValueError):
+                reason = HTTPStatus(status).phrase
         answer = _error_answer(body)
         detail = f"{answer[0]}: {answer[1]}" if answer else _text_excerpt(body, content_type)
         if status in (401, 407):
@@ -237,14 +243,13 @@ class PrometheusSource:
         if status == 404:
             return (f"no Prometheus API at {self.url} (HTTP 404 for /api/v1/...): check the URL and its path "
                     f"prefix, e.g. http://mimir/prometheus ({what}){_suffix(detail)}")
-        if answer:
-            return f"Prometheus at {self.url} rejected {what} (HTTP {status}): {detail}"
         retried = f" after {self.retries + 1} attempts" if status in RETRY_STATUSES and self.retries else ""
+        if answer:
+            return f"Prometheus at {self.url} rejected {what} (HTTP {status}{retried}): {detail}"
         return f"Prometheus at {self.url} answered HTTP {status} {reason}{retried} to {what}{_suffix(detail)}"
 
     def _answer_error(self, query: str, reason: str) -> SourceError:
         return SourceError(f"Prometheus at {self.url} gave an unusable answer to query {query}: {reason}")
-
 
 
 # -- splitting and encoding the range ---------------------------------------------------------------------------
