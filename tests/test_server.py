@@ -1,0 +1,227 @@
+"""The Flask application through its test client: auth, validation, persist-before-ack, operator API, metrics.
+
+The background runner is off (`start_runner=False`) where a test needs to see the state between persisting and
+processing; it then drives the intake by hand with the same functions the runner calls.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from rules_engine.playbooks import store as st
+from rules_engine.playbooks import workflow as wf
+from rules_engine.playbooks.intake import process_next_event
+from rules_engine.server.app import create_app, shutdown
+from rules_engine.server.config import ConfigError, ServerConfig, load_config
+from tests.test_playbooks import alert, payload, playbook
+
+AM_TOKEN = "am-secret-token-123"
+OPERATORS = {"viewer-token": ["viewer"], "operator-token": ["operator"], "senior-token": ["senior"]}
+
+
+def config(tmp_path, **overrides) -> ServerConfig:
+    (tmp_path / "am-token").write_text(AM_TOKEN + "\n")
+    base = {
+        "database_url": f"sqlite:///{tmp_path / 'engine.db'}", "sqlite_synchronous": "NORMAL",
+        "alertmanager_auth": {"bearer_token": {"file": str(tmp_path / "am-token")}},
+        "operators": [{"name": roles[0], "token": {"sha256": hashlib.sha256(token.encode()).hexdigest()},
+                       "roles": roles} for token, roles in OPERATORS.items()],
+        "poll_interval": 0.05, "variables": {"orchestrator_url": "http://127.0.0.1:9"},
+    }
+    base.update(overrides)
+    return ServerConfig.model_validate(base)
+
+
+@pytest.fixture
+def app(tmp_path):
+    application = create_app(config(tmp_path), playbooks={"pb": playbook()}, start_runner=False)
+    yield application
+    shutdown(application)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def am_headers(token: str = AM_TOKEN) -> dict:
+    return {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+
+
+def op(token: str) -> dict:
+    return {"Authorization": f"Bearer {token}"}
+
+
+def event_count(app) -> int:
+    with app.extensions["rules_engine"].runtime.store.read() as conn:
+        return conn.execute(select(func.count()).select_from(st.events)).scalar_one()
+
+
+def drain(app) -> None:
+    while process_next_event(app.extensions["rules_engine"].runtime):
+        pass
+
+
+def test_wrong_or_missing_credentials_get_401_and_nothing_is_stored(client, app, caplog):
+    caplog.set_level(logging.DEBUG)
+    body = payload(alert())
+    assert client.post("/alertmanager/webhook", data=body, headers={"Content-Type": "application/json"}
+                       ).status_code == 401
+    assert client.post("/alertmanager/webhook", data=body, headers=am_headers("wrong-token")).status_code == 401
+    # The operator credential is not the Alertmanager credential, and vice versa.
+    assert client.post("/alertmanager/webhook", data=body, headers=am_headers("senior-token")).status_code == 401
+    assert client.get("/api/v1/workflows", headers=op(AM_TOKEN)).status_code == 401
+    assert event_count(app) == 0
+    assert "wrong-token" not in caplog.text and AM_TOKEN not in caplog.text
+
+
+def test_basic_auth_for_alertmanager(tmp_path):
+    (tmp_path / "pw").write_text("s3cret")
+    application = create_app(config(tmp_path, alertmanager_auth={
+        "basic_username": "alertmanager", "basic_password": {"file": str(tmp_path / "pw")}}),
+        playbooks={"pb": playbook()}, start_runner=False)
+    client = application.test_client()
+
+    def basic(user, password):
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+
+    assert client.post("/alertmanager/webhook", data=payload(alert()),
+                       headers=basic("alertmanager", "s3cret")).status_code == 200
+    assert client.post("/alertmanager/webhook", data=payload(alert()),
+                       headers=basic("alertmanager", "wrong")).status_code == 401
+    assert client.post("/alertmanager/webhook", data=payload(alert()),
+                       headers=basic("someone", "s3cret")).status_code == 401
+    shutdown(application)
+
+
+def test_malformed_payloads_get_400_naming_the_field(client, app):
+    bad = client.post("/alertmanager/webhook", data="{not json", headers=am_headers())
+    assert bad.status_code == 400 and "not valid JSON" in bad.json["problems"][0]
+    wrong_version = json.loads(payload(alert()))
+    wrong_version["version"] = "3"
+    response = client.post("/alertmanager/webhook", data=json.dumps(wrong_version), headers=am_headers())
+    assert response.status_code == 400 and any(p.startswith("version") for p in response.json["problems"])
+    no_fingerprint = json.loads(payload(alert()))
+    del no_fingerprint["alerts"][0]["fingerprint"]
+    response = client.post("/alertmanager/webhook", data=json.dumps(no_fingerprint), headers=am_headers())
+    assert response.status_code == 400 and "alerts[0].fingerprint: Field required" in response.json["problems"]
+    assert event_count(app) == 0
+
+
+def test_the_event_is_persisted_before_the_2xx_and_processed_afterwards(client, app):
+    response = client.post("/alertmanager/webhook", data=payload(alert()), headers=am_headers())
+    assert response.status_code == 200 and response.json["status"] == "accepted"
+    engine = app.extensions["rules_engine"]
+    with engine.runtime.store.read() as conn:
+        row = conn.execute(select(st.events).where(st.events.c.id == response.json["event_id"])).first()
+        assert row is not None and row.processed_at is None  # persisted, not processed inside the request
+        assert st.list_workflows(conn) == []
+    drain(app)
+    listed = client.get("/api/v1/workflows", headers=op("viewer-token")).json["workflows"]
+    assert [w["state"] for w in listed] == [wf.PENDING_APPROVAL]
+
+
+def test_operator_api_filters_roles_and_decisions(client, app):
+    body = payload(alert(instance="i1"), alert(instance="i2"))
+    client.post("/alertmanager/webhook", data=body, headers=am_headers())
+    drain(app)
+    everything = client.get("/api/v1/workflows", headers=op("viewer-token")).json["workflows"]
+    assert len(everything) == 2
+    only_i2 = client.get("/api/v1/workflows?instance=i2", headers=op("viewer-token")).json["workflows"]
+    assert [w["instance"] for w in only_i2] == ["i2"]
+    assert client.get("/api/v1/workflows?state=BOGUS", headers=op("viewer-token")).status_code == 400
+    workflow_id = only_i2[0]["id"]
+    # The playbook is `moderate`: a viewer and a conservative-only operator may not decide it.
+    for token in ("viewer-token", "operator-token"):
+        denied = client.post(f"/api/v1/workflows/{workflow_id}/approve", headers=op(token))
+        assert denied.status_code == 403 and "may not approve moderate" in denied.json["error"]
+    approved = client.post(f"/api/v1/workflows/{workflow_id}/approve", json={"comment": "go"},
+                           headers=op("senior-token"))
+    assert approved.status_code == 200 and approved.json["state"] == wf.APPROVED
+    assert approved.json["decided_by"] == "senior"
+    again = client.post(f"/api/v1/workflows/{workflow_id}/approve", headers=op("senior-token"))
+    assert again.status_code == 409
+    other = everything[0]["id"] if everything[0]["id"] != workflow_id else everything[1]["id"]
+    rejected = client.post(f"/api/v1/workflows/{other}/reject", json={"reason": "peak hours"},
+                           headers=op("senior-token"))
+    assert rejected.json["state"] == wf.REJECTED and rejected.json["reason"] == "peak hours"
+    shown = client.get(f"/api/v1/workflows/{workflow_id}", headers=op("viewer-token")).json
+    assert [s["name"] for s in shown["steps"]] == ["recommend", "scale", "undo"]
+    actions = [(e["actor"], e["action"]) for e in shown["audit"]]
+    assert ("viewer", "approve_denied") in actions and ("senior", "transition") in actions
+    assert client.get("/api/v1/workflows/nope", headers=op("viewer-token")).status_code == 404
+    playbooks = client.get("/api/v1/playbooks", headers=op("viewer-token")).json["playbooks"]
+    assert playbooks[0]["name"] == "pb" and playbooks[0]["optimization_level"] == "moderate"
+
+
+def test_health_readiness_metrics_and_openapi(client, app):
+    assert client.get("/api/v1/health").json["status"] == "healthy"
+    assert client.get("/api/v1/ready").json["status"] == "ready"
+    client.post("/alertmanager/webhook", data=payload(alert()), headers=am_headers())
+    client.post("/alertmanager/webhook", data="{}", headers=am_headers())
+    client.post("/alertmanager/webhook", data="{}", headers=am_headers("x"))
+    before = client.get("/metrics").text
+    assert "rules_engine_events_unprocessed 1.0" in before
+    drain(app)
+    metrics = client.get("/metrics").text
+    assert 'rules_engine_workflows{state="PENDING_APPROVAL"} 1.0' in metrics
+    for outcome in ("accepted", "invalid", "unauthorized"):
+        assert f'rules_engine_webhook_requests_total{{outcome="{outcome}"}} 1.0' in metrics
+    assert 'rules_engine_webhook_alerts_total{status="firing"} 1.0' in metrics
+    document = client.get("/api/v1/openapi.json").json
+    assert document["openapi"].startswith("3.") and "/api/v1/workflows/{id}/approve" in document["paths"]
+
+
+def test_readiness_fails_when_the_store_is_gone(tmp_path):
+    application = create_app(config(tmp_path, database_url=f"sqlite:///{tmp_path / 'x.db'}"),
+                             playbooks={"pb": playbook()}, start_runner=False)
+    (tmp_path / "x.db").unlink()
+    (tmp_path / "x.db").mkdir()  # the path is now a directory: the store cannot answer
+    application.extensions["rules_engine"].runtime.store.dispose()
+    response = application.test_client().get("/api/v1/ready")
+    assert response.status_code == 503 and response.json["problems"][0].startswith("store")
+
+
+def test_a_thousand_alert_payload_is_accepted_and_processed(client, app):
+    alerts = [alert(instance=f"i{i}") for i in range(1000)]
+    started = time.perf_counter()
+    response = client.post("/alertmanager/webhook", data=payload(*alerts), headers=am_headers())
+    ack = time.perf_counter() - started
+    assert response.status_code == 200 and response.json["alerts"] == 1000
+    assert ack < 2.0
+    drain(app)
+    with app.extensions["rules_engine"].runtime.store.read() as conn:
+        assert len(st.list_workflows(conn, limit=2000)) == 1000
+
+
+def test_the_background_runner_processes_and_executes(tmp_path):
+    application = create_app(config(tmp_path), playbooks={"pb": playbook(dry_run=True)})
+    client = application.test_client()
+    try:
+        client.post("/alertmanager/webhook", data=payload(alert()), headers=am_headers())
+        deadline = time.time() + 10
+        states = []
+        while time.time() < deadline:
+            states = [w["state"] for w in client.get("/api/v1/workflows", headers=op("viewer-token")).json["workflows"]]
+            if states == [wf.COMPLETED]:
+                break
+            time.sleep(0.05)
+        assert states == [wf.COMPLETED]
+    finally:
+        shutdown(application)
+
+
+def test_config_errors_are_clear(tmp_path):
+    path = tmp_path / "serve.yaml"
+    path.write_text("listen: 127.0.0.1:1\noperators: [{name: a, token: {env: NOPE}, roles: [wizard]}]\n")
+    with pytest.raises(ConfigError, match="unknown role"):
+        load_config(path)
+    path.write_text("bogus: 1\n")
+    with pytest.raises(ConfigError, match="bogus"):
+        load_config(path)
