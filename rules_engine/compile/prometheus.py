@@ -10,6 +10,7 @@ that is what `evaluate --engine promql` range-queries over history, where no rec
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import pandas as pd
 
@@ -115,11 +116,14 @@ def pack_signals(pack: RulePack) -> dict[str, SignalRef]:
 
 def rule_expressions(rule, pack: RulePack) -> list[str]:
     """The expressions of a rule that get recorded (its signal, its guard)."""
-    found = []
-    for attribute in ("signal", "guard"):
-        expr = getattr(rule, attribute, None)
-        if expr:
-            found.append(inject_selector(expr, pack.selector))
+    if rule.type == "regression":
+        from rules_engine.evaluate.regression import signal_query  # the engine's own histogram-to-PromQL
+        signal = signal_query(rule)
+    else:
+        signal = rule.signal
+    found = [inject_selector(signal, pack.selector)]
+    if getattr(rule, "guard", None):
+        found.append(inject_selector(rule.guard, pack.selector))
     return found
 
 
@@ -138,12 +142,26 @@ def compile_pack(pack: RulePack, interval: pd.Timedelta = DEFAULT_INTERVAL) -> C
             compiled.alerts.extend(compilers[rule.type](rule, pack, signals, interval))
         except CompileError as error:
             compiled.notes.append(f"{pack.name}/{rule.name}: not compiled: {error}")
+            continue
+        compiled.notes.extend(f"{pack.name}/{rule.name}: partly compiled: {part}" for part in engine_only_parts(rule))
     return compiled
+
+
+def engine_only_parts(rule) -> list[str]:
+    """What of a compiled rule only the engine's own evaluation checks (the alert fires without it)."""
+    if rule.type == "regression":
+        return [f"the Mann-Whitney U test (alpha {number(rule.alpha)}) runs only in `rules-engine evaluate`; "
+                "the alert fires on the change ratio against the offset baseline alone"]
+    if rule.type == "trend" and rule.min_r2 > 0:
+        return [f"the fit quality filter (R² >= {number(rule.min_r2)}) runs only in `rules-engine evaluate`"]
+    return []
 
 
 def rule_compilers() -> dict:
     """rule type → function(rule, pack, signals, interval) -> [AlertingRule]. Kinds that are not here are reported."""
-    return {"threshold": threshold_alerts}
+    from rules_engine.compile.regression import regression_alerts
+    from rules_engine.compile.trend import trend_alerts
+    return {"threshold": threshold_alerts, "trend": trend_alerts, "regression": regression_alerts}
 
 
 def base_labels(rule, pack: RulePack, severity: str) -> dict[str, str]:
@@ -168,24 +186,28 @@ def base_annotations(rule, kind: str, default_summary: str, bound: float, extra:
 
 
 def severity_levels(rule: ThresholdRule) -> list[tuple[str, float, str]]:
-    """(severity, bound, comparison) per alert: one for a fixed severity, one per ladder level otherwise.
+    """(severity, bound, comparison) per alert: one for a fixed severity, one per ladder level otherwise."""
+    return ladder_levels(rule.direction, rule.threshold, rule.severity)
 
-    The `low` level is the rule's own threshold (strict, as the engine's condition); higher levels are where the
+
+def ladder_levels(direction: str, threshold: float, severity) -> list[tuple[str, float, str]]:
+    """(severity, bound, comparison) per alert of a value compared with `threshold` in `direction`.
+
+    The `low` level is the threshold itself (strict, as the engine's condition); higher levels are where the
     engine's ladder would name that severity; a level looser than the threshold is clamped to it.
     """
-    direction = rule.direction
     strict = COMPARISONS[direction]
-    if not isinstance(rule.severity, SeverityLadder):
-        return [(rule.severity, rule.threshold, strict)]
-    levels = [("low", rule.threshold, strict)]
-    for name, bound in rule.severity.levels():
-        if rule.severity.by == "value":
+    if not isinstance(severity, SeverityLadder):
+        return [(severity, threshold, strict)]
+    levels = [("low", threshold, strict)]
+    for name, bound in severity.levels():
+        if severity.by == "value":
             value = bound
         else:
-            value = rule.threshold * bound if direction == "above" else rule.threshold / bound
+            value = threshold * bound if direction == "above" else threshold / bound
         value = float(f"{value:.12g}")
-        looser = value <= rule.threshold if direction == "above" else value >= rule.threshold
-        levels.append((name, rule.threshold, strict) if looser else (name, value, LEVEL_COMPARISONS[direction]))
+        looser = value <= threshold if direction == "above" else value >= threshold
+        levels.append((name, threshold, strict) if looser else (name, value, LEVEL_COMPARISONS[direction]))
     return levels
 
 
@@ -198,9 +220,59 @@ def guard_matching(rule, pack: RulePack, signal_expr: str, guard_expr: str) -> t
     return tuple(on)
 
 
-def threshold_alerts(rule: ThresholdRule, pack: RulePack, signals: dict[str, SignalRef], interval: pd.Timedelta) -> list[AlertingRule]:
-    signal_expr = inject_selector(rule.signal, pack.selector)
+@dataclass(frozen=True)
+class Level:
+    """One alert of a rule: its severity, and the comparison `value_of(signal) <comparison> bound`."""
+
+    severity: str
+    bound: float
+    comparison: str
+    value_of: Callable[[str], str]  # signal reference (recorded selector or parenthesized expression) -> PromQL
+
+
+def leveled_alerts(rule, pack: RulePack, signals: dict[str, SignalRef], kind: str, levels: list[Level],
+                   what: str, extra_annotations: dict[str, str] | None = None,
+                   extra_condition: Callable[[str], str] | None = None) -> list[AlertingRule]:
+    """The alerts of one rule, one per level, each reading the recorded signal (and guard).
+
+    `extra_condition(signal_ref)` is ANDed to every level (e.g. a minimum sample count over the window).
+    """
+    signal_expr, *rest = rule_expressions(rule, pack)
     signal = signals[signal_expr]
+    guard = signals[rest[0]] if rest else None
+    on = guard_matching(rule, pack, signal_expr, rest[0]) if rest else None
+    alerts = []
+    for level in levels:
+        def condition(signal_ref: str, guard_ref: str | None) -> str:
+            text = f"{level.value_of(signal_ref)} {level.comparison} {number(level.bound)}"
+            if extra_condition is not None:
+                text = f"({text}) and ({extra_condition(signal_ref)})"
+            if guard_ref is None:
+                return text
+            return f"({text}) and on({', '.join(on or ())}) ({guard_ref})"
+
+        summary = f"{rule.name}: {what} is {rule.direction} {number(level.bound)}"
+        alerts.append(AlertingRule(
+            alert=rule.name,
+            expr=condition(signal.selector, guard.selector if guard else None),
+            expanded_expr=condition(f"({signal.expr})", f"({guard.expr})" if guard else None),
+            for_=rule.for_,
+            keep_firing_for=rule.keep_firing_for,
+            labels=base_labels(rule, pack, level.severity),
+            annotations=base_annotations(rule, kind, summary, level.bound, extra_annotations),
+            rule=rule.name,
+            kind=kind,
+            severity=level.severity,
+            bound=level.bound,
+            comparison=level.comparison,
+            inputs={"signal": signal.record, **({"guard": guard.record} if guard else {})},
+            guard_on=on,
+            series_labels=tuple(_series_labels(signal_expr, pack)),
+        ))
+    return alerts
+
+
+def threshold_alerts(rule: ThresholdRule, pack: RulePack, signals: dict[str, SignalRef], interval: pd.Timedelta) -> list[AlertingRule]:
     step = format_duration(interval)
 
     def value_of(ref: str) -> str:
@@ -208,41 +280,9 @@ def threshold_alerts(rule: ThresholdRule, pack: RulePack, signals: dict[str, Sig
             return ref
         return promql_window_stat(ref, rule.stat, format_duration(rule.window), step)
 
-    guard = None
-    on: tuple[str, ...] | None = None
-    if rule.guard:
-        guard_expr = inject_selector(rule.guard, pack.selector)
-        guard = signals[guard_expr]
-        on = guard_matching(rule, pack, signal_expr, guard_expr)
-
-    what = f"{rule.stat} over {format_duration(rule.window)}" if rule.stat else "value"
-    alerts = []
-    for severity, bound, comparison in severity_levels(rule):
-        def condition(signal_ref: str, guard_ref: str | None) -> str:
-            text = f"{value_of(signal_ref)} {comparison} {number(bound)}"
-            if guard_ref is None:
-                return text
-            return f"({text}) and on({', '.join(on)}) ({guard_ref})"
-
-        summary = f"{rule.name}: {what} of the signal is {rule.direction} {number(bound)}"
-        alerts.append(AlertingRule(
-            alert=rule.name,
-            expr=condition(signal.selector, guard.selector if guard else None),
-            expanded_expr=condition(f"({signal.expr})", f"({guard.expr})" if guard else None),
-            for_=rule.for_,
-            keep_firing_for=rule.keep_firing_for,
-            labels=base_labels(rule, pack, severity),
-            annotations=base_annotations(rule, "threshold", summary, bound),
-            rule=rule.name,
-            kind="threshold",
-            severity=severity,
-            bound=bound,
-            comparison=comparison,
-            inputs={"signal": signal.record, **({"guard": guard.record} if guard else {})},
-            guard_on=on,
-            series_labels=tuple(_series_labels(signal_expr, pack)),
-        ))
-    return alerts
+    levels = [Level(severity, bound, comparison, value_of) for severity, bound, comparison in severity_levels(rule)]
+    what = f"the signal's {rule.stat} over {format_duration(rule.window)}" if rule.stat else "the signal"
+    return leveled_alerts(rule, pack, signals, "threshold", levels, what)
 
 
 def _series_labels(expr: str, pack: RulePack) -> list[str]:

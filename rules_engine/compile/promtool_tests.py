@@ -219,7 +219,7 @@ def pack_tests(compiled: CompiledPack, rule_file: str) -> tuple[dict, list[str]]
     for name, alerts in by_rule.items():
         rule = rules[name]
         if alerts[0].kind != "threshold":
-            notes.append(f"{compiled.pack.name}/{name}: no promtool test for {alerts[0].kind} alerts")
+            notes.append(f"{compiled.pack.name}/{name}: no promtool test generated for {alerts[0].kind} alerts yet")
             continue
         tests = rule_tests(compiled.pack.name, alerts, compiled.interval, rule.stat, rule.window)
         groups.extend(tests.groups)
