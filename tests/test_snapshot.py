@@ -39,6 +39,7 @@ def assert_same_frame(replayed: RangeFrame, live: RangeFrame) -> None:
     pd.testing.assert_frame_equal(replayed.labels, live.labels)
 
 
+@pytest.mark.integration
 def test_replay_gives_the_recorded_frames(recorded, history_prometheus):
     snapshot = SnapshotSource(recorded)
     assert snapshot.queries == tuple(QUERIES)  # each query recorded once
@@ -55,16 +56,18 @@ def test_replay_gives_the_recorded_frames(recorded, history_prometheus):
     assert snapshot.query_range("no_such_metric_total", HISTORY_START, HISTORY_END, STEP).series_count == 0
 
 
-@pytest.mark.parametrize("hours", [(1, 3), (20 + 1 / 6, 20 + 5 / 6), (47, 48)])
-def test_a_sub_range_replays_like_the_live_query_over_it(recorded, history_prometheus, hours):
-    # (20h10m, 20h50m) lies inside instance c's hole: live Prometheus leaves c out, and so must the replay.
-    start, end = (HISTORY_START + pd.Timedelta(hours=h) for h in hours)
+@pytest.mark.integration
+@pytest.mark.parametrize("minutes", [(60, 180), (20 * 60 + 10, 20 * 60 + 50), (47 * 60, 48 * 60)])
+def test_a_sub_range_replays_like_the_live_query_over_it(recorded, history_prometheus, minutes):
+    # 20h10m .. 20h50m lies inside instance c's hole: live Prometheus leaves c out, and so must the replay.
+    start, end = (HISTORY_START + pd.Timedelta(minutes=m) for m in minutes)
     snapshot = SnapshotSource(recorded)
     live = PrometheusSource(history_prometheus.url)
     for query in QUERIES:
         assert_same_frame(snapshot.query_range(query, start, end, STEP), live.query_range(query, start, end, STEP))
 
 
+@pytest.mark.integration
 def test_a_query_not_recorded_names_the_file_and_how_to_re_record(recorded):
     with pytest.raises(SourceError) as error:
         SnapshotSource(recorded).query_range("up", HISTORY_START, HISTORY_END, STEP)
@@ -75,6 +78,7 @@ def test_a_query_not_recorded_names_the_file_and_how_to_re_record(recorded):
     assert f"--step 1m --out {recorded}" in message
 
 
+@pytest.mark.integration
 def test_the_recorder_can_name_its_own_re_record_command(history_prometheus, tmp_path):
     path = tmp_path / "s.snapshot"
     record_snapshot(PrometheusSource(history_prometheus.url), [METRIC], HISTORY_START,
@@ -84,6 +88,7 @@ def test_the_recorder_can_name_its_own_re_record_command(history_prometheus, tmp
         SnapshotSource(path).query_range("up", HISTORY_START, HISTORY_START + pd.Timedelta(hours=1), STEP)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("start, end, step, expected", [
     (HISTORY_START, HISTORY_END, pd.Timedelta(seconds=30), "recorded at step 1m, not 30s"),
     (HISTORY_START - STEP, HISTORY_END, STEP, "is not on that grid"),
@@ -102,12 +107,14 @@ def _damaged(recorded: Path, tmp_path: Path, change) -> Path:
     return path
 
 
+@pytest.mark.integration
 def test_a_truncated_file_is_not_a_snapshot(recorded, tmp_path):
     path = _damaged(recorded, tmp_path, lambda content: content[: len(content) // 2])
     with pytest.raises(SourceError, match=f"{path} is not a rules-engine snapshot: not a ZIP archive"):
         SnapshotSource(path)
 
 
+@pytest.mark.integration
 def test_flipped_bytes_in_the_values_are_caught(recorded, tmp_path):
     with zipfile.ZipFile(recorded) as archive:
         member = archive.getinfo("values/0.bin")

@@ -26,8 +26,6 @@ from rules_engine.source.prometheus import (MAX_POINTS_PER_QUERY, decode_matrix,
 from tests import processes
 from tests.conftest import require_binary
 
-pytestmark = pytest.mark.integration
-
 # Two days of 15 s samples: a range query at a 15 s step over them has 11,521 points, more than one request allows.
 HISTORY_START = pd.Timestamp("2026-10-01T00:00:00Z")
 HISTORY_END = HISTORY_START + pd.Timedelta(days=2)
@@ -116,6 +114,7 @@ def history_prometheus(history_blocks, tmp_path_factory) -> Iterator[processes.R
 
 # -- queries against the real Prometheus ----------------------------------------------------------------------
 
+@pytest.mark.integration
 def test_long_range_is_split_and_matches_the_generated_samples(history, history_prometheus):
     step = SCRAPE
     grid = evaluation_grid(HISTORY_START, HISTORY_END, step)
@@ -135,6 +134,7 @@ def test_long_range_is_split_and_matches_the_generated_samples(history, history_
     assert frame.series_labels(2) == {"__name__": METRIC, "instance": "c", "job": "vllm"}
 
 
+@pytest.mark.integration
 def test_many_seams_off_the_sample_grid_lose_and_repeat_nothing(history, history_prometheus):
     # A start between samples and a step that is not a multiple of the scrape interval: values come from the
     # lookback, and a chunk size that is not a round number puts seams everywhere.
@@ -149,6 +149,7 @@ def test_many_seams_off_the_sample_grid_lose_and_repeat_nothing(history, history
     pd.testing.assert_frame_equal(many_chunks.labels, one_chunk.labels)
 
 
+@pytest.mark.integration
 def test_a_series_present_in_only_some_chunks_keeps_one_column(history, history_prometheus):
     # Instance c is absent for the first 2 h: with 1 h chunks it first shows up in the third chunk.
     start, end, step = HISTORY_START, HISTORY_START + pd.Timedelta(hours=4), pd.Timedelta(minutes=1)
@@ -160,6 +161,7 @@ def test_a_series_present_in_only_some_chunks_keeps_one_column(history, history_
     assert c_column[start + pd.Timedelta(hours=2):].notna().all()
 
 
+@pytest.mark.integration
 def test_bad_query_names_the_parse_error_the_url_and_the_query(history_prometheus):
     source = PrometheusSource(history_prometheus.url)
     with pytest.raises(SourceError) as error:
@@ -169,12 +171,14 @@ def test_bad_query_names_the_parse_error_the_url_and_the_query(history_prometheu
     assert "bad_data" in message and "parse error" in message
 
 
+@pytest.mark.integration
 def test_wrong_path_prefix_says_check_the_prefix(history_prometheus):
     source = PrometheusSource(history_prometheus.url + "/prometheus")
     with pytest.raises(SourceError, match=r"HTTP 404.*path prefix"):
         source.query_range(METRIC, HISTORY_START, HISTORY_END, pd.Timedelta(hours=1))
 
 
+@pytest.mark.integration
 def test_label_values_and_series_exists(history_prometheus):
     source = PrometheusSource(history_prometheus.url)
     assert source.label_values("instance", match=METRIC) == ["a", "b", "c"]
@@ -239,6 +243,7 @@ def secured_prometheus(history_blocks, tmp_path_factory) -> Iterator[SecuredProm
 ONE_HOUR = (HISTORY_START + pd.Timedelta(hours=3), HISTORY_START + pd.Timedelta(hours=4), pd.Timedelta(minutes=1))
 
 
+@pytest.mark.integration
 def test_tls_and_basic_auth_with_the_right_credentials(secured_prometheus):
     assert secured_prometheus.url.startswith("https://")
     source = PrometheusSource(secured_prometheus.url, basic_auth=(secured_prometheus.user, secured_prometheus.password),
@@ -247,6 +252,7 @@ def test_tls_and_basic_auth_with_the_right_credentials(secured_prometheus):
     assert frame.series_count == 3 and frame.values.notna().all().all()
 
 
+@pytest.mark.integration
 def test_wrong_password_is_said_to_be_an_auth_failure(secured_prometheus):
     source = PrometheusSource(secured_prometheus.url, basic_auth=("alice", "wrong"), ca_file=secured_prometheus.ca_file)
     with pytest.raises(SourceError) as error:
@@ -255,18 +261,21 @@ def test_wrong_password_is_said_to_be_an_auth_failure(secured_prometheus):
     assert secured_prometheus.url in str(error.value)
 
 
+@pytest.mark.integration
 def test_untrusted_certificate_points_to_ca_file(secured_prometheus):
     source = PrometheusSource(secured_prometheus.url, basic_auth=("alice", secured_prometheus.password), retries=0)
     with pytest.raises(SourceError, match=r"TLS certificate of Prometheus at https://127\.0\.0\.1:\d+ not trusted.*--ca-file"):
         source.query_range(METRIC, *ONE_HOUR)
 
 
+@pytest.mark.integration
 def test_insecure_skip_verify_accepts_the_unknown_certificate(secured_prometheus):
     source = PrometheusSource(secured_prometheus.url, basic_auth=("alice", secured_prometheus.password),
                               insecure_skip_verify=True)
     assert source.query_range(METRIC, *ONE_HOUR).series_count == 3
 
 
+@pytest.mark.integration
 def test_too_many_samples_is_reported_with_prometheus_own_words(secured_prometheus):
     source = PrometheusSource(secured_prometheus.url, basic_auth=("alice", secured_prometheus.password),
                               ca_file=secured_prometheus.ca_file)
@@ -276,6 +285,7 @@ def test_too_many_samples_is_reported_with_prometheus_own_words(secured_promethe
     assert "HTTP 422" in str(error.value) and "execution" in str(error.value)
 
 
+@pytest.mark.integration
 def test_cli_options_build_a_working_source(secured_prometheus):
     @click.command()
     @prometheus_options
@@ -366,6 +376,7 @@ def _json_error(error_type: str, error: str) -> bytes:
     return json.dumps({"status": "error", "errorType": error_type, "error": error}).encode()
 
 
+@pytest.mark.integration
 def test_503_twice_then_success_is_retried_through_a_path_prefix(history, history_prometheus, tmp_path):
     """Like Mimir behind /prometheus with a tenant header: two 503s, then the request reaches the real Prometheus."""
     def answer(attempt: int, seen: SeenRequest) -> tuple[int, str, bytes]:

@@ -74,7 +74,7 @@ def record_snapshot(source: Source, queries: Iterable[str], start: pd.Timestamp,
     os.close(handle)
     try:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_LZMA) as archive:
-            archive.writestr(HEADER, json.dumps(header, indent=1))
+            archive.writestr(HEADER, json.dumps(header, indent=1, default=str))  # meta may hold timestamps
             for member, content in members:
                 archive.writestr(member, content)
         os.replace(temporary, target)
