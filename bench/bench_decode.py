@@ -1,19 +1,26 @@
 """Decode + frame build of a large range result: the vectorized path against the naive ones, in one process.
 
-    python bench/bench_decode.py [--series 50] [--points 20000] [--repeat 3]
-    python bench/bench_decode.py --prometheus URL --query Q --start T --end T --step 30s   (a live answer)
+    python bench/bench_decode.py [--series 50] [--points 20000]       generated answer, no server
+    python bench/bench_decode.py --start-prometheus                   the same series backfilled into a Prometheus
+                                                                      this script starts (tests/processes.py)
+    python bench/bench_decode.py --prometheus URL --query Q --start T --end T [--step 30s]   any live server
 
-Prints the best-of-N time of each way from the same answer body and the ratio naive / vectorized:
-- naive: json.loads, then a float() and a dict insert per sample, then a DataFrame;
-- frame_from_matrix: json.loads, then the contract's helper (numpy, but a Python object per sample from json);
-- decode_matrix: the values arrays cut out of the body and parsed by one numpy call (PrometheusSource's path).
-With --prometheus it also prints Prometheus' own time to compute and send the answer, the floor for any client.
+Prints the best-of-N time of each way over the same answer bodies and the ratio to the vectorized one:
+- decode_matrix: the values arrays cut out of the body and parsed by one numpy call (PrometheusSource's path);
+- frame_from_matrix: json.loads, then the contract's helper (numpy, but Python objects per sample from json);
+- naive: json.loads, then a float() and a dict insert per sample, then a DataFrame.
+Against a server it also prints Prometheus' own time to compute and send the answers (split at 11,000 points
+per request like PrometheusSource), the floor for any client.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
@@ -22,7 +29,10 @@ import requests
 
 from rules_engine.source.base import SourceError
 from rules_engine.source.frame import evaluation_grid, frame_from_matrix
-from rules_engine.source.prometheus import decode_matrix, frame_from_chunks
+from rules_engine.source.prometheus import MAX_POINTS_PER_QUERY, decode_matrix, frame_from_chunks
+
+Answers = list[tuple[bytes, pd.DatetimeIndex]]  # one body per request, with the grid it covers
+METRIC = "bench_latency_seconds"
 
 
 def generated_answer(series: int, points: int, step_seconds: int = 30) -> tuple[bytes, pd.DatetimeIndex]:
@@ -33,8 +43,7 @@ def generated_answer(series: int, points: int, step_seconds: int = 30) -> tuple[
     result = []
     for i in range(series):
         values = rng.gamma(2.0, 0.1, points)
-        result.append({"metric": {"__name__": "vllm:e2e_request_latency_seconds", "instance": f"10.0.{i // 250}.{i % 250}:8000",
-                                   "job": "vllm"},
+        result.append({"metric": {"__name__": METRIC, "instance": f"10.0.{i // 250}.{i % 250}:8000", "job": "vllm"},
                        "values": [[int(t), repr(float(v))] for t, v in zip(timestamps, values)]})
     result.sort(key=lambda s: tuple(sorted(s["metric"].items())))
     body = json.dumps({"status": "success", "data": {"resultType": "matrix", "result": result}},
@@ -44,26 +53,63 @@ def generated_answer(series: int, points: int, step_seconds: int = 30) -> tuple[
     return body, grid
 
 
-def naive(body: bytes, grid: pd.DatetimeIndex) -> pd.DataFrame:
-    result = json.loads(body)["data"]["result"]
-    columns = {}
-    for i, series in enumerate(result):
-        samples = {}
-        for timestamp, value in series["values"]:
-            samples[pd.Timestamp(timestamp, unit="s", tz="UTC")] = float(value)
-        columns[i] = samples
-    return pd.DataFrame(columns).reindex(grid)
+def live_answers(url: str, query: str, grid: pd.DatetimeIndex) -> tuple[Answers, float]:
+    """The raw answer bodies of `query` over `grid`, and the wall time Prometheus took to produce and send them."""
+    answers: Answers = []
+    started = time.perf_counter()
+    for first in range(0, len(grid), MAX_POINTS_PER_QUERY):
+        chunk = grid[first:first + MAX_POINTS_PER_QUERY]
+        response = requests.post(f"{url.rstrip('/')}/api/v1/query_range", timeout=600, data={
+            "query": query, "start": chunk[0].timestamp(), "end": chunk[-1].timestamp(),
+            "step": (grid[1] - grid[0]).total_seconds()})
+        response.raise_for_status()
+        answers.append((response.content, chunk))
+    return answers, time.perf_counter() - started
 
 
-def with_frame_from_matrix(body: bytes, grid: pd.DatetimeIndex) -> pd.DataFrame:
-    return frame_from_matrix("q", json.loads(body)["data"]["result"], grid).values
+@contextlib.contextmanager
+def backfilled_prometheus(body: bytes):
+    """Prometheus over the generated series: written as OpenMetrics, loaded with promtool (tests/processes.py)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root, for tests/processes.py
+    from tests import processes
+
+    with tempfile.TemporaryDirectory(prefix="bench-decode-") as tmp:
+        directory = Path(tmp)
+        with open(directory / "history.om", "w") as out:
+            out.write(f"# TYPE {METRIC} gauge\n")
+            for item in json.loads(body)["data"]["result"]:
+                labels = ",".join(f'{k}="{v}"' for k, v in item["metric"].items() if k != "__name__")
+                out.writelines(f"{METRIC}{{{labels}}} {v} {t}\n" for t, v in item["values"])
+            out.write("# EOF\n")
+        processes.backfill(directory / "history.om", directory / "data")
+        with processes.running_prometheus(directory / "data") as prometheus:
+            yield prometheus.url
 
 
-def vectorized(body: bytes, grid: pd.DatetimeIndex) -> pd.DataFrame:
-    return frame_from_chunks("q", [decode_matrix(body, SourceError)], grid).values
+def vectorized(answers: Answers) -> pd.DataFrame:
+    return pd.concat([frame_from_chunks("q", [decode_matrix(body, SourceError)], grid).values
+                      for body, grid in answers])
 
 
-def best_of(repeat: int, run: Callable[[], object]) -> tuple[float, object]:
+def with_frame_from_matrix(answers: Answers) -> pd.DataFrame:
+    return pd.concat([frame_from_matrix("q", json.loads(body)["data"]["result"], grid).values
+                      for body, grid in answers])
+
+
+def naive(answers: Answers) -> pd.DataFrame:
+    frames = []
+    for body, grid in answers:
+        columns = {}
+        for i, series in enumerate(json.loads(body)["data"]["result"]):
+            samples = {}
+            for timestamp, value in series["values"]:
+                samples[pd.Timestamp(timestamp, unit="s", tz="UTC")] = float(value)
+            columns[i] = samples
+        frames.append(pd.DataFrame(columns).reindex(grid))
+    return pd.concat(frames)
+
+
+def best_of(repeat: int, run: Callable[[], pd.DataFrame]) -> tuple[float, pd.DataFrame]:
     best, out = float("inf"), None
     for _ in range(repeat):
         started = time.perf_counter()
@@ -72,48 +118,47 @@ def best_of(repeat: int, run: Callable[[], object]) -> tuple[float, object]:
     return best, out
 
 
-def live_answer(url: str, query: str, start: str, end: str, step: str) -> tuple[bytes, pd.DatetimeIndex, float]:
-    from rules_engine.evaluate.timerange import parse_time
-    from rules_engine.spec import parse_duration
-    start_at, end_at, step_at = parse_time(start), parse_time(end), parse_duration(step)
-    started = time.perf_counter()
-    response = requests.post(f"{url.rstrip('/')}/api/v1/query_range", timeout=600, data={
-        "query": query, "start": start_at.timestamp(), "end": end_at.timestamp(), "step": step_at.total_seconds()})
-    response.raise_for_status()
-    return response.content, evaluation_grid(start_at, end_at, step_at), time.perf_counter() - started
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", type=int, default=50)
     parser.add_argument("--points", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--prometheus")
-    parser.add_argument("--query")
-    parser.add_argument("--start")
-    parser.add_argument("--end")
-    parser.add_argument("--step", default="30s")
+    parser.add_argument("--start-prometheus", action="store_true")
+    parser.add_argument("--prometheus", metavar="URL")
+    parser.add_argument("--query", default=METRIC)
+    parser.add_argument("--start", help="RFC 3339 (with --prometheus)")
+    parser.add_argument("--end", help="RFC 3339 (with --prometheus)")
+    parser.add_argument("--step", default="30s", help="pandas duration (with --prometheus)")
     parser.add_argument("--skip-naive", action="store_true", help="the per-sample loop takes several seconds")
     args = parser.parse_args()
 
-    if args.prometheus:
-        body, grid, server_seconds = live_answer(args.prometheus, args.query, args.start, args.end, args.step)
-        print(f"Prometheus query + transfer: {server_seconds:.3f} s")
-    else:
-        body, grid = generated_answer(args.series, args.points)
-    print(f"answer: {len(body) / 1e6:.1f} MB, {len(grid)} grid points")
+    server_seconds = None
+    with contextlib.ExitStack() as stack:
+        if args.prometheus:
+            grid = evaluation_grid(pd.Timestamp(args.start), pd.Timestamp(args.end), pd.Timedelta(args.step))
+            answers, server_seconds = live_answers(args.prometheus, args.query, grid)
+        elif args.start_prometheus:
+            body, grid = generated_answer(args.series, args.points)
+            url = stack.enter_context(backfilled_prometheus(body))
+            live_answers(url, METRIC, grid)  # warm-up: the measured run is not the first touch of the blocks
+            answers, server_seconds = live_answers(url, METRIC, grid)
+        else:
+            answers = [generated_answer(args.series, args.points)]
 
-    fast_seconds, fast = best_of(args.repeat, lambda: vectorized(body, grid))
-    helper_seconds, helper = best_of(args.repeat, lambda: with_frame_from_matrix(body, grid))
+    size = sum(len(body) for body, _ in answers)
+    print(f"answer: {size / 1e6:.1f} MB in {len(answers)} request(s), {sum(len(g) for _, g in answers)} grid points")
+    if server_seconds is not None:
+        print(f"Prometheus query + transfer       : {server_seconds:.3f} s")
+    fast_seconds, fast = best_of(args.repeat, lambda: vectorized(answers))
+    print(f"decode_matrix + frame_from_chunks : {fast_seconds:.3f} s"
+          + (f"  ({fast_seconds / server_seconds:.2f} of Prometheus' own time)" if server_seconds else ""))
+    helper_seconds, helper = best_of(args.repeat, lambda: with_frame_from_matrix(answers))
     pd.testing.assert_frame_equal(fast, helper)
-    print(f"decode_matrix + frame_from_chunks : {fast_seconds:.3f} s")
     print(f"json.loads + frame_from_matrix    : {helper_seconds:.3f} s  ({helper_seconds / fast_seconds:.1f}x slower)")
     if not args.skip_naive:
-        naive_seconds, slow = best_of(1, lambda: naive(body, grid))
+        naive_seconds, slow = best_of(1, lambda: naive(answers))
         np.testing.assert_array_equal(slow.to_numpy(), fast.to_numpy())
         print(f"json.loads + per-sample loop      : {naive_seconds:.3f} s  ({naive_seconds / fast_seconds:.1f}x slower)")
-    if args.prometheus:
-        print(f"decode / Prometheus' own time      : {fast_seconds / server_seconds:.2f}")
 
 
 if __name__ == "__main__":
