@@ -29,7 +29,8 @@ def pack_series_labels(ruleset: RuleSet) -> dict[str, list[str]]:
     """pack → the labels that identify a series of its alerts (kept labels, as evaluation keeps them)."""
     found = {pack.name: list(pack.keep_labels) for pack in ruleset.packs}
     if ruleset.slos:
-        found[SLO_PACK] = ["sloth_service", "sloth_slo"]
+        grouped = [label for slo in ruleset.slos for label in slo.group_by]
+        found[SLO_PACK] = ["sloth_service", "sloth_slo", *sorted(set(grouped), key=grouped.index)]
     return found
 
 

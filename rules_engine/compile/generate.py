@@ -80,7 +80,7 @@ def _slo_files(ruleset: RuleSet, options: GenerateOptions) -> tuple[dict[str, st
         from rules_engine.compile import slo
     except ImportError as error:  # the SLO compiler needs the SLO model
         return {}, [f"SLO: not compiled: {error}"]
-    return slo.slo_files(ruleset.slos, options)
+    return slo.slo_files(ruleset, options)
 
 
 def _notes_text(notes: list[str]) -> str:

@@ -19,6 +19,7 @@ from rules_engine.spec.models import format_duration
 
 DEFAULT_PROMETHEUS_URL = "http://prometheus:9090"
 DATASOURCE = "${datasource}"
+SEVERITY_ORDER = ("low", "medium", "high", "critical")
 SEVERITY_COLORS = {"low": "yellow", "medium": "orange", "high": "red", "critical": "dark-red"}
 PANEL_WIDTH, PANEL_HEIGHT = 12, 8
 SLO_VARIABLES = ("sloth_service", "sloth_slo")
@@ -53,7 +54,11 @@ def _thresholds(alerts: list[AlertingRule]):
     """Threshold steps for a rule's levels: colors grow with severity in the direction the rule fires."""
     _, dashboard, _, _, _, _, _, dashboard_models = _sdk()
     above = ">" in alerts[0].comparison
-    levels = sorted({(a.bound, a.severity) for a in alerts}, key=lambda level: level[0])
+    # One line per distinct bound, colored by the mildest severity there (a trend's lead-time levels share one).
+    mildest: dict[float, str] = {}
+    for alert in sorted(alerts, key=lambda a: SEVERITY_ORDER.index(a.severity)):
+        mildest.setdefault(alert.bound, alert.severity)
+    levels = sorted(mildest.items())
     if above:
         steps = [dashboard_models.Threshold(value=None, color="green")]
         steps += [dashboard_models.Threshold(value=bound, color=SEVERITY_COLORS[severity]) for bound, severity in levels]

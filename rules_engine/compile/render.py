@@ -10,6 +10,10 @@ import yaml
 class _Dumper(yaml.SafeDumper):
     """Block style, insertion order, no line folding, multi-line strings as `|` blocks."""
 
+    def ignore_aliases(self, data: Any) -> bool:
+        # Shared dicts (one label set on several rules) must be written out each time, never as &id001 anchors.
+        return True
+
     def increase_indent(self, flow: bool = False, indentless: bool = False):
         # Indent list items under their key, as hand-written Prometheus and Alertmanager configs do.
         return super().increase_indent(flow, False)
