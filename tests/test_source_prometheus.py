@@ -193,7 +193,7 @@ def test_unreachable_port_says_connection_refused():
     source = PrometheusSource(url, retries=2, backoff=0.01)
     with pytest.raises(SourceError) as error:
         source.query_range("up", HISTORY_START, HISTORY_END, pd.Timedelta(hours=1))
-    assert str(error.value) == f"cannot reach Prometheus at {url}: connection refused (after 3 attempts) (query up)"
+    assert str(error.value) == f"cannot reach Prometheus at {url}: connection refused, after 3 attempts (query up)"
 
 
 # -- a secured Prometheus: TLS, basic auth, a small sample limit ----------------------------------------------
@@ -400,6 +400,7 @@ def test_503_twice_then_success_is_retried_through_a_path_prefix(history, histor
     # The query travels as a form body, not in the URL, so long queries do not hit URL length limits.
     assert server.requests[0].path == "/prometheus/api/v1/query_range"
     assert b"query=llm_queue_depth" in server.requests[0].body
+    assert b"timeout=60s" in server.requests[0].body  # the server gives up when the client would
     pd.testing.assert_frame_equal(frame.values, history.expected_frame(start, end, step))
 
 
@@ -439,7 +440,7 @@ def test_a_slow_server_times_out_with_a_hint():
         finally:
             release.set()
     assert len(server.requests) == 2
-    assert f"no answer from Prometheus at {server.url} within 0.3s (after 2 attempts)" in str(error.value)
+    assert f"no answer from Prometheus at {server.url} within 0.3s, after 2 attempts for query up" in str(error.value)
 
 
 def test_an_html_login_page_is_not_taken_for_an_answer():

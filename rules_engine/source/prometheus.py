@@ -207,7 +207,7 @@ class PrometheusSource:
 
     def _transport_error(self, exc: BaseException, what: str) -> str:
         causes = list(_causes(exc))
-        attempts = f" (after {self.retries + 1} attempts)" if self.retries else ""
+        attempts = f", after {self.retries + 1} attempts" if self.retries else ""
         for cause in causes:
             if isinstance(cause, ssl.SSLCertVerificationError):
                 return (f"TLS certificate of Prometheus at {self.url} not trusted: {cause.verify_message}; pass the "
