@@ -30,6 +30,8 @@ def run_gunicorn(config: ServerConfig) -> None:
                 # Stop the background loops cleanly when a worker exits, so in-flight steps are left resumable.
                 "worker_exit": lambda server, worker: shutdown(worker.wsgi) if hasattr(worker, "wsgi") else None,
             }
+            if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1: no shared ~/.gunicorn socket
+                settings["control_socket_disable"] = True
             for key, value in settings.items():
                 self.cfg.set(key, value)
 
@@ -42,7 +44,7 @@ def run_gunicorn(config: ServerConfig) -> None:
 @click.command("serve")
 @click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
               help="Server config YAML (listen, database_url, playbooks, credentials, roles, ...).")
-@click.option("--listen", help="host:port to bind (default 127.0.0.1:9095).")
+@click.option("--listen", help="host:port to bind (default 127.0.0.1:8080).")
 @click.option("--database", "database_url", help="SQLAlchemy URL (default sqlite:///rules-engine.db; "
                                                   "postgresql://... accepted).")
 @click.option("--playbooks", multiple=True, help="Playbook files or folders (repeatable; default rules/).")

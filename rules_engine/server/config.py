@@ -87,7 +87,7 @@ DEFAULT_ROLES: dict[str, list[str]] = {
 
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    listen: str = "127.0.0.1:9095"
+    listen: str = "127.0.0.1:8080"
     database_url: str = "sqlite:///rules-engine.db"
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     playbooks: list[str] = Field(default_factory=lambda: ["rules"])
