@@ -89,6 +89,15 @@ def test_the_recorder_can_name_its_own_re_record_command(history_prometheus, tmp
 
 
 @pytest.mark.integration
+def test_a_failed_recording_leaves_no_file(history_prometheus, tmp_path):
+    path = tmp_path / "s.snapshot"
+    with pytest.raises(SourceError, match="bad_data"):
+        record_snapshot(PrometheusSource(history_prometheus.url), [METRIC, f"rate({METRIC}[5m]"], HISTORY_START,
+                        HISTORY_START + pd.Timedelta(hours=1), STEP, path)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.integration
 @pytest.mark.parametrize("start, end, step, expected", [
     (HISTORY_START, HISTORY_END, pd.Timedelta(seconds=30), "recorded at step 1m, not 30s"),
     (HISTORY_START - STEP, HISTORY_END, STEP, "is not on that grid"),

@@ -46,27 +46,6 @@ def record_snapshot(source: Source, queries: Iterable[str], start: pd.Timestamp,
     if len(grid) == 0:
         raise SourceError(f"cannot record snapshot {path}: range end {end} is before its start {start}")
     dtype = np.dtype("<f4" if single_precision else "<f8")
-    entries = []
-    members: list[tuple[str, bytes]] = []
-    for number, query in enumerate(unique_queries):
-        frame = source.query_range(query, start, end, step)
-        if not frame.values.index.equals(grid):
-            raise SourceError(f"cannot record snapshot {path}: the source answered query {query} on a different grid")
-        member = f"values/{number}.bin"
-        members.append((member, _shuffled(frame.values.to_numpy(dtype=np.float64).T.astype(dtype))))
-        entries.append({"query": query, "member": member, "series": frame.series_count,
-                        "label_names": [str(name) for name in frame.labels.columns],
-                        "label_values": frame.labels.astype(str).to_numpy().tolist()})
-    header = {
-        "format": FORMAT, "version": VERSION,
-        "created": _rfc3339(pd.Timestamp.now(tz="UTC")),
-        "source": getattr(source, "url", None),  # PrometheusSource.url carries no credentials
-        "start": _rfc3339(start), "end": _rfc3339(end), "step": _duration(step),
-        "start_ns": int(start.value), "end_ns": int(end.value), "step_ns": int(step.value),
-        "points": len(grid), "dtype": dtype.str,
-        "meta": dict(meta or {}),
-        "queries": entries,
-    }
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     # Written beside the target and renamed: a failed recording never leaves half a snapshot under the real name.
@@ -74,9 +53,30 @@ def record_snapshot(source: Source, queries: Iterable[str], start: pd.Timestamp,
     os.close(handle)
     try:
         with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_LZMA) as archive:
-            archive.writestr(HEADER, json.dumps(header, indent=1, default=str))  # meta may hold timestamps
-            for member, content in members:
-                archive.writestr(member, content)
+            entries = []
+            for number, query in enumerate(unique_queries):
+                frame = source.query_range(query, start, end, step)
+                if not frame.values.index.equals(grid):
+                    raise SourceError(f"cannot record snapshot {path}: the source answered query {query} on a "
+                                      f"different grid")
+                member = f"values/{number}.bin"
+                # Each result goes to the archive as it arrives, so memory holds one query's samples at a time.
+                archive.writestr(member, _shuffled(frame.values.to_numpy(dtype=np.float64).T.astype(dtype)))
+                entries.append({"query": query, "member": member, "series": frame.series_count,
+                                "label_names": [str(name) for name in frame.labels.columns],
+                                "label_values": frame.labels.astype(str).to_numpy().tolist()})
+            header = {
+                "format": FORMAT, "version": VERSION,
+                "created": _rfc3339(pd.Timestamp.now(tz="UTC")),
+                "source": getattr(source, "url", None),  # PrometheusSource.url carries no credentials
+                "start": _rfc3339(start), "end": _rfc3339(end), "step": _duration(step),
+                "start_ns": int(start.value), "end_ns": int(end.value), "step_ns": int(step.value),
+                "points": len(grid), "dtype": dtype.str,
+                "meta": dict(meta or {}),
+                "queries": entries,
+            }
+            archive.writestr(HEADER, json.dumps(header, indent=1, default=str))  # default: meta may hold timestamps
+        os.chmod(temporary, 0o644)  # mkstemp's 0600 would surprise whoever commits or shares the file
         os.replace(temporary, target)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
