@@ -467,6 +467,19 @@ def _at(values: np.ndarray, row: int, column: int) -> float | None:
     return float(value) if np.isfinite(value) else None
 
 
+def value_at_objective(values: np.ndarray, objective: float, op: str) -> float:
+    """The slice value the objective's share of slices meets: the SLO is met iff this value meets the target.
+
+    For `<`/`<=` the smallest v with share(values <= v) >= objective; for `>`/`>=` the largest v with
+    share(values >= v) >= objective (order statistics, no interpolation, so it agrees with the attainment).
+    """
+    ordered = np.sort(values)
+    n = len(ordered)
+    if op in ("<", "<="):
+        return float(ordered[max(int(math.ceil(n * objective - 1e-9)) - 1, 0)])
+    return float(ordered[min(int(math.floor(n * (1.0 - objective) + 1e-9)), n - 1)])
+
+
 def _timeslice_summary(slo: SLO, result: SLOResult, slice_values: np.ndarray, group_of: np.ndarray, index: int,
                        first_row: int, end_row: int) -> None:
     sli = slo.sli.timeslices
@@ -478,9 +491,7 @@ def _timeslice_summary(slo: SLO, result: SLOResult, slice_values: np.ndarray, gr
         return
     last_rows = values[~np.isnan(values).all(axis=1)]
     result.current_value = float(np.nanmean(last_rows[-1]))
-    # The objective's share of slices meets the target iff this quantile of the slice values does.
-    share = slo.target if sli.op in ("<", "<=") else 1.0 - slo.target
-    result.value_at_objective = float(np.quantile(present, share))
+    result.value_at_objective = value_at_objective(present, slo.target, sli.op)
     if sli.target != 0:
         result.deviation_percent = (result.value_at_objective - sli.target) / abs(sli.target) * 100.0
 
