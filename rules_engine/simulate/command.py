@@ -49,9 +49,12 @@ def _time(ctx, param, value):
 @click.option("--legacy-fraction", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Share of instances on an old vLLM exposing vllm:gpu_cache_usage_perc and "
                    "vllm:time_per_output_token_seconds instead of the current names.")
+@click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the instances over this many files (OUT's stem + .0, .1, ...): promtool holds a whole "
+                   "file in memory, so large fleets load in pieces.")
 @click.option("--truth", "truth_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the ground truth (incidents, restarts, instances) as JSON here.")
-def simulate(out_path, instances, duration, end, step, seed, scenario, incidents_path, legacy_fraction,
+def simulate(out_path, instances, duration, end, step, seed, scenario, incidents_path, legacy_fraction, shards,
              truth_path):
     """Write a simulated vLLM fleet history with injected incidents as OpenMetrics with timestamps."""
     chosen = SCENARIOS[scenario]
@@ -70,11 +73,11 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
         spec = FleetSpec(start=end - duration, end=end, instances=instances or chosen.instances, step=step,
                          seed=seed, legacy_fraction=legacy_fraction)
         began = time.perf_counter()
-        result = simulate_history(out_path, spec, incidents, truth_path=truth_path)
+        result = simulate_history(out_path, spec, incidents, truth_path=truth_path, shards=shards)
     except ValueError as error:
         raise click.ClickException(str(error)) from None
     samples = sum(int(s.present.sum()) for s in result.series)
-    click.echo(f"wrote {out_path}: {spec.instances} instances, {duration / 3600:g}h at {step}s, "
+    click.echo(f"wrote {', '.join(str(p) for p in result.paths)}: {spec.instances} instances, {duration / 3600:g}h at {step}s, "
                f"{samples} scrapes, {result.bytes_written / 1e6:.1f} MB in {time.perf_counter() - began:.1f}s; "
                f"{len(result.truth['incidents'])} incident record(s)"
                + (f" ({len(result.truth['skipped_incidents'])} incident(s) outside the range skipped)"
