@@ -245,16 +245,23 @@ def test_verify_failure_rolls_back(stack):
 def test_wrong_credentials_are_refused_by_the_running_server_and_nothing_is_stored(stack):
     port = stack["port"]
     store = st.open_store(f"sqlite:///{stack['db']}")
-    with store.read() as conn:
-        before = conn.execute(select(func.count()).select_from(st.events)).scalar_one()
-    body = {"version": "4", "groupKey": "x", "status": "firing", "receiver": "r", "alerts": []}
+    # A marker group key: Alertmanager keeps delivering other events meanwhile, so count only ours.
+    body = {"version": "4", "groupKey": "unauthorized-probe", "status": "firing", "receiver": "r", "alerts": []}
     for headers in ({}, {"Authorization": "Bearer nope"}, {"Authorization": f"Bearer {OPERATOR_TOKEN}"}):
         response = requests.post(f"http://127.0.0.1:{port}/alertmanager/webhook", json=body, headers=headers,
                                  timeout=5)
         assert response.status_code == 401
     assert api(port, "/api/v1/workflows", token=AM_TOKEN).status_code == 401
     with store.read() as conn:
-        assert conn.execute(select(func.count()).select_from(st.events)).scalar_one() == before
+        stored = conn.execute(select(func.count()).select_from(st.events)
+                              .where(st.events.c.group_key == "unauthorized-probe")).scalar_one()
+    assert stored == 0
+    accepted = requests.post(f"http://127.0.0.1:{port}/alertmanager/webhook", json=body, timeout=5,
+                             headers={"Authorization": f"Bearer {AM_TOKEN}"})
+    assert accepted.status_code == 200  # the same body with the right credential is stored (the probe can fail)
+    with store.read() as conn:
+        assert conn.execute(select(func.count()).select_from(st.events)
+                            .where(st.events.c.group_key == "unauthorized-probe")).scalar_one() == 1
     store.dispose()
     metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
     assert 'rules_engine_webhook_requests_total{outcome="unauthorized"}' in metrics

@@ -11,7 +11,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from sqlalchemy import and_, insert, select, text, update
+from sqlalchemy import and_, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -47,91 +47,136 @@ def _insert_ignore(conn: Connection, table, dialect: str, **values) -> bool:
         return False
 
 
-def process_next_event(rt: Runtime) -> bool:
-    """Process the oldest unprocessed event, if any. Returns False when the queue is empty."""
+def process_next_event(rt: Runtime, max_alerts: int = 200) -> bool:
+    """Process the oldest unprocessed events, up to about `max_alerts` alerts in one transaction (several small
+    events share a commit; a large event is processed in chunks, its progress committed with their effects, so
+    the write lock is never held for long and a crash resumes at the chunk boundary). False when idle."""
     with rt.store.write() as conn:
         if rt.store.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": st.INTAKE_LOCK_KEY})
-        query = (select(st.events.c.id, st.events.c.body).where(st.events.c.processed_at.is_(None))
-                 .order_by(st.events.c.id).limit(1))
+        query = (select(st.events.c.id, st.events.c.body, st.events.c.progress)
+                 .where(st.events.c.processed_at.is_(None)).order_by(st.events.c.id).limit(20))
         if rt.store.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
-        row = conn.execute(query).first()
-        if row is None:
-            return False
-        error = None
-        try:
-            with conn.begin_nested():
-                payload = parse_payload(row.body)
-                if payload.truncated_alerts:
-                    st.record_audit(conn, "alertmanager", "alerts_truncated", None, event_id=row.id,
-                                    truncated=payload.truncated_alerts,
-                                    note="Alertmanager max_alerts dropped alerts from this notification")
-                process_alerts(conn, rt, payload.alerts, actor="alertmanager", origin="alertmanager",
-                               event_id=row.id)
-        except (PayloadError, ValueError, KeyError, TypeError) as exc:
-            # A poison event must not block the queue: record why and move on.
-            error = f"{type(exc).__name__}: {exc}"
-            st.record_audit(conn, "engine", "event_failed", None, event_id=row.id, error=error)
-        conn.execute(update(st.events).where(st.events.c.id == row.id)
-                     .values(processed_at=time.time(), attempts=st.events.c.attempts + 1, error=error))
-        return True
+        rows = conn.execute(query).all()
+        budget = max_alerts
+        for row in rows:
+            if budget <= 0:
+                break
+            budget -= _process_event(conn, rt, row, budget)
+        return bool(rows)
+
+
+def _process_event(conn: Connection, rt: Runtime, row, budget: int) -> int:
+    """Process up to `budget` alerts of one event; returns how many alerts it consumed."""
+    error, done, total = None, row.progress, row.progress
+    try:
+        with conn.begin_nested():
+            payload = parse_payload(row.body)
+            total = len(payload.alerts)
+            chunk = payload.alerts[row.progress:row.progress + budget]
+            if row.progress == 0 and payload.truncated_alerts:
+                st.record_audit(conn, "alertmanager", "alerts_truncated", None, event_id=row.id,
+                                truncated=payload.truncated_alerts,
+                                note="Alertmanager max_alerts dropped alerts from this notification")
+            process_alerts(conn, rt, chunk, actor="alertmanager", origin="alertmanager", event_id=row.id)
+            done = row.progress + len(chunk)
+    except (PayloadError, ValueError, KeyError, TypeError) as exc:
+        # A poison event must not block the queue: record why and move on.
+        error = f"{type(exc).__name__}: {exc}"
+        st.record_audit(conn, "engine", "event_failed", None, event_id=row.id, error=error)
+        done = total
+    finished = done >= total
+    conn.execute(update(st.events).where(st.events.c.id == row.id).values(
+        progress=done, processed_at=time.time() if finished else None, error=error,
+        attempts=st.events.c.attempts + (1 if finished else 0)))
+    return max(done - row.progress, 1)
 
 
 def process_alerts(conn: Connection, rt: Runtime, alerts: list[Alert], actor: str, origin: str,
                    event_id: int | None = None, now: float | None = None) -> IntakeResult:
     now = time.time() if now is None else now
     result = IntakeResult()
+    if not alerts:
+        return result
+    _record_episodes(conn, rt, alerts, event_id, now)
+    known = _workflows_of(conn, alerts)
     for alert in alerts:
-        _record_episode(conn, rt, alert, event_id, now)
+        key = (alert.fingerprint, alert.starts_at)
         if alert.status == "resolved":
-            _on_resolved(conn, alert, actor, result)
+            _on_resolved(conn, alert, actor, result, known.get(key, []))
             continue
         matched = [p for p in rt.playbooks.values() if p.matches(alert.labels, alert.annotations)]
         if not matched:
             result.unmatched += 1
         for playbook in matched:
-            _start_workflow(conn, rt, playbook, alert, actor, origin, now, result)
+            if any(name == playbook.name for name, _, _ in known.get(key, [])):
+                result.duplicates += 1
+                continue
+            created = _start_workflow(conn, rt, playbook, alert, actor, origin, now, result)
+            if created:
+                known.setdefault(key, []).append((playbook.name, created, wf.PENDING_APPROVAL))
     return result
 
 
-def _record_episode(conn: Connection, rt: Runtime, alert: Alert, event_id: int | None, now: float) -> None:
-    inserted = _insert_ignore(
-        conn, st.episodes, rt.store.dialect, fingerprint=alert.fingerprint, starts_at=alert.starts_at,
-        alertname=alert.labels.get("alertname", ""), labels=st.dumps(alert.labels),
-        annotations=st.dumps(alert.annotations), first_event_id=event_id, first_seen=now, deliveries=1,
-        generator_url=alert.generator_url,
-        resolved_at=now if alert.status == "resolved" else None,
-        ends_at=alert.ends_at if alert.status == "resolved" else None)
-    if not inserted:
-        values = {"deliveries": st.episodes.c.deliveries + 1}
-        if alert.status == "resolved":
-            values.update(resolved_at=now, ends_at=alert.ends_at)
-        conn.execute(update(st.episodes).where(st.episodes.c.fingerprint == alert.fingerprint,
-                                               st.episodes.c.starts_at == alert.starts_at).values(**values))
+def _workflows_of(conn: Connection, alerts: list[Alert]) -> dict[tuple[str, str], list[tuple[str, str, str]]]:
+    """(fingerprint, starts_at) -> [(playbook, workflow id, state)] for the alerts' episodes, in bulk."""
+    fingerprints = sorted({a.fingerprint for a in alerts})
+    wanted = {(a.fingerprint, a.starts_at) for a in alerts}
+    found: dict[tuple[str, str], list[tuple[str, str, str]]] = {}
+    for start in range(0, len(fingerprints), 500):
+        rows = conn.execute(select(st.workflows.c.fingerprint, st.workflows.c.starts_at, st.workflows.c.playbook,
+                                   st.workflows.c.id, st.workflows.c.state)
+                            .where(st.workflows.c.fingerprint.in_(fingerprints[start:start + 500]))).all()
+        for row in rows:
+            if (row.fingerprint, row.starts_at) in wanted:
+                found.setdefault((row.fingerprint, row.starts_at), []).append((row.playbook, row.id, row.state))
+    return found
 
 
-def _on_resolved(conn: Connection, alert: Alert, actor: str, result: IntakeResult) -> None:
-    """A resolved alert never acts: it cancels workflows still waiting for approval and is recorded on the others."""
-    rows = conn.execute(select(st.workflows.c.id, st.workflows.c.state).where(
-        st.workflows.c.fingerprint == alert.fingerprint, st.workflows.c.starts_at == alert.starts_at)).all()
+def _record_episodes(conn: Connection, rt: Runtime, alerts: list[Alert], event_id: int | None, now: float) -> None:
+    rows = [{"fingerprint": a.fingerprint, "starts_at": a.starts_at, "alertname": a.labels.get("alertname", ""),
+             "labels": st.dumps(a.labels), "annotations": st.dumps(a.annotations), "first_event_id": event_id,
+             "first_seen": now, "deliveries": 1, "generator_url": a.generator_url,
+             "resolved_at": now if a.status == "resolved" else None,
+             "ends_at": a.ends_at if a.status == "resolved" else None} for a in alerts]
+    if rt.store.dialect in ("sqlite", "postgresql"):
+        if rt.store.dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        statement = dialect_insert(st.episodes)
+        statement = statement.on_conflict_do_update(index_elements=["fingerprint", "starts_at"], set_={
+            "deliveries": st.episodes.c.deliveries + 1,
+            "resolved_at": func.coalesce(statement.excluded.resolved_at, st.episodes.c.resolved_at),
+            "ends_at": func.coalesce(statement.excluded.ends_at, st.episodes.c.ends_at)})
+        conn.execute(statement, rows)
+        return
     for row in rows:
-        if row.state == wf.PENDING_APPROVAL:
-            wf.transition(conn, row.id, wf.CANCELLED, actor, "alert resolved before approval")
-            result.cancelled.append(row.id)
-        elif row.state not in wf.FINAL_STATES:
-            st.record_audit(conn, actor, "alert_resolved", row.id, state=row.state, ends_at=alert.ends_at,
+        if not _insert_ignore(conn, st.episodes, rt.store.dialect, **row):
+            values = {"deliveries": st.episodes.c.deliveries + 1}
+            if row["resolved_at"] is not None:
+                values.update(resolved_at=row["resolved_at"], ends_at=row["ends_at"])
+            conn.execute(update(st.episodes).where(st.episodes.c.fingerprint == row["fingerprint"],
+                                                   st.episodes.c.starts_at == row["starts_at"]).values(**values))
+
+
+def _on_resolved(conn: Connection, alert: Alert, actor: str, result: IntakeResult,
+                 known: list[tuple[str, str, str]]) -> None:
+    """A resolved alert never acts: it cancels workflows still waiting for approval and is recorded on the others."""
+    for _, workflow_id, _ in known:
+        state = conn.execute(select(st.workflows.c.state).where(st.workflows.c.id == workflow_id)).scalar_one()
+        if state == wf.PENDING_APPROVAL:
+            wf.transition(conn, workflow_id, wf.CANCELLED, actor, "alert resolved before approval")
+            result.cancelled.append(workflow_id)
+        elif state not in wf.FINAL_STATES:
+            st.record_audit(conn, actor, "alert_resolved", workflow_id, state=state, ends_at=alert.ends_at,
                             note="alert resolved while the workflow runs; its verify steps decide")
 
 
 def _start_workflow(conn: Connection, rt: Runtime, playbook: Playbook, alert: Alert, actor: str, origin: str,
-                    now: float, result: IntakeResult) -> None:
-    existing = conn.execute(select(st.workflows.c.id).where(
-        st.workflows.c.playbook == playbook.name, st.workflows.c.fingerprint == alert.fingerprint,
-        st.workflows.c.starts_at == alert.starts_at)).first()
-    if existing is not None:
-        result.duplicates += 1
-        return
+                    now: float, result: IntakeResult) -> str | None:
+    """Create the workflow of one episode unless its series is cooling down; returns its id."""
     series_key = playbook.series_key(alert.labels)
     recent = conn.execute(select(st.workflows.c.id, st.workflows.c.state).where(and_(
         st.workflows.c.playbook == playbook.name, st.workflows.c.series_key == series_key,
@@ -142,7 +187,7 @@ def _start_workflow(conn: Connection, rt: Runtime, playbook: Playbook, alert: Al
                         series=series_key, fingerprint=alert.fingerprint, starts_at=alert.starts_at,
                         cooldown_seconds=playbook.cooldown)
         result.suppressed += 1
-        return
+        return None
     workflow_id = uuid.uuid4().hex[:12]
     dry_run = rt.dry_run or playbook.dry_run
     inserted = _insert_ignore(
@@ -153,7 +198,7 @@ def _start_workflow(conn: Connection, rt: Runtime, playbook: Playbook, alert: Al
         annotations=st.dumps(alert.annotations), origin=origin, created_at=now, updated_at=now, context="{}")
     if not inserted:  # another writer got there between our check and insert (only without serialized writers)
         result.duplicates += 1
-        return
+        return None
     conn.execute(insert(st.steps), [
         {"workflow_id": workflow_id, "idx": i, "name": step.name, "type": step.type, "state": wf.STEP_PENDING,
          "attempts": 0, "output": "{}"} for i, step in enumerate(playbook.steps)])
@@ -168,6 +213,7 @@ def _start_workflow(conn: Connection, rt: Runtime, playbook: Playbook, alert: Al
         wf.transition(conn, workflow_id, wf.APPROVED, "policy:no-approval-required",
                       f"playbook {playbook.name} does not require approval", decided_by="policy")
     result.created.append(workflow_id)
+    return workflow_id
 
 
 def expire_approvals(rt: Runtime, now: float | None = None) -> list[str]:

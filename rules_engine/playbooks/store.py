@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Iterator
@@ -33,6 +34,7 @@ events = Table(
     Column("alert_count", Integer, nullable=False, default=0),
     Column("body", Text, nullable=False),
     Column("processed_at", Float, nullable=True),
+    Column("progress", Integer, nullable=False, default=0),  # alerts of the event already processed
     Column("attempts", Integer, nullable=False, default=0),
     Column("error", Text, nullable=True),
     Index("ix_events_unprocessed", "processed_at", "id"),
@@ -144,12 +146,20 @@ class Store:
     engine: Engine
     read_engine: Engine
     dialect: str
+    # SQLite lets one writer in at a time and makes the others poll with sleeps of up to 100 ms; queueing this
+    # process's writers (webhook threads, intake, executors) on a mutex first keeps an ack from sleeping behind
+    # them. Other processes still meet at the database lock.
+    write_lock: threading.RLock = field(default_factory=threading.RLock)
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            if self.dialect == "postgresql":
-                conn.execute(text("SET LOCAL lock_timeout = '30s'"))
+        if self.dialect != "sqlite":
+            with self.engine.begin() as conn:
+                if self.dialect == "postgresql":
+                    conn.execute(text("SET LOCAL lock_timeout = '30s'"))
+                yield conn
+            return
+        with self.write_lock, self.engine.begin() as conn:
             yield conn
 
     @contextlib.contextmanager

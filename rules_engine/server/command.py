@@ -15,10 +15,12 @@ import click
 from rules_engine.server.config import ConfigError, ServerConfig, load_config
 
 
-def run_gunicorn(config: ServerConfig) -> None:
+def run_gunicorn(config: ServerConfig, load=None) -> None:
+    """Serve `create_app(config)` (or what `load()` returns: the benchmark's bare peer runs under the very same
+    server settings) with gunicorn."""
     from gunicorn.app.base import BaseApplication
 
-    from rules_engine.server.app import create_app, shutdown
+    from rules_engine.server.app import EXTENSION, create_app, shutdown
 
     class EngineApplication(BaseApplication):
         def load_config(self):
@@ -28,7 +30,9 @@ def run_gunicorn(config: ServerConfig) -> None:
                 "accesslog": "-" if config.access_log else None, "errorlog": "-", "loglevel": "info",
                 "preload_app": False,
                 # Stop the background loops cleanly when a worker exits, so in-flight steps are left resumable.
-                "worker_exit": lambda server, worker: shutdown(worker.wsgi) if hasattr(worker, "wsgi") else None,
+                "worker_exit": lambda server, worker: (
+                    shutdown(worker.wsgi) if EXTENSION in getattr(getattr(worker, "wsgi", None), "extensions", {})
+                    else None),
             }
             if "control_socket_disable" in self.cfg.settings:  # gunicorn >= 25.1: no shared ~/.gunicorn socket
                 settings["control_socket_disable"] = True
@@ -36,7 +40,7 @@ def run_gunicorn(config: ServerConfig) -> None:
                 self.cfg.set(key, value)
 
         def load(self):
-            return create_app(config)
+            return load() if load is not None else create_app(config)
 
     EngineApplication().run()
 

@@ -7,6 +7,7 @@ they are parsed here so a syntax error is reported at load time with the file an
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from typing import Annotated, Any, Literal, Union
 
 from jinja2 import TemplateSyntaxError
@@ -102,7 +103,7 @@ class Match(BaseModel):
             LabelMatcher.parse(text)
         return matchers
 
-    @property
+    @cached_property
     def label_matchers(self) -> list[LabelMatcher]:
         return [LabelMatcher.parse(text) for text in self.matchers]
 
