@@ -20,3 +20,7 @@ from rules_engine.simulate.command import simulate  # noqa: E402
 main.add_command(simulate)
 from rules_engine.compile.command import generate  # noqa: E402
 main.add_command(generate)
+from rules_engine.evaluate.command import evaluate, record, validate  # noqa: E402
+main.add_command(evaluate)
+main.add_command(validate)
+main.add_command(record)

@@ -9,7 +9,9 @@ import pandas as pd
 
 from rules_engine.evaluate import regression, threshold, trend
 from rules_engine.evaluate.findings import Finding, severity_rank
+from rules_engine.evaluate.health import Health, health_scores
 from rules_engine.evaluate.series import EvaluationError, RangeWindow
+from rules_engine.evaluate.slo import SLOResult, evaluate_slos, slo_catalog, slo_fetch_start, slo_findings, slo_queries
 from rules_engine.source.base import Source, SourceError
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec.loader import RuleSet
@@ -36,10 +38,15 @@ class Backtest:
     step: pd.Timedelta
     findings: list[Finding] = field(default_factory=list)
     outcomes: list[RuleOutcome] = field(default_factory=list)
+    slos: list[SLOResult] = field(default_factory=list)
+    instances: set[str] = field(default_factory=set)  # every `instance` seen in any fetched series
 
     @property
     def failed(self) -> list[RuleOutcome]:
         return [outcome for outcome in self.outcomes if outcome.error]
+
+    def health(self) -> Health:
+        return health_scores(self.findings, self.slos, self.instances)
 
 
 def align(start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta) -> tuple[pd.Timestamp, pd.Timestamp]:
@@ -48,15 +55,20 @@ def align(start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta) -> tuple[p
 
 
 def select_rules(ruleset: RuleSet, names: Iterable[str] | None = None):
-    """(pack, rule) pairs to evaluate; unknown names are an error that lists what exists."""
+    """(pack, rule) pairs to evaluate; unknown names are an error that lists what exists (rules and SLOs)."""
     pairs = ruleset.rules()
     if not names:
         return pairs
     wanted = set(names)
-    unknown = wanted - {rule.name for _, rule in pairs}
+    known = {rule.name for _, rule in pairs} | {slo.name for slo in ruleset.slos}
+    unknown = wanted - known
     if unknown:
-        raise EvaluationError(f"no rule named {sorted(unknown)}; rules: {sorted(rule.name for _, rule in pairs)}")
+        raise EvaluationError(f"no rule or SLO named {sorted(unknown)}; have: {sorted(known)}")
     return [(pack, rule) for pack, rule in pairs if rule.name in wanted]
+
+
+def select_slos(ruleset: RuleSet, names: Iterable[str] | None = None) -> list:
+    return [slo for slo in ruleset.slos if not names or slo.name in set(names)]
 
 
 def fetch_plan(ruleset: RuleSet, start: pd.Timestamp, step: pd.Timedelta, names: Iterable[str] | None = None):
@@ -65,6 +77,16 @@ def fetch_plan(ruleset: RuleSet, start: pd.Timestamp, step: pd.Timedelta, names:
     queries = {q for pack, rule in pairs for q in RULE_KINDS[rule.type].queries(rule, pack).values()}
     warmup = max((RULE_KINDS[rule.type].warmup(rule) for _, rule in pairs), default=pd.Timedelta(0))
     return sorted(queries), (start - warmup).floor(step)
+
+
+def recording_plan(ruleset: RuleSet, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
+                   names: Iterable[str] | None = None) -> tuple[list[str], pd.Timestamp]:
+    """What a snapshot must hold to replay rules and SLOs over [start, end]: their queries from the earliest start."""
+    queries, fetch_start = fetch_plan(ruleset, start, step, names)
+    for slo in select_slos(ruleset, names):
+        queries.extend(slo_queries(slo).values())
+        fetch_start = min(fetch_start, slo_fetch_start(slo, slo_catalog(slo), start, end, step))
+    return sorted(set(queries)), fetch_start
 
 
 def run_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
@@ -104,5 +126,13 @@ def run_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, end: pd.
             continue
         outcome.findings = len(found)
         backtest.findings.extend(found)
+
+    backtest.instances = {name for frame in frames.values() if "instance" in frame.labels.columns
+                          for name in frame.labels["instance"].unique() if name}
+    slos = select_slos(ruleset, names)
+    if slos:
+        backtest.slos = evaluate_slos(slos, source, start, end, step)
+        backtest.findings.extend(slo_findings(backtest.slos))
+        backtest.instances |= {r.labels["instance"] for r in backtest.slos if r.labels.get("instance")}
     backtest.findings.sort(key=lambda f: (-severity_rank(f.severity), -(f.duration(end) / step), f.rule, f.start))
     return backtest

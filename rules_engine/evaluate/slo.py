@@ -245,6 +245,16 @@ def _matchers(*selectors: str) -> list[str]:
 
 # -- evaluation --------------------------------------------------------------------------------------------------------
 
+def slo_fetch_start(slo: SLO, catalog: WindowCatalog, start: pd.Timestamp, end: pd.Timestamp,
+                    step: pd.Timedelta) -> pd.Timestamp:
+    """How early an SLO's queries start: the whole period before `end`, and the longest burn window before `start`."""
+    return (min(start - max(catalog.windows), end - slo.period) - step).floor(step)
+
+
+def slo_catalog(slo: SLO, default: WindowCatalog | None = None) -> WindowCatalog:
+    return load_windows(slo.alerting.windows) if slo.alerting.windows else (default or load_windows())
+
+
 def evaluate_slos(slos: Iterable[SLO], source: Source, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
                   windows: WindowCatalog | None = None, check_buckets: bool = True) -> list[SLOResult]:
     """Evaluate every SLO over [start, end] at `step`: one SLOResult per SLO and series group, findings inside.
@@ -258,7 +268,7 @@ def evaluate_slos(slos: Iterable[SLO], source: Source, start: pd.Timestamp, end:
     results: list[SLOResult] = []
     for slo in slos:
         catalog = load_windows(slo.alerting.windows) if slo.alerting.windows else default_catalog
-        fetch_start = (min(start - max(catalog.windows), end - slo.period) - step).floor(step)
+        fetch_start = slo_fetch_start(slo, catalog, start, end, step)
         bucket_warning = None
         if slo.sli.latency is not None and check_buckets:
             try:
@@ -394,11 +404,21 @@ def evaluate_slo(slo: SLO, frames: dict[str, RangeFrame], window: RangeWindow,
     cumulative_errors = np.vstack([np.zeros((1, len(keys))), np.cumsum(errors, axis=0)])
     cumulative_total = np.vstack([np.zeros((1, len(keys))), np.cumsum(totals, axis=0)])
 
+    end_row = int(grid.searchsorted(window.end, side="right")) - 1
+    start_row = int(grid.searchsorted(window.start))
+    # Burn rates are judged from one longest window before the range start (so an alert already firing at the
+    # start is reported from when it began) to the range end; the 30-day history before that only feeds the
+    # period's attainment, which needs two rows of the cumulative sums.
+    judged_first = max(start_row - int(round(max(catalog.windows) / step)), 0)
+    judged = grid[judged_first:end_row + 1]
+
     def over(cumulative: np.ndarray, steps: int) -> np.ndarray:
-        """Events in (t - steps·step, t] for every row t (NaN until that much history exists)."""
-        summed = np.full((len(grid), cumulative.shape[1]), np.nan)
-        if steps < len(grid):
-            summed[steps:] = cumulative[steps + 1:] - cumulative[1:len(grid) - steps + 1]
+        """Events in (t - steps·step, t] for every judged row t (NaN where the grid holds less history)."""
+        summed = np.full((len(judged), cumulative.shape[1]), np.nan)
+        first_full = max(steps - judged_first, 0)  # judged rows before this one lack the history
+        if first_full < len(judged):
+            rows = np.arange(judged_first + first_full, end_row + 1)
+            np.subtract(cumulative[rows + 1], cumulative[rows + 1 - steps], out=summed[first_full:])
         return summed
 
     budget = slo.error_budget
@@ -410,16 +430,14 @@ def evaluate_slo(slo: SLO, frames: dict[str, RangeFrame], window: RangeWindow,
         if steps < 1 or steps >= len(grid):
             warnings.append(f"burn window {format_duration(length)} does not fit a {format_duration(step)} step over "
                             "the fetched range")
-            burn[length] = np.full((len(grid), len(keys)), np.nan)
-            event_rate[length] = np.full((len(grid), len(keys)), np.nan)
+            burn[length] = np.full((len(judged), len(keys)), np.nan)
+            event_rate[length] = np.full((len(judged), len(keys)), np.nan)
             continue
         window_total = over(cumulative_total, steps)
         with np.errstate(divide="ignore", invalid="ignore"):
             burn[length] = over(cumulative_errors, steps) / window_total / budget
         event_rate[length] = window_total / length.total_seconds()
 
-    end_row = int(grid.searchsorted(window.end, side="right")) - 1
-    start_row = int(grid.searchsorted(window.start))
     period_steps = int(round(slo.period / step))
     first_row = max(end_row - period_steps, 0)  # events in (first_row, end_row]
     period_errors = cumulative_errors[end_row + 1] - cumulative_errors[first_row + 1]
@@ -435,7 +453,7 @@ def evaluate_slo(slo: SLO, frames: dict[str, RangeFrame], window: RangeWindow,
         if pair.factor(slo.period) * budget >= 1.0:
             warnings.append(f"{pair.alert} {pair.speed} alert can never fire: its factor {pair.factor(slo.period):.3g} × "
                             f"error budget {budget:.3g} is >= 1 (objective {slo.objective}% is too low for it)")
-    findings = _burn_findings(slo, pairs, burn, event_rate, keys, grid, window)
+    findings = _burn_findings(slo, pairs, burn, event_rate, keys, judged, window)
     worst_window = catalog.pairs[0].long if catalog.pairs else catalog.windows[0]
     results = []
     for index, key in enumerate(keys):
@@ -449,8 +467,9 @@ def evaluate_slo(slo: SLO, frames: dict[str, RangeFrame], window: RangeWindow,
             result.budget_remaining = 1.0 - (1.0 - result.attainment) / budget
             result.budget_remaining_time = pd.Timedelta(seconds=result.budget_remaining * budget
                                                         * slo.period.total_seconds())
-        result.burn_rates = {format_duration(length): _at(burn[length], end_row, index) for length in catalog.burn_windows}
-        in_range = burn[worst_window][start_row:end_row + 1, index]
+        result.burn_rates = {format_duration(length): _at(burn[length], len(judged) - 1, index)
+                             for length in catalog.burn_windows}
+        in_range = burn[worst_window][start_row - judged_first:, index]
         if np.isfinite(in_range).any():
             worst = int(np.nanargmax(np.where(np.isfinite(in_range), in_range, np.nan)))
             result.worst_burn = {"window": format_duration(worst_window), "value": float(in_range[worst]),

@@ -59,7 +59,10 @@ def backtest_record(backtest: Backtest, source: str, extra: dict[str, Any] | Non
             for o in backtest.outcomes
         ],
         "findings": [finding_record(f, backtest.end) for f in backtest.findings],
-        "not_evaluated": [{"rule": o.rule, "reason": o.error} for o in backtest.failed],
+        "not_evaluated": [{"rule": o.rule, "reason": o.error} for o in backtest.failed]
+                         + [{"slo": r.slo, "reason": r.error} for r in backtest.slos if r.error],
+        "slos": [result.to_dict() for result in backtest.slos],
+        "health": backtest.health().to_dict(),
     }
     record.update(extra or {})
     return record

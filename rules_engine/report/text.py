@@ -10,6 +10,8 @@ import pandas as pd
 
 from rules_engine.evaluate.engine import Backtest
 from rules_engine.evaluate.findings import SEVERITIES, Finding
+from rules_engine.evaluate.health import Health
+from rules_engine.evaluate.slo import SLOResult
 from rules_engine.report.export import rfc3339
 from rules_engine.spec.models import format_duration
 
@@ -47,8 +49,7 @@ def _series_name(finding: Finding) -> str:
     return f"{head} {{{rest}}}" if rest else head
 
 
-def render_text(backtest: Backtest, source: str, health: dict | None = None, colour: bool = False,
-                limit: int | None = None) -> str:
+def render_text(backtest: Backtest, source: str, colour: bool = False, limit: int | None = None) -> str:
     def style(text: str, **kwargs) -> str:
         return click.style(text, **kwargs) if colour else text
 
@@ -66,8 +67,11 @@ def render_text(backtest: Backtest, source: str, health: dict | None = None, col
     lines.append(f"  series    {sum(o.series for o in evaluated)} evaluated (a rule with a plain threshold counts only the series that crossed it)")
     counts = ", ".join(style(f"{by_severity[s]} {s}", fg=SEVERITY_COLOURS[s]) for s in reversed(SEVERITIES) if by_severity[s])
     lines.append(f"  findings  {len(backtest.findings)}" + (f": {counts}" if counts else ""))
-    if health:
-        lines.extend(_health_lines(health))
+    lines.extend(_health_lines(backtest.health()))
+    if backtest.slos:
+        lines.append("")
+        lines.append(style("SLOs", bold=True) + " (attainment over the period up to the range end)")
+        lines.extend(_slo_lines(backtest.slos, style))
 
     lines.append("")
     lines.append(style("Findings", bold=True) + " (most severe first, then longest)")
@@ -79,11 +83,14 @@ def render_text(backtest: Backtest, source: str, health: dict | None = None, col
     if limit is not None and len(backtest.findings) > limit:
         lines.append(f"  ... and {len(backtest.findings) - limit} more (use --export for all)")
 
-    if backtest.failed:
+    failed_slos = [result for result in backtest.slos if result.error]
+    if backtest.failed or failed_slos:
         lines.append("")
         lines.append(style("Could not be evaluated", bold=True))
         for outcome in backtest.failed:
             lines.append(f"  {outcome.rule}: {outcome.error}")
+        for result in failed_slos:
+            lines.append(f"  SLO {result.slo}: {result.error}")
     return "\n".join(lines) + "\n"
 
 
@@ -105,11 +112,33 @@ def _finding_lines(index: int, finding: Finding, range_end: pd.Timestamp, style)
     return lines
 
 
-def _health_lines(health: dict) -> list[str]:
-    lines = [f"  health    {health['overall']:.1f} / 100 overall"]
-    for title, key in (("by instance", "instances"), ("by category", "categories")):
-        scores = health.get(key) or {}
+def _health_lines(health: Health) -> list[str]:
+    lines = [f"  health    {health.overall:.1f} / 100 overall (100 minus deductions per finding and violated SLO)"]
+    by_instance = {name: item.score for name, item in health.instances.items()}
+    for title, scores in (("by instance", by_instance), ("by category", health.categories)):
         if scores:
-            worst = sorted(scores.items(), key=lambda item: item[1])
-            lines.append(f"    {title:<12}" + ", ".join(f"{name} {score:.0f}" for name, score in worst))
+            worst = sorted(scores.items(), key=lambda item: (item[1], item[0]))
+            text = ", ".join(f"{name} {score:.0f}" for name, score in worst)
+            lines.extend(textwrap.wrap(text, width=110, initial_indent=f"    {title:<13}", subsequent_indent=" " * 17))
+    return lines
+
+
+def _percent(value: float | None, digits: int = 3) -> str:
+    return "n/a" if value is None else f"{value * 100:.{digits}f}%"
+
+
+def _slo_lines(results: list[SLOResult], style) -> list[str]:
+    header = f"  {'SLO':<28} {'series':<34} {'objective':>9} {'attained':>9} {'budget left':>12} {'worst burn':>18}"
+    lines = [header]
+    for result in sorted((r for r in results if not r.error), key=lambda r: (r.budget_remaining if r.budget_remaining is not None else 1.0)):
+        series = ", ".join(f"{k}={v}" for k, v in sorted(result.labels.items())) or "(all)"
+        budget = _percent(result.budget_remaining, 1)
+        if result.budget_remaining is not None and result.budget_remaining < 0:
+            budget = style(budget, fg="red")
+        worst = result.worst_burn
+        burn = f"{worst['value']:.2f}x over {worst['window']}" if worst and worst.get("value") is not None else "n/a"
+        lines.append(f"  {result.slo:<28} {series[:34]:<34} {result.objective:>8.3g}% {_percent(result.attainment):>9} "
+                     f"{budget:>12} {burn:>18}")
+        for warning in result.warnings:
+            lines.append(f"      note: {warning}")
     return lines

@@ -1,0 +1,23 @@
+# `make test` is the test command of the README and of .ci/run: it installs what the tests need, then runs them.
+SHELL := /bin/bash
+PYTHON ?= python3
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: test deps system-deps python-deps demo golden
+
+test: deps
+	$(PYTHON) -m pytest -ra
+
+deps: system-deps python-deps
+
+system-deps:
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v amtool >/dev/null; then \
+	  $(SUDO) apt-get update && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends prometheus prometheus-alertmanager; \
+	fi
+
+python-deps:
+	$(PYTHON) -m pip install --quiet -e '.[test]'
+
+demo:
+	$(PYTHON) -m pip install --quiet -e . && rules-engine evaluate --rules rules/ --snapshot snapshots/vllm-demo.snapshot

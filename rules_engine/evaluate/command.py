@@ -1,0 +1,177 @@
+"""`rules-engine evaluate`, `validate` and `record`: the backtest from the command line."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import pandas as pd
+
+from rules_engine.evaluate.engine import Backtest, fetch_plan, recording_plan, run_backtest
+from rules_engine.evaluate.findings import SEVERITIES, severity_rank
+from rules_engine.evaluate.series import EvaluationError
+from rules_engine.evaluate.timerange import resolve_range
+from rules_engine.report.export import backtest_record, write_export
+from rules_engine.report.text import render_text
+from rules_engine.source.base import SourceError
+from rules_engine.source.prometheus import prometheus_options, source_from_options
+from rules_engine.source.snapshot import SnapshotSource, record_snapshot
+from rules_engine.spec import RuleSet, SpecError, load_ruleset, parse_duration
+
+EXIT_FAIL_ON = 1
+EXIT_BAD_INPUT = 2
+EXIT_NOT_EVALUATED = 3
+
+
+def load_or_exit(paths: tuple[str, ...]) -> RuleSet:
+    try:
+        return load_ruleset(list(paths))
+    except SpecError as error:
+        click.echo(f"error: the rules were rejected ({len(error.problems)} problem(s)); nothing was evaluated:", err=True)
+        for problem in error.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+rules_option = click.option("--rules", "rule_paths", multiple=True, required=True, type=click.Path(),
+                            help="Rule pack file or folder (repeatable); folders are read recursively.")
+range_options = [
+    click.option("--start", help="Range start: RFC 3339, unix seconds, or now-<duration>."),
+    click.option("--end", help="Range end (default: now, or the snapshot's end)."),
+    click.option("--time-range", help="Range length ending at --end, e.g. 24h or 7d (instead of --start)."),
+    click.option("--step", help="Evaluation step, like Prometheus' evaluation_interval (default 30s, or the snapshot's)."),
+    click.option("--rule", "rule_names", multiple=True, help="Evaluate only this rule (repeatable)."),
+]
+
+
+def with_options(options):
+    def decorate(function):
+        for option in reversed(options):
+            function = option(function)
+        return function
+    return decorate
+
+
+@click.command()
+@rules_option
+@click.option("--snapshot", type=click.Path(dir_okay=False), help="Replay a file made by `rules-engine record` instead of querying Prometheus.")
+@prometheus_options
+@with_options(range_options)
+@click.option("--min-severity", type=click.Choice(SEVERITIES), default="low", show_default=True, help="Report only findings at least this severe.")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), help="Write the findings as JSON (the export contract).")
+@click.option("--fail-on", type=click.Choice(SEVERITIES), help="Exit 1 if a finding is at least this severe; exit 3 if a rule could not be evaluated (for CI).")
+@click.option("--limit", type=int, default=50, show_default=True, help="Findings shown in the terminal report (the export has all).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min_severity, export_path, fail_on, limit,
+             progress, **prometheus):
+    """Backtest rules over history: what would have fired, when, for how long, how bad.
+
+    Reads series from Prometheus (or Thanos, Mimir, VictoriaMetrics) with --prometheus, or from a recorded
+    --snapshot. Exit codes: 0 done, 1 --fail-on matched, 2 bad rules or arguments, 3 nothing could be evaluated
+    (or, with --fail-on, some rule could not be).
+    """
+    ruleset = load_or_exit(rule_paths)
+    source, source_name, (start_at, end_at, step_at) = _source_and_range(snapshot, prometheus, start, end, time_range, step)
+    backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress)
+
+    backtest.findings = [f for f in backtest.findings if severity_rank(f.severity) >= severity_rank(min_severity)]
+    click.echo(render_text(backtest, source_name, colour=sys.stdout.isatty(), limit=limit), nl=False)
+    if export_path:
+        write_export(backtest_record(backtest, source_name), export_path)
+        click.echo(f"\nexported {len(backtest.findings)} finding(s) to {export_path}")
+
+    if backtest.outcomes and len(backtest.failed) == len(backtest.outcomes):
+        _fail("no rule could be evaluated (see above)", EXIT_NOT_EVALUATED)
+    if fail_on and backtest.failed:
+        sys.exit(EXIT_NOT_EVALUATED)
+    if fail_on and any(severity_rank(f.severity) >= severity_rank(fail_on) for f in backtest.findings):
+        sys.exit(EXIT_FAIL_ON)
+
+
+@click.command()
+@rules_option
+def validate(rule_paths):
+    """Check rule packs, SLOs and playbooks; list every problem with file:line and field."""
+    ruleset = load_or_exit(rule_paths)
+    rules = ruleset.rules()
+    click.echo(f"ok: {len(ruleset.packs)} pack(s), {len(rules)} rule(s), {len(ruleset.slos)} SLO(s), "
+               f"{len(ruleset.playbooks)} playbook(s)")
+
+
+@click.command()
+@rules_option
+@prometheus_options
+@with_options(range_options)
+@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Snapshot file to write.")
+def record(rule_paths, start, end, time_range, step, rule_names, out_path, **prometheus):
+    """Save every range result the rules need for a range to one compressed file, for `evaluate --snapshot`."""
+    ruleset = load_or_exit(rule_paths)
+    if not prometheus.get("prometheus_url"):
+        _fail("--prometheus is required to record")
+    source = _prometheus_source(prometheus)
+    start_at, end_at, step_at = _range(start, end, time_range, step)
+    try:
+        queries, fetch_start = recording_plan(ruleset, start_at.floor(step_at), end_at.floor(step_at), step_at, rule_names)
+        record_snapshot(source, queries, fetch_start, end_at.floor(step_at), step_at, out_path,
+                        meta={"evaluation_start": start_at.floor(step_at).isoformat(),
+                              "evaluation_end": end_at.floor(step_at).isoformat()})
+    except (SourceError, EvaluationError) as error:
+        _fail(str(error), EXIT_NOT_EVALUATED)
+    size = Path(out_path).stat().st_size
+    click.echo(f"recorded {len(queries)} queries over {fetch_start.isoformat()} .. {end_at.floor(step_at).isoformat()} "
+               f"to {out_path} ({size / 1e6:.1f} MB)")
+
+
+def _range(start, end, time_range, step) -> tuple[pd.Timestamp, pd.Timestamp, pd.Timedelta]:
+    try:
+        start_at, end_at = resolve_range(start, end, time_range)
+        return start_at, end_at, parse_duration(step or "30s")
+    except ValueError as error:
+        _fail(str(error))
+
+
+def _prometheus_source(prometheus: dict):
+    try:
+        return source_from_options(**prometheus)
+    except SourceError as error:
+        _fail(str(error))
+
+
+def _source_and_range(snapshot, prometheus, start, end, time_range, step):
+    if snapshot and prometheus.get("prometheus_url"):
+        _fail("give --prometheus or --snapshot, not both")
+    if snapshot:
+        try:
+            source = SnapshotSource(snapshot)
+        except SourceError as error:
+            _fail(str(error))
+        if start or time_range:
+            return source, f"snapshot {snapshot}", _range(start, end, time_range, step or _format_step(source.step))
+        meta = source.meta
+        start_at = pd.Timestamp(meta.get("evaluation_start", source.start))
+        end_at = pd.Timestamp(meta.get("evaluation_end", source.end))
+        return source, f"snapshot {snapshot}", (start_at, end_at, parse_duration(step) if step else source.step)
+    if not prometheus.get("prometheus_url"):
+        _fail("give --prometheus URL or --snapshot FILE")
+    return _prometheus_source(prometheus), f"Prometheus {prometheus['prometheus_url']}", _range(start, end, time_range, step)
+
+
+def _format_step(step: pd.Timedelta) -> str:
+    return f"{int(step.total_seconds())}s"
+
+
+def _run(ruleset, source, start, end, step, rule_names, progress) -> Backtest:
+    show = sys.stderr.isatty() if progress is None else progress
+    try:
+        queries, _ = fetch_plan(ruleset, start.floor(step), step, rule_names)
+        if not show:
+            return run_backtest(ruleset, source, start, end, step, rule_names)
+        with click.progressbar(length=len(queries), label="querying", file=sys.stderr) as bar:
+            return run_backtest(ruleset, source, start, end, step, rule_names, on_query=lambda _: bar.update(1))
+    except EvaluationError as error:
+        _fail(str(error))

@@ -1,0 +1,38 @@
+"""Regenerate the shipped demo snapshot: simulate a vLLM fleet with incidents, load it into a real Prometheus,
+record every range result the shipped rules need. Run from the repository root:
+
+    python scripts/make_demo_snapshot.py
+
+Needs `promtool` and `prometheus` (Debian: apt-get install prometheus). Deterministic for a given seed and end.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.processes import backfill, running_prometheus  # noqa: E402
+
+END = "2026-11-20T00:00:00Z"
+DURATION = "2d"
+SNAPSHOT = ROOT / "snapshots" / "vllm-demo.snapshot"
+TRUTH = ROOT / "snapshots" / "vllm-demo.truth.json"
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        history = Path(tmp) / "history.om"
+        subprocess.run(["rules-engine", "simulate", "--scenario", "demo", "--end", END, "--duration", DURATION,
+                        "--seed", "0", "--out", str(history), "--truth", str(TRUTH)], check=True)
+        backfill(history, Path(tmp) / "data")
+        with running_prometheus(Path(tmp) / "data") as prometheus:
+            subprocess.run(["rules-engine", "record", "--rules", str(ROOT / "rules"), "--prometheus", prometheus.url,
+                            "--end", END, "--time-range", DURATION, "--step", "30s", "--out", str(SNAPSHOT)], check=True)
+
+
+if __name__ == "__main__":
+    main()
