@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
-from rules_engine.evaluate.engine import Backtest, fetch_plan, recording_plan, run_backtest
+from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, Backtest, fetch_plan, recording_plan, run_backtest
 from rules_engine.evaluate.findings import SEVERITIES, severity_rank
 from rules_engine.evaluate.series import EvaluationError
 from rules_engine.evaluate.timerange import resolve_range
@@ -67,8 +67,10 @@ def with_options(options):
 @click.option("--fail-on", type=click.Choice(SEVERITIES), help="Exit 1 if a finding is at least this severe; exit 3 if a rule could not be evaluated (for CI).")
 @click.option("--limit", type=int, default=50, show_default=True, help="Findings shown in the terminal report (the export has all).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
+@click.option("--concurrency", type=click.IntRange(1, 32), default=DEFAULT_CONCURRENCY, show_default=True,
+              help="Range queries in flight at once.")
 def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min_severity, export_path, fail_on, limit,
-             progress, **prometheus):
+             progress, concurrency, **prometheus):
     """Backtest rules over history: what would have fired, when, for how long, how bad.
 
     Reads series from Prometheus (or Thanos, Mimir, VictoriaMetrics) with --prometheus, or from a recorded
@@ -77,7 +79,7 @@ def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min
     """
     ruleset = load_or_exit(rule_paths)
     source, source_name, (start_at, end_at, step_at) = _source_and_range(snapshot, prometheus, start, end, time_range, step)
-    backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress)
+    backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress, concurrency)
 
     backtest.findings = [f for f in backtest.findings if severity_rank(f.severity) >= severity_rank(min_severity)]
     click.echo(render_text(backtest, source_name, colour=sys.stdout.isatty(), limit=limit), nl=False)
@@ -165,13 +167,14 @@ def _format_step(step: pd.Timedelta) -> str:
     return f"{int(step.total_seconds())}s"
 
 
-def _run(ruleset, source, start, end, step, rule_names, progress) -> Backtest:
+def _run(ruleset, source, start, end, step, rule_names, progress, concurrency) -> Backtest:
     show = sys.stderr.isatty() if progress is None else progress
     try:
         queries, _ = fetch_plan(ruleset, start.floor(step), step, rule_names)
         if not show:
-            return run_backtest(ruleset, source, start, end, step, rule_names)
+            return run_backtest(ruleset, source, start, end, step, rule_names, concurrency=concurrency)
         with click.progressbar(length=len(queries), label="querying", file=sys.stderr) as bar:
-            return run_backtest(ruleset, source, start, end, step, rule_names, on_query=lambda _: bar.update(1))
+            return run_backtest(ruleset, source, start, end, step, rule_names, on_query=lambda _: bar.update(1),
+                                concurrency=concurrency)
     except EvaluationError as error:
         _fail(str(error))
