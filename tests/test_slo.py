@@ -204,6 +204,16 @@ def test_latency_queries_match_the_bucket_however_spelled():
         "total": 'vllm:time_to_first_token_seconds_count{job="vllm"}'}
 
 
+def test_latency_threshold_without_bucket_series_is_refused():
+    rng = np.random.default_rng(7)
+    requests, _ = traffic(rng, columns=1)
+    slo = make_slo(sli={"latency": {"histogram": "vllm:time_to_first_token_seconds", "threshold": 0.3}})
+    empty = RangeFrame("good", pd.DataFrame(index=GRID, columns=pd.RangeIndex(0), dtype=float), pd.DataFrame())
+    (result,) = slo_eval.evaluate_slo(slo, {"good": empty, "total": frame(counters(requests), ["a"])}, WINDOW)
+    assert result.error == ("latency threshold 0.3 is not a bucket boundary of vllm:time_to_first_token_seconds: "
+                            "no vllm:time_to_first_token_seconds_bucket series has that `le`")
+
+
 def test_spec_errors_name_file_line_and_field(tmp_path):
     path = tmp_path / "slo.yaml"
     path.write_text("""\

@@ -297,8 +297,8 @@ def check_latency_bucket(slo: SLO, source: Source) -> str | None:
     latency = slo.sli.latency
     assert latency is not None
     lookup = getattr(source, "label_values", None)
-    if lookup is None:
-        return "bucket boundaries not checked: the source cannot list label values"
+    if lookup is None:  # a recorded snapshot: evaluate_slo still refuses a threshold no bucket series matched
+        return None
     matchers = _matchers(slo.selector, latency.selector)
     match = f"{latency.histogram}_bucket{{{', '.join(matchers)}}}" if matchers else f"{latency.histogram}_bucket"
     try:
@@ -383,6 +383,10 @@ def evaluate_slo(slo: SLO, frames: dict[str, RangeFrame], window: RangeWindow,
     grid = next(iter(frames.values())).values.index
     base = dict(slo=slo.name, sli=slo.sli.type, objective=slo.objective, period=slo.period)
     slice_values = None
+    latency = slo.sli.latency
+    if latency is not None and frames["good"].series_count == 0 and frames["total"].series_count > 0:
+        return [SLOResult(**base, error=f"latency threshold {latency.threshold!r} is not a bucket boundary of "
+                                        f"{latency.histogram}: no {latency.histogram}_bucket series has that `le`")]
     try:
         if slo.sli.timeslices is not None:
             keys, (group_of,) = _groups([frames["signal"]], slo.group_by)
@@ -536,8 +540,8 @@ def _burn_findings(slo: SLO, pairs: list[AlertPair], burn: dict, event_rate: dic
                 rule=slo.name, kind="slo", category="slo_burn", severity=pair.severity, labels=labels,
                 start=grid[firing], end=grid[resolved] if resolved < episodes.rows else None,
                 value=float(peaks[index]), threshold=factor, recommendation=slo.recommendation, playbook=slo.playbook,
-                pack=f"slo/{slo.name}", summary=f"{slo.name}: error budget burning {pair.alert}-fast "
-                                                f"({pair.speed}, {format_duration(pair.long)}/{format_duration(pair.short)})",
+                pack=f"slo/{slo.name}", summary=f"{slo.name}: error budget burn over {factor:.3g}x on {format_duration(pair.long)} and "
+                                                f"{format_duration(pair.short)} ({pair.alert}, {pair.speed})",
                 description=slo.description, rule_labels=dict(slo.labels),
                 details={"slo": slo.name, "alert": pair.alert, "speed": pair.speed,
                          "long_window": format_duration(pair.long), "short_window": format_duration(pair.short),
