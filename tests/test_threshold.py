@@ -32,8 +32,8 @@ def run(rule_pack: RulePack, frames: dict[str, RangeFrame]):
 def test_plain_threshold_pushes_the_comparison_down():
     rule_pack = pack(above=5, guard="sum by (instance) (rate(req[5m])) > 1")
     queries = threshold.queries(rule_pack.rules[0], rule_pack)
-    assert queries == {"signal": '(sum by (instance)(waiting{job="vllm"})) > 5.0',
-                       "guard": 'sum by (instance)(rate(req{job="vllm"}[5m])) > 1'}
+    assert queries == {"signal": '(sum by (instance)(waiting{job="vllm"})) > 5.0 and on (instance) '
+                                 '(sum by (instance)(rate(req{job="vllm"}[5m])) > 1)'}
     windowed = pack(above=5, stat="p95", window="10m")
     assert threshold.queries(windowed.rules[0], windowed) == {"signal": 'sum by (instance)(waiting{job="vllm"})'}
 
@@ -54,7 +54,7 @@ def test_for_window_and_severity():
 def test_guard_matches_on_kept_labels():
     busy = np.full(120, 9.0)
     guard = np.where(np.arange(120) < 50, 1.0, np.nan)  # guard holds for the first 50 minutes only
-    rule_pack = pack(above=5, guard="g")
+    rule_pack = pack(above=5, stat="last", window="1m", guard="g")
     findings = run(rule_pack, {"signal": frame("q", {"a": busy, "b": busy}), "guard": frame("g", {"b": guard})})
     assert [(f.labels["instance"], f.start, f.end) for f in findings] == [("b", GRID[0], GRID[50])]
 

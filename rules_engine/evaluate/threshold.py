@@ -18,16 +18,19 @@ COMPARISONS = {"above": ">", "below": "<"}
 def queries(rule: ThresholdRule, pack: RulePack) -> dict[str, str]:
     """The range queries the rule needs, by role.
 
-    A rule without a window statistic pushes its comparison down into the query, so Prometheus returns only the
-    samples past the threshold (a filtering comparison keeps its value, which the severity ladder still needs).
+    A rule without a window statistic pushes its comparison, and its guard, down into the query, so Prometheus
+    returns only the samples past the threshold (a filtering comparison keeps its value, which the severity ladder
+    still needs).
     """
     signal = inject_selector(rule.signal, pack.selector)
+    guard = inject_selector(rule.guard, pack.selector) if rule.guard else None
     if rule.stat is None:
         signal = f"({signal}) {COMPARISONS[rule.direction]} {rule.threshold!r}"
-    found = {"signal": signal}
-    if rule.guard:
-        found["guard"] = inject_selector(rule.guard, pack.selector)
-    return found
+        if guard:
+            # `and on(kept labels)` is what guard_holds computes for a separate guard frame.
+            signal = f"{signal} and on ({', '.join(pack.keep_labels)}) ({guard})"
+        return {"signal": signal}
+    return {"signal": signal, "guard": guard} if guard else {"signal": signal}
 
 
 def warmup(rule: ThresholdRule) -> pd.Timedelta:
