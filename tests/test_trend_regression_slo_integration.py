@@ -94,6 +94,26 @@ def test_itl_regression_flagged_with_onset_and_only_on_the_deployed_instance(fle
     assert 0.15 < finding.details["relative_change"] < 0.35 and finding.details["effect_size"] > 0.5
 
 
+def test_rolling_fit_agrees_with_predict_linear_and_deriv(fleet):
+    _, source = fleet
+    from rules_engine.evaluate.trend import rolling_fit
+
+    signal = "max by (instance) (vllm:kv_cache_usage_perc)"
+    start, end = at(START + 37 * 3600), at(START + 41 * 3600)
+    fetched = source.query_range(signal, start - pd.Timedelta("30m"), end, STEP)
+    fit = rolling_fit(fetched.values.to_numpy(), 61)  # [30m:30s] holds 61 evaluations, both ends included
+    ours = pd.DataFrame(fit["fitted"] + fit["slope"] / 30.0 * 3600, index=fetched.values.index)
+    slope = pd.DataFrame(fit["slope"] / 30.0, index=fetched.values.index)
+    for query, mine in ((f"predict_linear(({signal})[30m:30s], 3600)", ours), (f"deriv(({signal})[30m:30s])", slope)):
+        theirs = source.query_range(query, start, end, STEP)
+        order = [int(np.flatnonzero(fetched.labels["instance"] == name)[0]) for name in theirs.labels["instance"]]
+        expected = theirs.values.to_numpy()
+        got = mine.loc[theirs.values.index].to_numpy()[:, order]
+        both = ~np.isnan(expected)
+        assert both.sum() > 0.9 * expected.size
+        np.testing.assert_allclose(got[both], expected[both], rtol=1e-6, atol=1e-9)
+
+
 AVAILABILITY = SLO.model_validate({
     "kind": "SLO", "name": "availability", "objective": 99.5, "group_by": ["instance"],
     "sli": {"ratio": {"errors": 'vllm:request_success_total{finished_reason="abort"}',

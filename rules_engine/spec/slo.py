@@ -9,6 +9,7 @@ SLI types:
 - `timeslices`: a signal compared with a target in every slice (OpenSLO thresholdMetric + Timeslices budgeting):
   "p99 TTFT <= 0.5 s in 99% of 5-minute slices". The seeds' SLO targets (p50/p95/p99 latency, availability,
   throughput with `<`, `<=`, `>`, `>=`) are timeslice SLIs with the slice equal to the evaluation step unless set.
+  A group (`group_by`) holding several series of the signal counts one slice per series.
 """
 from __future__ import annotations
 
