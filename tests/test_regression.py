@@ -115,6 +115,8 @@ def test_explicit_deploy_time_baseline():
     assert finding.details["samples"] == {"current": 120, "baseline": 240}
     assert finding.start >= deploy + pd.Timedelta("1h")  # the current window lies wholly after the deploy
     assert abs(pd.Timestamp(finding.details["onset"]) - deploy) <= pd.Timedelta("2m")
+    assert regression.earliest_sample(rule_pack.rules[0]) == deploy - pd.Timedelta("2h")
+    assert regression.earliest_sample(pack().rules[0]) is None
     too_early = pack(baseline={"at": GRID[100].isoformat(), "window": "2h"})
     with pytest.raises(EvaluationError, match="start the backtest at or before"):
         run(too_early, {"signal": frame({"a": values})})

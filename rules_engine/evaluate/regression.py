@@ -78,6 +78,16 @@ def warmup(rule: RegressionRule) -> pd.Timedelta:
     return reach + rule.for_ + rule.every
 
 
+def earliest_sample(rule: RegressionRule) -> pd.Timestamp | None:
+    """For an explicit-time baseline, the earliest sample it needs (absolute, unlike warmup()); None otherwise.
+
+    The fetch must start at or before min(range start - warmup, this) for `baseline: {at: ...}` to be evaluable.
+    """
+    if rule.baseline.kind != "at":
+        return None
+    return pd.Timestamp(rule.baseline.at).tz_convert("UTC") - rule.baseline_window
+
+
 def rolling_stat(values: pd.DataFrame, stat: str, steps: int, min_samples: int) -> np.ndarray:
     """The statistic over the last `steps` rows of each column (NaN where fewer than min_samples are present)."""
     rolling = values.rolling(steps, min_periods=min_samples)
