@@ -156,6 +156,17 @@ def test_le_regex_matches_every_spelling_of_the_boundary(boundary, matches, reje
     assert not any(pattern.fullmatch(text) for text in rejects)
 
 
+def test_range_shorter_than_the_baseline_reach_finds_nothing():
+    rng = np.random.default_rng(14)
+    short = RangeFrame("q", frame({"a": itl(rng)}).values.iloc[:500], pd.DataFrame({"instance": ["a"]}))
+    rule_pack = pack()
+    assert regression.evaluate(rule_pack.rules[0], rule_pack, {"signal": short},
+                               RangeWindow(GRID[100], GRID[499], STEP)) == []
+    tiny = RangeFrame("q", short.values.iloc[:50], short.labels)
+    assert regression.evaluate(rule_pack.rules[0], rule_pack, {"signal": tiny},
+                               RangeWindow(GRID[10], GRID[49], STEP)) == []
+
+
 def test_warmup_covers_baseline_reach():
     assert regression.warmup(pack().rules[0]) == pd.Timedelta(days=1) + pd.Timedelta("1h") + pd.Timedelta("5m")
     assert regression.warmup(pack(baseline={"preceding": True}).rules[0]) == pd.Timedelta("2h") + pd.Timedelta("5m")

@@ -214,6 +214,12 @@ def test_latency_threshold_without_bucket_series_is_refused():
                             "no vllm:time_to_first_token_seconds_bucket series has that `le`")
 
 
+def test_no_series_is_an_error_not_a_perfect_score():
+    empty = RangeFrame("q", pd.DataFrame(index=GRID, columns=pd.RangeIndex(0), dtype=float), pd.DataFrame())
+    (result,) = slo_eval.evaluate_slo(make_slo(group_by=[]), {"errors": empty, "total": empty}, WINDOW)
+    assert result.error == "no series: the SLI's queries returned nothing over the range"
+
+
 def test_spec_errors_name_file_line_and_field(tmp_path):
     path = tmp_path / "slo.yaml"
     path.write_text("""\

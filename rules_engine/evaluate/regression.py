@@ -169,6 +169,8 @@ def evaluate(rule: RegressionRule, pack: RulePack, frames: dict[str, RangeFrame]
         raise EvaluationError(f"`min_samples: {rule.min_samples}` can never be met: the windows hold {min(k, kb)} "
                               f"samples at a {format_duration(step)} step")
 
+    if rows < max(k, kb):
+        return []  # not one full window of data: nothing to compare
     # Evaluations: multiples of `every` on the grid, with a full current window behind them.
     epoch = np.asarray((grid - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1))  # unit-independent seconds
     on_interval = epoch % max(int(rule.every.total_seconds()), 1) == 0
@@ -233,13 +235,12 @@ def evaluate(rule: RegressionRule, pack: RulePack, frames: dict[str, RangeFrame]
     every_steps = max(int(rule.every // step), 1)
     coarse = firing_episodes(active, -(-steps_for(rule.for_, step) // every_steps),
                              -(-steps_for(rule.keep_firing_for, step) // every_steps))
+    # Back from evaluations to grid rows; keep the episodes still firing at or after the range start.
     resolved = np.where(coarse.resolved_row < len(eval_rows),
-                        eval_rows[np.minimum(coarse.resolved_row, len(eval_rows) - 1)], rows)
-    episodes = Episodes(coarse.column, eval_rows[coarse.firing_row] if len(coarse) else coarse.firing_row,
-                        resolved, rows)
-    keep = episodes.resolved_row > int(grid.searchsorted(window.start))
+                        eval_rows[np.minimum(coarse.resolved_row, max(len(eval_rows) - 1, 0))], rows)
+    keep = resolved > int(grid.searchsorted(window.start))
     coarse = Episodes(coarse.column[keep], coarse.firing_row[keep], coarse.resolved_row[keep], coarse.rows)
-    episodes = window.overlapping(episodes, grid)
+    episodes = Episodes(coarse.column, eval_rows[coarse.firing_row], resolved[keep], rows)
 
     peaks, severities, per_episode = [], [], []
     for index in range(len(episodes)):

@@ -337,7 +337,7 @@ def _groups(frames: list[RangeFrame], group_by: list[str]) -> tuple[list[tuple],
         labels = frame.labels
         columns = [labels[name] if name in labels.columns else pd.Series("", index=labels.index) for name in group_by]
         keys_per_frame.append([tuple(str(c[i]) for c in columns) for i in labels.index])
-    keys = sorted({key for keys in keys_per_frame for key in keys}) or ([()] if not group_by else [])
+    keys = sorted({key for keys in keys_per_frame for key in keys})
     position = {key: index for index, key in enumerate(keys)}
     return keys, [np.array([position[key] for key in frame_keys], dtype=np.int64) for frame_keys in keys_per_frame]
 
