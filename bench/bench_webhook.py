@@ -8,8 +8,9 @@ HTTP/1.1 connections on 127.0.0.1 (one thread per connection, spread over two pr
 limited to one core), posting a one-alert Alertmanager payload that rotates over 50 series (mostly resends, as
 in production). Reported: acknowledgement latency p50/p99, sustained deliveries per second, and their ratios;
 then one 1,000-alert payload (median of 5). Our server runs with processing on (intake and executors compete for
-the same two cores and the SQLite write lock), with the default `synchronous=FULL` (a commit is on disk before
-the 2xx), and once more receive-only with NORMAL for comparison.
+the same two cores and the SQLite write lock) with the default `synchronous=FULL` (a commit is on disk before the
+2xx); then with NORMAL (durable against a crash of the process, not of the machine); then FULL receive-only
+(`--no-processing`: another process would run the intake).
 """
 from __future__ import annotations
 
@@ -223,12 +224,11 @@ def main() -> None:
         port = free_port()
         cases["bare Flask (parse JSON, 200)"] = run_case("bare", [
             sys.executable, __file__, "--serve-bare", str(port), str(args.workers), str(args.threads)], port, tmp, args)
-        port = free_port()
-        cases["rules-engine serve (FULL, processing)"] = run_case(
-            "engine", engine_command(tmp, port, args.workers, args.threads, "FULL", True), port, tmp, args)
-        port = free_port()
-        cases["rules-engine serve (NORMAL, receive-only)"] = run_case(
-            "engine-normal", engine_command(tmp, port, args.workers, args.threads, "NORMAL", False), port, tmp, args)
+        for synchronous, processing in (("FULL", True), ("NORMAL", True), ("FULL", False)):
+            port = free_port()
+            name = f"rules-engine serve ({synchronous}, {'processing' if processing else 'receive-only'})"
+            cases[name] = run_case(name.replace(" ", "_"), engine_command(
+                tmp, port, args.workers, args.threads, synchronous, processing), port, tmp, args)
     bare = cases["bare Flask (parse JSON, 200)"]
     print(f"gunicorn gthread, {args.workers} workers x {args.threads} threads; {args.connections} keep-alive "
           f"connections on 127.0.0.1; {args.seconds:.0f}s per case; one-alert payloads\n")

@@ -41,13 +41,16 @@ def claim_next(rt: Runtime, now: float | None = None) -> str | None:
     (IN_PROGRESS, or FAILED with its rollback unfinished). Returns its id."""
     now = time.time() if now is None else now
     expired = or_(st.workflows.c.lease_until.is_(None), st.workflows.c.lease_until < now)
+    runnable = (select(st.workflows.c.id, st.workflows.c.playbook, st.workflows.c.state, st.workflows.c.lease_owner)
+                .where(or_(st.workflows.c.state == wf.APPROVED,
+                           and_(st.workflows.c.state == wf.IN_PROGRESS, expired),
+                           and_(st.workflows.c.state == wf.FAILED, st.workflows.c.phase == "rollback", expired)))
+                .order_by(st.workflows.c.updated_at).limit(50))
+    with rt.store.read() as conn:  # polling must not take the write lock when there is nothing to do
+        if conn.execute(runnable.limit(1)).first() is None:
+            return None
     with rt.store.write() as conn:
-        candidates = conn.execute(
-            select(st.workflows.c.id, st.workflows.c.playbook, st.workflows.c.state, st.workflows.c.lease_owner)
-            .where(or_(st.workflows.c.state == wf.APPROVED,
-                       and_(st.workflows.c.state == wf.IN_PROGRESS, expired),
-                       and_(st.workflows.c.state == wf.FAILED, st.workflows.c.phase == "rollback", expired)))
-            .order_by(st.workflows.c.updated_at).limit(50)).all()
+        candidates = conn.execute(runnable).all()
         if not candidates:
             return None
         running = dict(conn.execute(

@@ -51,6 +51,9 @@ def process_next_event(rt: Runtime, max_alerts: int = 200) -> bool:
     """Process the oldest unprocessed events, up to about `max_alerts` alerts in one transaction (several small
     events share a commit; a large event is processed in chunks, its progress committed with their effects, so
     the write lock is never held for long and a crash resumes at the chunk boundary). False when idle."""
+    with rt.store.read() as conn:  # polling must not take the write lock when there is nothing to do
+        if not st.has_unprocessed_events(conn):
+            return False
     with rt.store.write() as conn:
         if rt.store.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": st.INTAKE_LOCK_KEY})
@@ -59,47 +62,65 @@ def process_next_event(rt: Runtime, max_alerts: int = 200) -> bool:
         if rt.store.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
         rows = conn.execute(query).all()
+        plans = []  # (event row, parsed payload or None, alerts to process now, error)
         budget = max_alerts
         for row in rows:
             if budget <= 0:
                 break
-            budget -= _process_event(conn, rt, row, budget)
+            try:
+                parsed = parse_payload(row.body)
+            except PayloadError as exc:
+                # A poison event must not block the queue: record why and move on.
+                plans.append((row, None, [], f"PayloadError: {exc}"))
+                budget -= 1
+                continue
+            chunk = parsed.alerts[row.progress:row.progress + budget]
+            plans.append((row, parsed, chunk, None))
+            budget -= max(len(chunk), 1)
+        good = [plan for plan in plans if plan[1] is not None]
+        try:  # all events of the batch in one go; on an unexpected error, one at a time to isolate it
+            with conn.begin_nested():
+                _process_plans(conn, rt, good)
+        except (ValueError, KeyError, TypeError):
+            for index, plan in enumerate(plans):
+                if plan[1] is None:
+                    continue
+                try:
+                    with conn.begin_nested():
+                        _process_plans(conn, rt, [plan])
+                except (ValueError, KeyError, TypeError) as exc:
+                    plans[index] = (plan[0], None, [], f"{type(exc).__name__}: {exc}")
+        now = time.time()
+        for row, parsed, chunk, error in plans:
+            if error is not None:
+                st.record_audit(conn, "engine", "event_failed", None, event_id=row.id, error=error)
+            done = row.progress + len(chunk) if parsed is not None else row.progress
+            finished = parsed is None or done >= len(parsed.alerts)
+            conn.execute(update(st.events).where(st.events.c.id == row.id).values(
+                progress=done, processed_at=now if finished else None, error=error,
+                attempts=st.events.c.attempts + (1 if finished else 0)))
         return bool(rows)
 
 
-def _process_event(conn: Connection, rt: Runtime, row, budget: int) -> int:
-    """Process up to `budget` alerts of one event; returns how many alerts it consumed."""
-    error, done, total = None, row.progress, row.progress
-    try:
-        with conn.begin_nested():
-            payload = parse_payload(row.body)
-            total = len(payload.alerts)
-            chunk = payload.alerts[row.progress:row.progress + budget]
-            if row.progress == 0 and payload.truncated_alerts:
-                st.record_audit(conn, "alertmanager", "alerts_truncated", None, event_id=row.id,
-                                truncated=payload.truncated_alerts,
-                                note="Alertmanager max_alerts dropped alerts from this notification")
-            process_alerts(conn, rt, chunk, actor="alertmanager", origin="alertmanager", event_id=row.id)
-            done = row.progress + len(chunk)
-    except (PayloadError, ValueError, KeyError, TypeError) as exc:
-        # A poison event must not block the queue: record why and move on.
-        error = f"{type(exc).__name__}: {exc}"
-        st.record_audit(conn, "engine", "event_failed", None, event_id=row.id, error=error)
-        done = total
-    finished = done >= total
-    conn.execute(update(st.events).where(st.events.c.id == row.id).values(
-        progress=done, processed_at=time.time() if finished else None, error=error,
-        attempts=st.events.c.attempts + (1 if finished else 0)))
-    return max(done - row.progress, 1)
+def _process_plans(conn: Connection, rt: Runtime, plans: list) -> None:
+    for row, parsed, _, _ in plans:
+        if row.progress == 0 and parsed.truncated_alerts:
+            st.record_audit(conn, "alertmanager", "alerts_truncated", None, event_id=row.id,
+                            truncated=parsed.truncated_alerts,
+                            note="Alertmanager max_alerts dropped alerts from this notification")
+    alerts = [a for _, _, chunk, _ in plans for a in chunk]
+    event_ids = [row.id for row, _, chunk, _ in plans for _ in chunk]
+    process_alerts(conn, rt, alerts, actor="alertmanager", origin="alertmanager", event_ids=event_ids)
 
 
 def process_alerts(conn: Connection, rt: Runtime, alerts: list[Alert], actor: str, origin: str,
-                   event_id: int | None = None, now: float | None = None) -> IntakeResult:
+                   event_ids: list[int] | None = None, now: float | None = None) -> IntakeResult:
+    """Record the alerts' episodes and start, find or cancel their workflows (in the caller's transaction)."""
     now = time.time() if now is None else now
     result = IntakeResult()
     if not alerts:
         return result
-    _record_episodes(conn, rt, alerts, event_id, now)
+    _record_episodes(conn, rt, alerts, event_ids or [None] * len(alerts), now)
     known = _workflows_of(conn, alerts)
     for alert in alerts:
         key = (alert.fingerprint, alert.starts_at)
@@ -134,12 +155,13 @@ def _workflows_of(conn: Connection, alerts: list[Alert]) -> dict[tuple[str, str]
     return found
 
 
-def _record_episodes(conn: Connection, rt: Runtime, alerts: list[Alert], event_id: int | None, now: float) -> None:
+def _record_episodes(conn: Connection, rt: Runtime, alerts: list[Alert], event_ids: list[int | None],
+                     now: float) -> None:
     rows = [{"fingerprint": a.fingerprint, "starts_at": a.starts_at, "alertname": a.labels.get("alertname", ""),
              "labels": st.dumps(a.labels), "annotations": st.dumps(a.annotations), "first_event_id": event_id,
              "first_seen": now, "deliveries": 1, "generator_url": a.generator_url,
              "resolved_at": now if a.status == "resolved" else None,
-             "ends_at": a.ends_at if a.status == "resolved" else None} for a in alerts]
+             "ends_at": a.ends_at if a.status == "resolved" else None} for a, event_id in zip(alerts, event_ids)]
     if rt.store.dialect in ("sqlite", "postgresql"):
         if rt.store.dialect == "sqlite":
             from sqlalchemy.dialects.sqlite import insert as dialect_insert

@@ -27,6 +27,7 @@ class Runner:
     rt: Runtime
     executor_threads: int = 2  # workflows run at once by this process (playbooks also cap their own)
     poll_interval: float = 0.5  # how often to look for work written by other processes
+    intake_linger: float = 0.05
     intake_wake: threading.Event = field(default_factory=threading.Event)
     executor_wake: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
@@ -52,6 +53,9 @@ class Runner:
     def _intake_loop(self) -> None:
         last_housekeeping = 0.0
         while not self.rt.stop.is_set():
+            # Linger briefly after a wake-up so a burst of deliveries is processed in one transaction instead of
+            # competing with the acknowledgements for the write lock one by one.
+            self.rt.stop.wait(self.intake_linger)
             try:
                 worked = False
                 while not self.rt.stop.is_set() and process_next_event(self.rt):

@@ -11,7 +11,9 @@ processes sharing one store rests on the database, not on process memory:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -150,6 +152,12 @@ class Store:
     # process's writers (webhook threads, intake, executors) on a mutex first keeps an ack from sleeping behind
     # them. Other processes still meet at the database lock.
     write_lock: threading.RLock = field(default_factory=threading.RLock)
+    # Across processes (several WSGI workers, `workflows approve` from the CLI), an flock on a file beside the
+    # database queues writers in the kernel, which wakes the next one as soon as the lock is released, where
+    # SQLite's busy handler would sleep and retry. None for an in-memory database or another dialect.
+    lock_path: str | None = None
+    _lock_fd: int | None = None
+    _lock_depth: int = 0
 
     @contextlib.contextmanager
     def write(self) -> Iterator[Connection]:
@@ -159,8 +167,25 @@ class Store:
                     conn.execute(text("SET LOCAL lock_timeout = '30s'"))
                 yield conn
             return
-        with self.write_lock, self.engine.begin() as conn:
+        with self.write_lock, self._process_lock(), self.engine.begin() as conn:
             yield conn
+
+    @contextlib.contextmanager
+    def _process_lock(self) -> Iterator[None]:
+        if self.lock_path is None:
+            yield
+            return
+        if self._lock_fd is None:
+            self._lock_fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._lock_depth += 1
+        if self._lock_depth == 1:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if self._lock_depth == 0:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
@@ -172,6 +197,9 @@ class Store:
             conn.execute(select(func.count()).select_from(workflows)).scalar_one()
 
     def dispose(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
@@ -185,16 +213,19 @@ def open_store(url: str, synchronous: str = "FULL") -> Store:
         engine = _sqlite_engine(url, "BEGIN IMMEDIATE", synchronous)
         read_engine = _sqlite_engine(url, "BEGIN", synchronous)
         dialect = "sqlite"
+        database = engine.url.database
+        lock_path = f"{database}-writer.lock" if database and database != ":memory:" else None
     else:
         engine = create_engine(url, pool_pre_ping=True, future=True)
         read_engine = engine
         dialect = engine.dialect.name
+        lock_path = None
     metadata.create_all(engine)
     with engine.begin() as conn:
         for statement in (_SQLITE_APPEND_ONLY if dialect == "sqlite" else
                           _POSTGRES_APPEND_ONLY if dialect == "postgresql" else []):
             conn.exec_driver_sql(statement)
-    return Store(url=url, engine=engine, read_engine=read_engine, dialect=dialect)
+    return Store(url=url, engine=engine, read_engine=read_engine, dialect=dialect, lock_path=lock_path)
 
 
 def _sqlite_engine(url: str, begin: str, synchronous: str) -> Engine:
@@ -238,6 +269,73 @@ def insert_event(store: Store, body: str, remote_addr: str = "", external_url: s
             received_at=time.time(), remote_addr=remote_addr, external_url=external_url, group_key=group_key,
             status=status, alert_count=alert_count, body=body))
         return int(result.inserted_primary_key[0])
+
+
+@dataclass
+class _PendingEvent:
+    values: dict
+    done: threading.Event = field(default_factory=threading.Event)
+    event_id: int | None = None
+    error: BaseException | None = None
+
+
+class EventCommitter:
+    """Group commit for webhook events: concurrent requests hand their event to one committer thread, which
+    inserts everything queued in one transaction and commits once (one fsync), then releases each request
+    with its id. Every request still returns only after its own event is durable; under load a commit
+    serves many requests instead of each waiting its turn for the write lock."""
+
+    def __init__(self, store: Store, max_batch: int = 256):
+        self.store = store
+        self.max_batch = max_batch
+        self.queue: list[_PendingEvent] = []
+        self.condition = threading.Condition()
+        self.stopped = False
+        self.thread = threading.Thread(target=self._run, name="event-committer", daemon=True)
+        self.thread.start()
+
+    def append(self, timeout: float = 10.0, **values: Any) -> int:
+        pending = _PendingEvent(values)
+        with self.condition:
+            if self.stopped:
+                raise RuntimeError("event committer stopped")
+            self.queue.append(pending)
+            self.condition.notify()
+        if not pending.done.wait(timeout):
+            raise TimeoutError(f"the store did not commit within {timeout:.0f}s")
+        if pending.error is not None:
+            raise pending.error
+        return pending.event_id  # type: ignore[return-value]
+
+    def stop(self) -> None:
+        with self.condition:
+            self.stopped = True
+            self.condition.notify()
+        self.thread.join(10)
+
+    def _run(self) -> None:
+        while True:
+            with self.condition:
+                while not self.queue and not self.stopped:
+                    self.condition.wait()
+                if not self.queue:
+                    return
+                batch, self.queue = self.queue[:self.max_batch], self.queue[self.max_batch:]
+            try:
+                with self.store.write() as conn:
+                    now = time.time()
+                    for pending in batch:
+                        result = conn.execute(insert(events).values(received_at=now, **pending.values))
+                        pending.event_id = int(result.inserted_primary_key[0])
+            except Exception as error:  # every request of the batch answers 503, and Alertmanager retries
+                for pending in batch:
+                    pending.error, pending.event_id = error, None
+            for pending in batch:
+                pending.done.set()
+
+
+def has_unprocessed_events(conn: Connection) -> bool:
+    return conn.execute(select(events.c.id).where(events.c.processed_at.is_(None)).limit(1)).first() is not None
 
 
 def unprocessed_event_count(conn: Connection) -> int:

@@ -33,6 +33,7 @@ class Engine:
     credentials: Credentials
     metrics: EngineMetrics
     runner: Runner | None
+    events: st.EventCommitter
 
 
 def engine() -> Engine:
@@ -53,7 +54,8 @@ def create_app(config: ServerConfig, playbooks: dict | None = None, start_runner
     app = Flask("rules_engine")
     app.config["MAX_CONTENT_LENGTH"] = config.max_payload_bytes
     app.extensions[EXTENSION] = Engine(config=config, runtime=runtime, credentials=Credentials.from_config(config),
-                                       metrics=metrics, runner=runner.start() if start else None)
+                                       metrics=metrics, runner=runner.start() if start else None,
+                                       events=st.EventCommitter(store))
     app.register_blueprint(webhook_blueprint)
     app.register_blueprint(api_blueprint)
     app.register_blueprint(health_blueprint)
@@ -68,6 +70,7 @@ def shutdown(app: Flask) -> None:
     found: Engine = app.extensions[EXTENSION]
     if found.runner is not None:
         found.runner.stop()
+    found.events.stop()
     found.runtime.store.dispose()
 
 
@@ -92,10 +95,10 @@ def alertmanager_webhook():
         # 4xx: Alertmanager does not retry it (it resends the group at the next group_interval anyway).
         return jsonify(error="not an Alertmanager webhook payload (version 4)", problems=error.problems[:20]), 400
     try:
-        event_id = st.insert_event(found.runtime.store, body.decode("utf-8"), remote_addr=request.remote_addr or "",
-                                   external_url=payload.external_url, group_key=payload.group_key,
-                                   status=payload.status, alert_count=len(payload.alerts))
-    except SQLAlchemyError as error:
+        event_id = found.events.append(body=body.decode("utf-8"), remote_addr=request.remote_addr or "",
+                                       external_url=payload.external_url, group_key=payload.group_key,
+                                       status=payload.status, alert_count=len(payload.alerts))
+    except (SQLAlchemyError, TimeoutError, RuntimeError) as error:
         counter.labels("unavailable").inc()
         log.error("could not persist a webhook event: %s", type(error).__name__)
         # 503 (never 429): Alertmanager retries 5xx with backoff, so the delivery is not lost.
