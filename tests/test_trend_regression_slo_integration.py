@@ -117,7 +117,8 @@ def test_rolling_fit_agrees_with_predict_linear_and_deriv(fleet):
 AVAILABILITY = SLO.model_validate({
     "kind": "SLO", "name": "availability", "objective": 99.5, "group_by": ["instance"],
     "sli": {"ratio": {"errors": 'vllm:request_success_total{finished_reason="abort"}',
-                      "total": "vllm:request_success_total"}}})
+                      # as the shipped SLO: reasons summed within an instance, where resets happen together
+                      "total": "sum by (instance, model_name) (vllm:request_success_total)"}}})
 
 
 def counted(series, low: float, high: float) -> tuple[float, float]:
