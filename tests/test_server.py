@@ -11,6 +11,8 @@ import json
 import logging
 import time
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import func, select
 
@@ -225,3 +227,104 @@ def test_config_errors_are_clear(tmp_path):
     path.write_text("bogus: 1\n")
     with pytest.raises(ConfigError, match="bogus"):
         load_config(path)
+
+
+# --- command line -------------------------------------------------------------------------------------------------
+def test_workflows_cli_lists_shows_approves_and_rejects(tmp_path, app, client):
+    from click.testing import CliRunner
+
+    from rules_engine.cli import main
+
+    client.post("/alertmanager/webhook", data=payload(alert(instance="i1"), alert(instance="i2")),
+                headers=am_headers())
+    drain(app)
+    database = app.extensions["rules_engine"].config.database_url
+    runner = CliRunner()
+    listed = runner.invoke(main, ["workflows", "list", "--database", database, "--json"])
+    assert listed.exit_code == 0, listed.output
+    ids = [w["id"] for w in json.loads(listed.output)]
+    assert len(ids) == 2
+    approved = runner.invoke(main, ["workflows", "approve", ids[0], "--database", database, "--comment", "ok"])
+    assert approved.exit_code == 0 and "APPROVED" in approved.output
+    rejected = runner.invoke(main, ["workflows", "reject", ids[1], "--database", database, "--reason", "no"])
+    assert rejected.exit_code == 0 and "REJECTED" in rejected.output
+    again = runner.invoke(main, ["workflows", "approve", ids[1], "--database", database])
+    assert again.exit_code != 0 and "cannot become APPROVED" in again.output
+    shown = runner.invoke(main, ["workflows", "show", ids[0], "--database", database])
+    body = json.loads(shown.output)
+    assert body["state"] == wf.APPROVED and body["decided_by"].startswith("cli:")
+    table = runner.invoke(main, ["workflows", "list", "--database", database, "--state", "REJECTED"])
+    assert ids[1] in table.output and ids[0] not in table.output
+
+
+def test_serve_refuses_to_start_without_credentials_or_with_broken_playbooks(tmp_path):
+    from click.testing import CliRunner
+
+    from rules_engine.cli import main
+
+    path = tmp_path / "serve.yaml"
+    path.write_text(f"database_url: sqlite:///{tmp_path / 'x.db'}\nplaybooks: [{REPO / 'rules' / 'playbooks'}]\n")
+    result = CliRunner().invoke(main, ["serve", "--config", str(path)])
+    assert result.exit_code != 0 and "alertmanager_auth is required" in result.output
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "p.yaml").write_text("kind: Playbook\nname: p\nmatch: {}\nsteps: []\n")
+    (tmp_path / "tok").write_text("t")
+    path.write_text(f"database_url: sqlite:///{tmp_path / 'x.db'}\nplaybooks: [{tmp_path / 'bad'}]\n"
+                    f"alertmanager_auth: {{bearer_token: {{file: {tmp_path / 'tok'}}}}}\n"
+                    "operators: [{name: a, token: {file: " + str(tmp_path / "tok") + "}, roles: [admin]}]\n")
+    result = CliRunner().invoke(main, ["serve", "--config", str(path)])
+    assert result.exit_code != 0 and "p.yaml" in result.output and "steps" in result.output
+
+
+# --- shipped configuration ----------------------------------------------------------------------------------------
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_shipped_alertmanager_config_passes_amtool_and_routes_to_the_engine():
+    import shutil
+    import subprocess
+
+    import yaml
+
+    from tests.conftest import require_binary
+
+    require_binary("amtool")
+    path = REPO / "alertmanager" / "alertmanager.yml"
+    checked = subprocess.run([shutil.which("amtool"), "check-config", str(path)], capture_output=True, text=True)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    config = yaml.safe_load(path.read_text())
+    route = next(r for r in config["route"]["routes"] if r["receiver"] == "rules-engine")
+    assert route["continue"] is True and {"alertname", "instance"} <= set(route["group_by"])
+    webhook = next(r for r in config["receivers"] if r["name"] == "rules-engine")["webhook_configs"][0]
+    assert webhook["url"].endswith("/alertmanager/webhook") and webhook["send_resolved"] is True
+    assert webhook["http_config"]["authorization"]["credentials_file"]  # a file, never an inline secret
+    # amtool routes a compiled alert (it carries rule_pack) to the engine.
+    routed = subprocess.run([shutil.which("amtool"), "config", "routes", "test", f"--config.file={path}",
+                             "rule_pack=vllm", "alertname=VLLMQueueBuildup"], capture_output=True, text=True)
+    assert "rules-engine" in routed.stdout, routed.stdout + routed.stderr
+
+
+def test_example_serve_config_is_valid():
+    assert load_config(REPO / "alertmanager" / "serve.example.yaml").roles["admin"] == [
+        "conservative", "moderate", "aggressive"]
+
+
+def test_outbound_webhooks_on_workflow_state_changes(tmp_path):
+    from rules_engine.playbooks.runner import deliver_notifications
+    from tests.test_playbooks_orchestrator import running_orchestrator
+
+    with running_orchestrator() as orch:
+        application = create_app(config(tmp_path, notify_urls=[f"{orch.url}/hooks/workflows"]),
+                                 playbooks={"pb": playbook()}, start_runner=False)
+        client = application.test_client()
+        client.post("/alertmanager/webhook", data=payload(alert()), headers=am_headers())
+        drain(application)
+        workflow_id = client.get("/api/v1/workflows", headers=op("viewer-token")).json["workflows"][0]["id"]
+        client.post(f"/api/v1/workflows/{workflow_id}/reject", headers=op("senior-token"))
+        rt = application.extensions["rules_engine"].runtime
+        assert deliver_notifications(rt) == 1
+        assert deliver_notifications(rt) == 0  # at most once
+        shutdown(application)
+    calls = orch.calls_to("/hooks/workflows")
+    assert [(c.body["from_state"], c.body["to_state"], c.body["actor"]) for c in calls] == [
+        (wf.PENDING_APPROVAL, wf.REJECTED, "senior")]
