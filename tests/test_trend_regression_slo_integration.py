@@ -6,7 +6,9 @@ One simulated fleet (4 instances × 2 days at 30 s; day 1 is the clean baseline)
 - a 25% mean ITL regression from a deploy on vllm-2: the shipped regression rule must flag it with an onset near
   the deploy, and no other instance;
 - an abort burst on vllm-3: SLO attainment and burn rates must equal those counted straight from the simulator's
-  per-scrape increments (within 1%; they agree to float precision), and the burst must page.
+  per-scrape increments (within 1%; they agree to float precision), and the burst must page; a TTFT latency
+  SLO's attainment must equal the generator's own bucket counts, and a threshold between buckets is refused;
+- the rolling fit must equal Prometheus' own predict_linear/deriv.
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ import pytest
 from rules_engine.evaluate.engine import run_backtest
 from rules_engine.evaluate.health import health_scores
 from rules_engine.evaluate.slo import evaluate_slos
-from rules_engine.simulate import FleetSpec, Incident, simulate
+from rules_engine.simulate import FleetSpec, Incident, catalog, simulate
+from rules_engine.simulate.fleet import histogram_counts
 from rules_engine.simulate.timeparse import parse_time
 from rules_engine.source.prometheus import PrometheusSource
 from rules_engine.spec import load_ruleset
@@ -121,16 +124,19 @@ AVAILABILITY = SLO.model_validate({
                       "total": "sum by (instance, model_name) (vllm:request_success_total)"}}})
 
 
-def counted(series, low: float, high: float) -> tuple[float, float]:
-    """(aborted, finished) requests in (low, high] from the simulator's increments: each step's increments become
-    visible at the next successful scrape, which is when Prometheus sees them."""
+def seen(series, increments: np.ndarray, low: float, high: float) -> float:
+    """The sum of per-step increments that became visible in (low, high]: each step's increments show at the next
+    successful scrape, which is when Prometheus sees them."""
     steps = np.arange(len(series.times))
     next_present = np.minimum.accumulate(np.where(series.present, steps, len(steps))[::-1])[::-1]
     seen_at = np.append(series.times, np.inf)[next_present]
-    inside = (seen_at > low) & (seen_at <= high)
-    keys = ("success_stop", "success_length", "success_abort")
-    return float(series.increments["success_abort"][inside].sum()), float(sum(series.increments[k][inside].sum()
-                                                                                for k in keys))
+    return float(increments[(seen_at > low) & (seen_at <= high)].sum())
+
+
+def counted(series, low: float, high: float) -> tuple[float, float]:
+    """(aborted, finished) requests in (low, high] from the simulator's increments."""
+    finished = sum(series.increments[k] for k in ("success_stop", "success_length", "success_abort"))
+    return seen(series, series.increments["success_abort"], low, high), seen(series, finished, low, high)
 
 
 def test_slo_attainment_and_burn_rates_equal_independent_counts(fleet):
@@ -162,13 +168,24 @@ def test_latency_threshold_must_be_a_bucket_boundary(fleet):
         slo = SLO.model_validate({"kind": "SLO", "name": "ttft", "objective": 99, "group_by": ["instance"],
                                   "sli": {"latency": {"histogram": "vllm:time_to_first_token_seconds",
                                                       "threshold": threshold}}})
-        return evaluate_slos([slo], source, at(END - 3600), at(END), STEP)
+        return evaluate_slos([slo], source, at(END - 6 * 3600), at(END), STEP)
 
     (refused,) = latency(0.3)
     assert "latency threshold 0.3 is not a bucket boundary of vllm:time_to_first_token_seconds" in refused.error
     assert "le=0.001, 0.005" in refused.error and "0.25, 0.5" in refused.error
-    accepted = latency(2.5)
-    assert len(accepted) == 4 and all(r.error is None and 0.9 < r.attainment <= 1 for r in accepted)
+    accepted = {r.labels["instance"]: r for r in latency(2.5)}
+    simulation, _ = fleet
+    bounds = catalog.HISTOGRAM_BUCKETS[catalog.TTFT]
+    for series in simulation.series:
+        # Per-step bucket increments straight from the generator's counts and its own restart flags.
+        buckets, count, _ = histogram_counts(series.histograms[catalog.TTFT], bounds, series.restart)
+        under = buckets[:, bounds.index(2.5)]
+        increments = [np.where(series.restart, c, np.diff(c, prepend=0)) for c in (under, count)]
+        first_scrape = series.times[series.present][0]
+        good, total = (seen(series, inc, first_scrape, END) for inc in increments)
+        result = accepted[series.instance.name]
+        assert result.error is None and result.total == pytest.approx(total, rel=0.01)
+        assert result.attainment == pytest.approx(good / total, rel=0.01)
 
 
 def test_health_score_over_the_backtest(fleet, backtest):
