@@ -492,3 +492,43 @@ def test_a_large_event_is_processed_in_chunks_with_committed_progress(store):
         row = conn.execute(select(st.events.c.progress, st.events.c.processed_at)).first()
         assert row.progress == 450 and row.processed_at is not None
         assert len(st.list_workflows(conn, limit=1000)) == 450
+
+
+def test_a_step_longer_than_the_lease_keeps_its_workflow(store, prometheus):
+    """The lease is renewed while a step runs: a second engine does not take a slow workflow over."""
+    pb = verify_playbook({"below": 1})
+    pb.steps[2].delay = 1.5
+    with running_orchestrator() as orch:
+        rt = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus_url=prometheus.url)
+        rt.lease_seconds = 0.5
+        other = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus_url=prometheus.url)
+        workflow_id = ingest(rt, alert()).created[0]
+        assert claim_next(rt) == workflow_id
+        thief: list = []
+        watcher = threading.Thread(target=lambda: [thief.append(claim_next(other)) or time.sleep(0.1)
+                                                   for _ in range(15)])
+        watcher.start()
+        assert run_workflow(rt, workflow_id) == wf.COMPLETED
+        watcher.join()
+    assert set(thief) == {None}
+
+
+def test_shutdown_mid_verify_leaves_the_workflow_resumable_at_once(store, prometheus):
+    from rules_engine.playbooks.runner import Runner
+
+    pb = verify_playbook({"below": 1})
+    pb.steps[2].delay = 30
+    with running_orchestrator() as orch:
+        rt = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus_url=prometheus.url)
+        workflow_id = ingest(rt, alert()).created[0]
+        runner = Runner(rt, executor_threads=1, poll_interval=0.05).start()
+        deadline = time.time() + 10
+        while get(rt, workflow_id).steps[2].state != wf.STEP_RUNNING and time.time() < deadline:
+            time.sleep(0.05)
+        runner.stop()
+        assert get(rt, workflow_id).state == wf.IN_PROGRESS
+        pb.steps[2].delay = 0
+        restarted = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus_url=prometheus.url)
+        assert claim_next(restarted) == workflow_id  # no wait for the old lease to expire
+        assert run_workflow(restarted, workflow_id) == wf.COMPLETED
+    assert len(orch.calls_to("/v1/scale")) == 1  # the change was not made twice

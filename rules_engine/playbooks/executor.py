@@ -8,8 +8,10 @@ otherwise it is marked FAILED ("outcome unknown") and the workflow fails into it
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -82,6 +84,35 @@ def _renew(rt: Runtime, workflow_id: str) -> None:
                              .values(lease_until=time.time() + rt.lease_seconds)).rowcount
     if owned != 1:
         raise LeaseLost(f"workflow {workflow_id}: lease taken over by another process")
+
+
+@contextlib.contextmanager
+def _heartbeat(rt: Runtime, workflow_id: str):
+    """Renew the lease while a step runs, so a slow call is not mistaken for a dead owner and taken over."""
+    done = threading.Event()
+
+    def beat():
+        while not done.wait(max(rt.lease_seconds / 3, 0.05)):
+            try:
+                _renew(rt, workflow_id)
+            except Exception:  # lost or store unavailable: the step's own commit will notice
+                return
+
+    thread = threading.Thread(target=beat, name=f"lease-{workflow_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join(5)
+
+
+def release(rt: Runtime, workflow_id: str) -> None:
+    """Give the lease up at shutdown, so a restarted engine resumes the workflow at once instead of after expiry."""
+    with rt.store.write() as conn:
+        conn.execute(update(st.workflows).where(st.workflows.c.id == workflow_id,
+                                                st.workflows.c.lease_owner == rt.owner)
+                     .values(lease_until=0.0))
 
 
 def _wait(rt: Runtime, workflow_id: str, seconds: float) -> None:
@@ -181,7 +212,8 @@ def _run_recorded(rt: Runtime, workflow: st.Workflow, playbook: Playbook, record
     record.state, record.attempts = wf.STEP_RUNNING, record.attempts + 1
     context = template_context(rt, workflow, playbook)
     try:
-        ok, output, note = run_step(rt, workflow, playbook, step, context)
+        with _heartbeat(rt, workflow.id):
+            ok, output, note = run_step(rt, workflow, playbook, step, context)
     except (Interrupted, LeaseLost):
         raise
     except Exception as error:  # a bug or an unexpected failure in one step must not wedge the workflow

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import select, update
 
 from rules_engine.playbooks import store as st
-from rules_engine.playbooks.executor import Interrupted, LeaseLost, claim_next, run_workflow
+from rules_engine.playbooks.executor import Interrupted, LeaseLost, claim_next, release, run_workflow
 from rules_engine.playbooks.intake import expire_approvals, process_next_event
 from rules_engine.playbooks.runtime import Runtime
 
@@ -79,8 +79,11 @@ class Runner:
                 if workflow_id is not None:
                     try:
                         run_workflow(self.rt, workflow_id)
-                    except (Interrupted, LeaseLost) as stopped:
+                    except Interrupted as stopped:
+                        release(self.rt, workflow_id)
                         log.info("workflow %s left for resumption: %s", workflow_id, stopped)
+                    except LeaseLost as lost:
+                        log.warning("workflow %s: %s", workflow_id, lost)
                     continue
             except Exception:
                 log.exception("executor loop")
