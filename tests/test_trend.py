@@ -54,6 +54,17 @@ def test_rolling_fit_matches_least_squares_per_window_with_gaps():
             assert fit["r2"][row, column] == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, rel=1e-6, abs=1e-9)
 
 
+def test_rolling_fit_keeps_its_precision_over_30_days_of_large_values():
+    rng = np.random.default_rng(6)
+    rows = 30 * 2880
+    values = 5000 + rng.normal(0, 50, (rows, 1)) + np.arange(rows)[:, None] * 0.005  # tokens/s, slowly rising
+    fit = trend.rolling_fit(values, 121)
+    x = np.arange(rows - 121, rows)
+    slope, intercept = np.polyfit(x, values[-121:, 0], 1)
+    assert fit["slope"][-1, 0] == pytest.approx(slope, rel=1e-6)
+    assert fit["fitted"][-1, 0] == pytest.approx(intercept + slope * (rows - 1), rel=1e-9)
+
+
 def test_climb_warned_before_saturation_with_predicted_time_close_to_true():
     rng = np.random.default_rng(1)
     rule_pack = pack(above=0.98, horizon="2h", min_r2=0.6)

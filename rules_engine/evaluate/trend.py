@@ -7,6 +7,7 @@ regardless of the window's length. x is counted in steps from the grid start to 
 """
 from __future__ import annotations
 
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -40,8 +41,14 @@ def rolling_fit(values: np.ndarray, window_steps: int) -> dict[str, np.ndarray]:
     """
     rows = values.shape[0]
     present = ~np.isnan(values)
-    y = np.where(present, values, 0.0)
-    x = np.arange(rows, dtype=np.float64)[:, None] * present
+    # Slope and R² do not change when x or y shift; centring both keeps the cumulative sums small, so their
+    # differences keep their precision over long ranges of large values (tokens/s in the thousands, 30 days).
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-missing column has no mean
+        level = np.nan_to_num(np.nanmean(values, axis=0))
+    y = np.where(present, values - level, 0.0)
+    origin = (rows - 1) / 2.0
+    x = (np.arange(rows, dtype=np.float64)[:, None] - origin) * present
 
     def window_sum(term: np.ndarray) -> np.ndarray:
         total = np.cumsum(term, axis=0)
@@ -57,8 +64,8 @@ def rolling_fit(values: np.ndarray, window_steps: int) -> dict[str, np.ndarray]:
         cov = n * sxy - sx * sy
         var_y = n * syy - sy * sy
         slope = cov / var_x
-        here = np.arange(rows, dtype=np.float64)[:, None]
-        fitted = sy / n + slope * (here - sx / n)
+        here = np.arange(rows, dtype=np.float64)[:, None] - origin
+        fitted = level + sy / n + slope * (here - sx / n)
         # Cumulative sums leave rounding noise of ~1e-12 of their magnitude: a "variance" below that is flat.
         flat = var_y <= 1e-12 * np.maximum(n * syy, 1e-300)
         r2 = np.where(flat, np.nan, cov * cov / (var_x * var_y))
