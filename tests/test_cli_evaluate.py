@@ -1,0 +1,99 @@
+"""`rules-engine evaluate` / `validate` on the shipped snapshot: the README's first command, exit codes, export."""
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SNAPSHOT = ROOT / "snapshots" / "vllm-demo.snapshot"
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["rules-engine", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    export = tmp_path_factory.mktemp("demo") / "findings.json"
+    result = run("evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--export", str(export))
+    return result, json.loads(export.read_text())
+
+
+def test_demo_report_tells_the_story(demo):
+    result, record = demo
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for heading in ("Summary", "health", "SLOs", "Findings"):
+        assert heading in out
+    truth = json.loads((ROOT / "snapshots" / "vllm-demo.truth.json").read_text())
+    for incident in truth["incidents"]:
+        if incident["kind"] in ("queue_buildup", "kv_pressure", "kv_linear_climb", "error_burst"):
+            assert any(f["labels"].get("instance") == incident["instance"] and f["category"] == incident["category"]
+                       for f in record["findings"]), incident
+    assert "Could not be evaluated" not in out
+
+
+def test_export_contract(demo):
+    _, record = demo
+    assert record["findings"] and record["slos"] and "overall" in record["health"]
+    kinds = {f["kind"] for f in record["findings"]}
+    assert "threshold" in kinds
+    for finding in record["findings"]:
+        for key in ("rule", "kind", "category", "severity", "labels", "start", "end", "value", "threshold",
+                    "recommendation", "playbook"):
+            assert key in finding, key
+        assert finding["category"] in ("high_latency", "low_throughput", "queue_buildup", "cache_inefficiency",
+                                       "memory_pressure", "batch_size_suboptimal", "error_rate", "slo_burn")
+        if finding["kind"] == "threshold":
+            assert "instance" in finding["labels"]
+
+
+def test_fail_on_min_severity_and_rule_filter(tmp_path):
+    critical = run("evaluate", "--rules", "rules/vllm.yaml", "--snapshot", str(SNAPSHOT), "--fail-on", "critical",
+                   "--rule", "VLLMQueueBuildup")
+    assert critical.returncode == 1, critical.stdout + critical.stderr
+    export = tmp_path / "only-critical.json"
+    quiet = run("evaluate", "--rules", "rules/vllm.yaml", "--snapshot", str(SNAPSHOT), "--min-severity", "critical",
+                "--rule", "VLLMLowPrefixCacheHitRate", "--export", str(export), "--fail-on", "critical")
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert json.loads(export.read_text())["findings"] == []
+    unknown = run("evaluate", "--rules", "rules/vllm.yaml", "--snapshot", str(SNAPSHOT), "--rule", "Nope")
+    assert unknown.returncode == 2 and "no rule or SLO named ['Nope']" in unknown.stderr
+
+
+def test_query_missing_from_snapshot_is_reported_not_raised(tmp_path):
+    pack = (ROOT / "rules" / "vllm.yaml").read_text().replace("above: 5\n", "above: 5\n", 1)
+    pack = pack.replace("sum by (instance, model_name) (vllm:num_requests_waiting)",
+                        "max by (instance, model_name) (vllm:num_requests_waiting)", 1)
+    (tmp_path / "changed.yaml").write_text(pack)
+    result = run("evaluate", "--rules", str(tmp_path / "changed.yaml"), "--snapshot", str(SNAPSHOT),
+                 "--fail-on", "critical")
+    assert result.returncode == 3
+    assert "Could not be evaluated" in result.stdout and "query not in snapshot" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_unreachable_prometheus_is_a_clear_error():
+    result = run("evaluate", "--rules", "rules/vllm.yaml", "--prometheus", "http://127.0.0.1:9", "--time-range", "1h",
+                 "--no-progress")
+    assert result.returncode == 3
+    assert "cannot reach" in result.stdout.lower() + result.stderr.lower() or "connection refused" in result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_validate_lists_every_problem(tmp_path):
+    (tmp_path / "bad.yaml").write_text("kind: RulePack\nname: x\nrules:\n  - name: A\n    category: nope\n"
+                                       "    signal: up\n    above: 1\n    window: 5q\n")
+    result = run("validate", "--rules", str(tmp_path))
+    assert result.returncode == 2
+    assert f"{tmp_path}/bad.yaml:5: rules[0].category" in result.stderr
+    assert f"{tmp_path}/bad.yaml:8: rules[0].window: invalid duration '5q'" in result.stderr
+    assert run("validate", "--rules", "rules/").returncode == 0
+
+
+def test_bad_time_arguments():
+    result = run("evaluate", "--rules", "rules/vllm.yaml", "--prometheus", "http://127.0.0.1:9", "--start", "yesterday")
+    assert result.returncode == 2 and "invalid time 'yesterday'" in result.stderr
