@@ -128,17 +128,22 @@ def _percent(value: float | None, digits: int = 3) -> str:
 
 
 def _slo_lines(results: list[SLOResult], style) -> list[str]:
-    header = f"  {'SLO':<28} {'series':<34} {'objective':>9} {'attained':>9} {'budget left':>12} {'worst burn':>18}"
-    lines = [header]
-    for result in sorted((r for r in results if not r.error), key=lambda r: (r.budget_remaining if r.budget_remaining is not None else 1.0)):
-        series = ", ".join(f"{k}={v}" for k, v in sorted(result.labels.items())) or "(all)"
-        budget = _percent(result.budget_remaining, 1)
+    evaluated = sorted((r for r in results if not r.error),
+                       key=lambda r: (r.budget_remaining if r.budget_remaining is not None else 1.0, r.slo))
+    names = [r.slo for r in evaluated]
+    groups = [", ".join(f"{k}={v}" for k, v in sorted(r.labels.items())) or "(all)" for r in evaluated]
+    name_width = max([len("SLO")] + [len(n) for n in names])
+    group_width = max([len("series")] + [len(g) for g in groups])
+    lines = [f"  {'SLO':<{name_width}}  {'series':<{group_width}} {'objective':>9} {'attained':>9} {'budget left':>12} "
+             f"{'worst burn':>18}"]
+    for result, name, group in zip(evaluated, names, groups):
+        budget = f"{_percent(result.budget_remaining, 1):>12}"
         if result.budget_remaining is not None and result.budget_remaining < 0:
             budget = style(budget, fg="red")
         worst = result.worst_burn
         burn = f"{worst['value']:.2f}x over {worst['window']}" if worst and worst.get("value") is not None else "n/a"
-        lines.append(f"  {result.slo:<28} {series[:34]:<34} {result.objective:>8.3g}% {_percent(result.attainment):>9} "
-                     f"{budget:>12} {burn:>18}")
+        lines.append(f"  {name:<{name_width}}  {group:<{group_width}} {result.objective:>8.3g}% "
+                     f"{_percent(result.attainment):>9} {budget} {burn:>18}")
         for warning in result.warnings:
             lines.append(f"      note: {warning}")
     return lines
