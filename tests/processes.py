@@ -17,7 +17,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import requests
 import yaml
@@ -127,7 +127,7 @@ def _stop(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
         proc.wait(timeout=timeout)
 
 
-def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path, what: str, timeout: float,
+def wait_ready(proc: subprocess.Popen, url: str, log_path: Path, what: str, timeout: float,
                 ready_statuses: tuple[int, ...] = (200,)) -> None:
     """Poll `url` until it answers one of `ready_statuses`; fail early if the process exits, and at the
     deadline. (Behind basic auth `/-/ready` answers 401 once the server is up, which is as good a sign.)"""
@@ -152,13 +152,16 @@ def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path, what: str, tim
         delay = min(delay * 1.5, 0.25)
 
 
+_wait_ready = wait_ready  # the name tests/test_e2e_alerting.py uses
+
+
 @contextlib.contextmanager
 def _spawn(cmd: list[str], log_path: Path, ready_url: str, what: str, ready_timeout: float,
            cwd: Path, ready_statuses: tuple[int, ...] = (200,)) -> Iterator[subprocess.Popen]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=cwd)
     try:
-        _wait_ready(proc, ready_url, log_path, what, ready_timeout, ready_statuses)
+        wait_ready(proc, ready_url, log_path, what, ready_timeout, ready_statuses)
         yield proc
     finally:
         _stop(proc)
@@ -324,3 +327,21 @@ def running_alertmanager(config: str | os.PathLike | dict, peers: Sequence[str] 
         with _spawn(cmd, log_path, f"{url}/-/ready", "alertmanager", ready_timeout, tmp_path) as proc:
             yield RunningAlertmanager(url=url, port=port, cluster_address=cluster_address, storage_dir=storage,
                                       log_path=log_path, config_path=config_path, pid=proc.pid)
+
+
+@contextlib.contextmanager
+def simulated_prometheus(spec, incidents=(), shards: int = 1, jobs: int = 1, **prometheus_kwargs,
+                         ) -> Iterator[tuple[RunningPrometheus, Any]]:
+    """Simulate a vLLM fleet (`rules_engine.simulate.FleetSpec`, incidents), backfill it into a temp data dir
+    and serve it: yields (RunningPrometheus, Simulation); `simulation.truth` has the injected incidents.
+    Extra keyword arguments go to `running_prometheus` (rule_files, alertmanager_url, ...)."""
+    from rules_engine.simulate import simulate
+
+    with tempfile.TemporaryDirectory(prefix="simulated-") as tmp:
+        root = Path(tmp)
+        simulation = simulate(root / "fleet.om", spec, incidents, shards=shards)
+        backfill(simulation.paths, root / "data", jobs=jobs)
+        for path in simulation.paths:  # the blocks hold the samples now; the text can be large
+            path.unlink()
+        with running_prometheus(data_dir=root / "data", **prometheus_kwargs) as prometheus:
+            yield prometheus, simulation

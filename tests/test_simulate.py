@@ -16,6 +16,7 @@ from rules_engine.simulate import catalog
 from rules_engine.simulate.fleet import cumulative, histogram_counts
 from rules_engine.simulate.timeparse import parse_time
 from tests import processes
+from tests.conftest import require_binary
 
 END = 1_767_225_600  # 2026-01-01T00:00:00Z
 DAY = 86400
@@ -175,6 +176,18 @@ def test_same_seed_same_file_other_seed_other_file(tmp_path):
     assert (tmp_path / "a.json").read_text() == (tmp_path / "b.json").read_text()
 
 
+def test_shards_split_instances_without_changing_samples(tmp_path):
+    spec = small_spec(start=END - 3600)
+    whole = simulate(tmp_path / "whole.om", spec)
+    split = simulate(tmp_path / "split.om", spec, shards=3)
+    assert [p.name for p in split.paths] == ["split.0.om", "split.1.om", "split.2.om"]
+    samples = lambda text: {line for line in text.splitlines() if not line.startswith("#")}  # noqa: E731
+    shard_samples = [samples(p.read_text()) for p in split.paths]
+    assert all(p.read_text().endswith("# EOF\n") for p in split.paths)
+    assert set().union(*shard_samples) == samples(whole.paths[0].read_text())
+    assert sum(map(len, shard_samples)) == len(samples(whole.paths[0].read_text()))
+
+
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\d+(?:\.\d+)?) (\d{10})$')
 
 
@@ -246,15 +259,17 @@ def test_cli_writes_history_and_truth(tmp_path):
 
 
 @pytest.mark.integration
-def test_backfilled_history_answers_promql(tmp_path, promtool_bin, start_prometheus):
+def test_backfilled_history_answers_promql(promtool_bin):
+    require_binary(processes.PROMETHEUS)
     spec = FleetSpec(start=END - 6 * 3600, end=END, instances=3, step=30, seed=11)
     incident = Incident("queue_buildup", ("vllm-2:8000",), start="4h", duration=1800, magnitude=1.3)
     # Two shards loaded by two promtool processes: the path a large fleet takes.
-    sim = simulate(tmp_path / "fleet.om", spec, [incident], truth_path=tmp_path / "truth.json", shards=2)
-    assert [p.name for p in sim.paths] == ["fleet.0.om", "fleet.1.om"]
-    processes.backfill(sim.paths, tmp_path / "data", jobs=2)
-    prom = start_prometheus(data_dir=tmp_path / "data")
+    with processes.simulated_prometheus(spec, [incident], shards=2, jobs=2) as (prom, sim):
+        assert [p.name for p in sim.paths] == ["fleet.0.om", "fleet.1.om"]
+        check_incident_visible(prom, sim)
 
+
+def check_incident_visible(prom, sim):
     rate = prom.query("sum by (instance) (rate(vllm:generation_tokens_total[5m]))", time=END - 3600)
     assert {r["metric"]["instance"] for r in rate} == {"vllm-0:8000", "vllm-1:8000", "vllm-2:8000"}
     assert all(float(r["value"][1]) > 100 for r in rate)
