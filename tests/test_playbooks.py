@@ -214,7 +214,8 @@ def test_concurrent_receivers_on_one_store_start_one_workflow(tmp_path):
     for thread in threads:
         thread.join(30)
     with first.read() as conn:
-        assert len(st.list_workflows(conn)) == 1
+        workflows = st.list_workflows(conn, with_steps=True)
+        assert len(workflows) == 1 and len(workflows[0].steps) == 3
         assert conn.execute(select(func.count()).select_from(st.events)
                             .where(st.events.c.processed_at.isnot(None))).scalar_one() == 20
     for s in stores:

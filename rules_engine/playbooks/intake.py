@@ -38,7 +38,12 @@ def _insert_ignore(conn: Connection, table, dialect: str, **values) -> bool:
             from sqlalchemy.dialects.sqlite import insert as dialect_insert
         else:
             from sqlalchemy.dialects.postgresql import insert as dialect_insert
-        return conn.execute(dialect_insert(table).values(**values).on_conflict_do_nothing()).rowcount == 1
+        statement = dialect_insert(table).values(**values).on_conflict_do_nothing()
+        if dialect == "sqlite":
+            return conn.execute(statement).rowcount == 1
+        # psycopg does not report a reliable rowcount here; a RETURNING row says the insert happened.
+        key = list(table.primary_key.columns)[0]
+        return conn.execute(statement.returning(key)).first() is not None
     try:
         with conn.begin_nested():
             conn.execute(insert(table).values(**values))
