@@ -26,9 +26,10 @@ PROMETHEUS = os.environ.get("PROMETHEUS_BIN", "prometheus")
 PROMTOOL = os.environ.get("PROMTOOL_BIN", "promtool")
 ALERTMANAGER = os.environ.get("ALERTMANAGER_BIN", "prometheus-alertmanager")
 
-# Prometheus deletes blocks older than (newest block's max time - retention). Backfilled history can sit far in
-# the past while rules evaluated at "now" add fresh blocks, so the window must cover any history a test loads.
-# 2.42 accepts large values (it only warns above 100 years); 50 years covers any test timestamp since 1990.
+# Prometheus deletes blocks whose max time is older than (newest block's max time - retention) when it opens
+# the TSDB and after compactions. Backfilled history can sit far in the past while a test also has recent data
+# (a second backfill, or rule results compacted from the head), so the window must cover any history a test
+# loads; 50 years covers any timestamp since 1990 (tests/test_processes.py shows 15d deleting such history).
 RETENTION = "18250d"
 
 # promtool re-parses the whole input once per block window, and windows are 2h x 3^k (2h, 6h, 18h, 54h, 162h,
@@ -111,7 +112,8 @@ def _log_tail(log_path: Path, lines: int = 30) -> str:
         text = log_path.read_text(errors="replace").splitlines()
     except OSError:
         return "(no log)"
-    errors = [line for line in text if "level=error" in line][:5]
+    # Run-time errors are logged with level=error; a bad flag makes kingpin print "<binary>: error: ..." first.
+    errors = [line for line in text if "level=error" in line or ": error:" in line][:5]
     head = ("errors:\n" + "\n".join(errors) + "\n--- tail:\n") if errors else ""
     return head + "\n".join(text[-lines:])
 
@@ -220,7 +222,7 @@ def running_prometheus(data_dir: str | os.PathLike | None = None, rule_files: Se
                        config_extra: dict | None = None, web_config: dict | str | os.PathLike | None = None,
                        alertmanager_url: str | None = None, evaluation_interval: str = "15s",
                        scrape_configs: list[dict] | None = None, enable_lifecycle: bool = False,
-                       alert_resend_delay: str | None = "1s",
+                       alert_resend_delay: str | None = "1s", retention: str = RETENTION,
                        extra_args: Sequence[str] = (), ready_timeout: float = READY_TIMEOUT,
                        ) -> Iterator[RunningPrometheus]:
     """Start `prometheus` on 127.0.0.1:<free port> over `data_dir` (a fresh temp dir if None).
@@ -240,7 +242,7 @@ def running_prometheus(data_dir: str | os.PathLike | None = None, rule_files: Se
         config_path.write_text(yaml.safe_dump(config, sort_keys=False))
         port = free_port()
         cmd = [PROMETHEUS, f"--config.file={config_path}", f"--storage.tsdb.path={data_path}",
-               f"--storage.tsdb.retention.time={RETENTION}", f"--web.listen-address=127.0.0.1:{port}"]
+               f"--storage.tsdb.retention.time={retention}", f"--web.listen-address=127.0.0.1:{port}"]
         if enable_lifecycle:
             cmd.append("--web.enable-lifecycle")
         if alert_resend_delay:

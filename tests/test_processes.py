@@ -31,19 +31,23 @@ def test_free_port_is_bindable():
         sock.bind(("127.0.0.1", port))
 
 
-def test_backfill_then_query_history_far_in_the_past(tmp_path, promtool_bin, start_prometheus):
-    # Samples from 2021: far older than the default 15d retention, which must not delete them.
-    t0 = 1_609_459_200
+def test_backfill_keeps_history_far_in_the_past_beside_recent_data(tmp_path, promtool_bin, start_prometheus):
+    # Samples from 2021 plus samples from two hours ago: Prometheus' retention counts back from the newest
+    # block, so with its default-like 15d the 2021 block is deleted on open; the helpers' retention keeps it.
+    old, recent = 1_609_459_200, int(time.time()) - 7200
     lines = ["# TYPE probe_value gauge"]
-    lines += [f'probe_value{{instance="a"}} {i} {t0 + 30 * i}' for i in range(240)]
+    lines += [f'probe_value{{era="old"}} {i} {old + 30 * i}' for i in range(240)]
+    lines += [f'probe_value{{era="recent"}} {i} {recent + 30 * i}' for i in range(240)]
     lines.append("# EOF")
     om = tmp_path / "history.om"
     om.write_text("\n".join(lines) + "\n")
-    data = tmp_path / "data"
-    processes.backfill(om, data)
-    prom = start_prometheus(data_dir=data)
-    result = prom.query("probe_value", time=t0 + 30 * 100)
-    assert [float(r["value"][1]) for r in result] == [100.0]
+    for name in ("kept", "deleted"):
+        processes.backfill(om, tmp_path / name)
+    prom = start_prometheus(data_dir=tmp_path / "kept")
+    assert [float(r["value"][1]) for r in prom.query("probe_value", time=old + 30 * 100)] == [100.0]
+    assert [float(r["value"][1]) for r in prom.query("probe_value", time=recent + 30 * 100)] == [100.0]
+    short = start_prometheus(data_dir=tmp_path / "deleted", retention="15d")
+    assert short.query("probe_value", time=old + 30 * 100) == []
 
 
 def test_backfill_reports_promtool_error(tmp_path, promtool_bin):
