@@ -256,6 +256,10 @@ def test_cli_writes_history_and_truth(tmp_path):
     bad = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path / "g.om"), "--instances", "2",
                                     "--duration", "3d", "--scenario", "demo"])
     assert bad.exit_code != 0 and "no instance vllm-" in bad.output
+    incidents.write_text("- kind: error_burst\n  instance: vllm-1:8000\n  start: 1h\n  magnitude: lots\n")
+    bad = CliRunner().invoke(main, ["simulate", "--out", str(tmp_path / "g.om"), "--scenario", "none",
+                                    "--incidents", str(incidents)])
+    assert bad.exit_code != 0 and "incidents.yaml:1: incidents[0]: magnitude:" in bad.output
 
 
 @pytest.mark.integration

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
-from rules_engine.simulate.fleet import FleetSpec
 from rules_engine.simulate.history import simulate as simulate_history
-from rules_engine.simulate.incidents import IncidentError, load_incidents
+from rules_engine.simulate.incidents import load_incidents
 from rules_engine.simulate.scenarios import SCENARIOS
 from rules_engine.simulate.timeparse import parse_duration, parse_time
 
@@ -56,28 +55,37 @@ def _time(ctx, param, value):
               help="Write the ground truth (incidents, restarts, instances) as JSON here.")
 def simulate(out_path, instances, duration, end, step, seed, scenario, incidents_path, legacy_fraction, shards,
              truth_path):
-    """Write a simulated vLLM fleet history with injected incidents as OpenMetrics with timestamps."""
+    """Write a simulated vLLM fleet history with injected incidents as OpenMetrics with timestamps.
+
+    Load it with `promtool tsdb create-blocks-from openmetrics --max-block-duration=486h OUT DATA_DIR`.
+    An incident file is a YAML list (or a mapping with `incidents:`) of entries like
+
+    \b
+      - kind: queue_buildup      # queue_buildup | kv_pressure | ttft_spike | itl_regression
+                                 # | kv_linear_climb | error_burst | low_cache_hit | restart
+        instance: vllm-2:8000    # or `instances: [2, vllm-3]`
+        start: 26h               # offset from the start, or RFC 3339 / unix seconds
+        duration: 30m            # default per kind; itl_regression lasts to the end
+        magnitude: 1.15          # meaning per kind: see rules_engine/simulate/incidents.py
+    """
     chosen = SCENARIOS[scenario]
     if int(step) != step or step < 1:
         raise click.BadParameter("must be a whole number of seconds", param_hint="--step")
     step = int(step)
     end = float(int(time.time() if end is None else end) // step * step)
-    duration = parse_duration(chosen.duration) if duration is None else duration
-    incidents = list(chosen.incidents)
-    if incidents_path is not None:
-        try:
-            incidents += load_incidents(incidents_path)
-        except IncidentError as error:
-            raise click.ClickException(str(error)) from None
     try:
-        spec = FleetSpec(start=end - duration, end=end, instances=instances or chosen.instances, step=step,
-                         seed=seed, legacy_fraction=legacy_fraction)
+        spec, incidents = chosen.fleet(end, seed=seed, step=step, instances=instances, duration=duration,
+                                       legacy_fraction=legacy_fraction)
+        if incidents_path is not None:
+            incidents += load_incidents(incidents_path)
         began = time.perf_counter()
         result = simulate_history(out_path, spec, incidents, truth_path=truth_path, shards=shards)
-    except ValueError as error:
+    except ValueError as error:  # IncidentError included: it names file:line
         raise click.ClickException(str(error)) from None
     samples = sum(int(s.present.sum()) for s in result.series)
-    click.echo(f"wrote {', '.join(str(p) for p in result.paths)}: {spec.instances} instances, {duration / 3600:g}h at {step}s, "
+    hours = (spec.end - spec.start) / 3600
+    click.echo(f"wrote {', '.join(str(p) for p in result.paths)}: {spec.instances} instances, "
+               f"{hours:g}h at {step}s, "
                f"{samples} scrapes, {result.bytes_written / 1e6:.1f} MB in {time.perf_counter() - began:.1f}s; "
                f"{len(result.truth['incidents'])} incident record(s)"
                + (f" ({len(result.truth['skipped_incidents'])} incident(s) outside the range skipped)"

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rules_engine.simulate.fleet import FleetSpec
 from rules_engine.simulate.incidents import Incident
+from rules_engine.simulate.timeparse import parse_duration
 
 
 @dataclass(frozen=True)
@@ -13,6 +15,14 @@ class Scenario:
     instances: int
     duration: str
     incidents: tuple[Incident, ...]
+
+    def fleet(self, end: float, seed: int = 0, step: int = 30, instances: int | None = None,
+              duration: float | None = None, **spec_fields) -> tuple[FleetSpec, list[Incident]]:
+        """The FleetSpec and incident list of this scenario ending at `end` (unix seconds)."""
+        length = parse_duration(self.duration) if duration is None else duration
+        spec = FleetSpec(start=end - length, end=end, instances=instances or self.instances, step=step, seed=seed,
+                         **spec_fields)
+        return spec, list(self.incidents)
 
 
 # One incident of each kind, on different instances, spread over the second day so each stands alone
