@@ -122,7 +122,7 @@ def running_serve(config_path: Path, port: int, *args: str) -> Iterator[subproce
         proc = subprocess.Popen([sys.executable, "-c", "from rules_engine.cli import main; main()", "serve", "--config", str(config_path),
                                  *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        processes._wait_ready(proc, f"http://127.0.0.1:{port}/api/v1/ready", log_path, "rules-engine serve", 30)
+        processes.wait_ready(proc, f"http://127.0.0.1:{port}/api/v1/ready", log_path, "rules-engine serve", 30)
         yield proc
     finally:
         if proc.poll() is None:

@@ -55,13 +55,6 @@ class Alert(BaseModel):
     def _time(cls, value: str) -> str:
         return canonical_time(value)
 
-    @field_validator("labels")
-    @classmethod
-    def _alertname(cls, labels: dict[str, str]) -> dict[str, str]:
-        if not labels.get("alertname"):
-            raise ValueError("an alert needs an `alertname` label")
-        return labels
-
 
 class WebhookPayload(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
