@@ -341,7 +341,7 @@ def simulated_prometheus(spec, incidents=(), shards: int = 1, jobs: int = 1, **p
 
     with tempfile.TemporaryDirectory(prefix="simulated-") as tmp:
         root = Path(tmp)
-        simulation = simulate(root / "fleet.om", spec, incidents, shards=shards)
+        simulation = simulate(root / "fleet.om", spec, incidents, shards=shards, jobs=jobs)
         backfill(simulation.paths, root / "data", jobs=jobs)
         for path in simulation.paths:  # the blocks hold the samples now; the text can be large
             path.unlink()

@@ -186,6 +186,9 @@ def test_shards_split_instances_without_changing_samples(tmp_path):
     assert all(p.read_text().endswith("# EOF\n") for p in split.paths)
     assert set().union(*shard_samples) == samples(whole.paths[0].read_text())
     assert sum(map(len, shard_samples)) == len(samples(whole.paths[0].read_text()))
+    forked = simulate(tmp_path / "forked.om", spec, shards=3, jobs=2)
+    assert [p.read_bytes() for p in forked.paths] == [p.read_bytes() for p in split.paths]
+    assert forked.bytes_written == split.bytes_written == sum(p.stat().st_size for p in split.paths)
 
 
 SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})? (\d+(?:\.\d+)?) (\d{10})$')

@@ -51,10 +51,12 @@ def _time(ctx, param, value):
 @click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split the instances over this many files (OUT's stem + .0, .1, ...): promtool holds a whole "
                    "file in memory, so large fleets load in pieces.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Write shards in this many processes.")
 @click.option("--truth", "truth_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the ground truth (incidents, restarts, instances) as JSON here.")
 def simulate(out_path, instances, duration, end, step, seed, scenario, incidents_path, legacy_fraction, shards,
-             truth_path):
+             jobs, truth_path):
     """Write a simulated vLLM fleet history with injected incidents as OpenMetrics with timestamps.
 
     Load it with `promtool tsdb create-blocks-from openmetrics --max-block-duration=486h OUT DATA_DIR`.
@@ -79,7 +81,8 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
         if incidents_path is not None:
             incidents += load_incidents(incidents_path)
         began = time.perf_counter()
-        result = simulate_history(out_path, spec, incidents, truth_path=truth_path, shards=shards)
+        result = simulate_history(out_path, spec, incidents, truth_path=truth_path, shards=shards,
+                                  jobs=jobs)
     except ValueError as error:  # IncidentError included: it names file:line
         raise click.ClickException(str(error)) from None
     samples = sum(int(s.present.sum()) for s in result.series)

@@ -8,6 +8,8 @@ latent state, not by the file size.
 from __future__ import annotations
 
 import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterable
@@ -167,22 +169,43 @@ def shard_paths(out_path: str | Path, shards: int) -> list[Path]:
     return [out_path.with_name(f"{out_path.stem}.{k}{out_path.suffix}") for k in range(shards)]
 
 
+# The series of the simulation being written, for forked shard writers (inherited, never pickled).
+_FORKED_SERIES: list[InstanceSeries] = []
+
+
+def _write_shard(path: Path, members: list[int]) -> int:
+    with open(path, "wb", buffering=1 << 20) as out:
+        return write_history(out, [_FORKED_SERIES[i] for i in members])
+
+
 def simulate(out_path: str | Path, spec: FleetSpec, incidents: Iterable[Incident] = (),
-             truth_path: str | Path | None = None, shards: int = 1) -> Simulation:
+             truth_path: str | Path | None = None, shards: int = 1, jobs: int = 1) -> Simulation:
     """Simulate `spec` with `incidents`, write the OpenMetrics file(s) and, if asked, the truth JSON.
 
     With `shards` > 1 the instances are split over that many files (see `shard_paths`), each a complete
     OpenMetrics document: promtool holds its whole input in memory, so a week of a 50-instance fleet (16 GB of
-    text) is loaded in pieces, two at a time on two cores.
+    text) is loaded in pieces, two at a time on two cores. `jobs` > 1 writes shards in that many forked
+    processes (text formatting is CPU-bound; on a slow disk the disk stays the limit).
     """
-    if shards < 1:
-        raise ValueError(f"shards must be >= 1, got {shards}")
+    if shards < 1 or jobs < 1:
+        raise ValueError(f"shards and jobs must be >= 1, got {shards} and {jobs}")
     series, truth = run_fleet(spec, incidents)
     paths = shard_paths(out_path, min(shards, len(series)))
-    written = 0
-    for path, members in zip(paths, np.array_split(np.arange(len(series)), len(paths))):
-        with open(path, "wb", buffering=1 << 20) as out:
-            written += write_history(out, [series[i] for i in members])
+    assignments = [chunk.tolist() for chunk in np.array_split(np.arange(len(series)), len(paths))]
+    if jobs > 1 and len(paths) > 1:
+        global _FORKED_SERIES
+        _FORKED_SERIES = series
+        try:
+            context = multiprocessing.get_context("fork")
+            with ProcessPoolExecutor(max_workers=min(jobs, len(paths)), mp_context=context) as pool:
+                written = sum(pool.map(_write_shard, paths, assignments))
+        finally:
+            _FORKED_SERIES = []
+    else:
+        written = 0
+        for path, members in zip(paths, assignments):
+            with open(path, "wb", buffering=1 << 20) as out:
+                written += write_history(out, [series[i] for i in members])
     if truth_path is not None:
         Path(truth_path).write_text(json.dumps(truth, indent=2) + "\n")
     return Simulation(spec=spec, series=series, truth=truth, paths=paths, bytes_written=written)
