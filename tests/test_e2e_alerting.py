@@ -263,8 +263,10 @@ def test_wrong_credentials_are_refused_by_the_running_server_and_nothing_is_stor
         assert conn.execute(select(func.count()).select_from(st.events)
                             .where(st.events.c.group_key == "unauthorized-probe")).scalar_one() == 1
     store.dispose()
-    metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    assert 'rules_engine_webhook_requests_total{outcome="unauthorized"}' in metrics
+    # Two gunicorn workers answered these requests; /metrics sums both, whichever worker serves the scrape.
+    for _ in range(4):
+        metrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        assert 'rules_engine_webhook_requests_total{outcome="unauthorized"} 3.0' in metrics
 
 
 def test_ha_duplicates_and_a_kill_between_persist_and_processing_run_the_playbook_once(workdir):

@@ -6,9 +6,13 @@ alongside. Each worker process builds its own app (no preload), so stores and ru
 """
 from __future__ import annotations
 
+import atexit
 import getpass
 import json
+import os
+import shutil
 import sys
+import tempfile
 
 import click
 
@@ -29,6 +33,7 @@ def run_gunicorn(config: ServerConfig, load=None) -> None:
                 "worker_class": "gthread", "timeout": 60, "graceful_timeout": 15, "keepalive": 5,
                 "accesslog": "-" if config.access_log else None, "errorlog": "-", "loglevel": "info",
                 "preload_app": False,
+                "child_exit": _child_exit,
                 # Stop the background loops cleanly when a worker exits, so in-flight steps are left resumable.
                 "worker_exit": lambda server, worker: (
                     shutdown(worker.wsgi) if EXTENSION in getattr(getattr(worker, "wsgi", None), "extensions", {})
@@ -43,6 +48,13 @@ def run_gunicorn(config: ServerConfig, load=None) -> None:
             return load() if load is not None else create_app(config)
 
     EngineApplication().run()
+
+
+def _child_exit(server, worker) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
 
 
 @click.command("serve")
@@ -67,6 +79,11 @@ def serve(config_path, listen, database_url, playbooks, prometheus_url, dry_run,
         _check(config)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
+    if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Before any worker imports prometheus_client: /metrics then sums every worker's samples.
+        metrics_dir = tempfile.mkdtemp(prefix="rules-engine-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+        atexit.register(shutil.rmtree, metrics_dir, True)
     click.echo(f"rules-engine serve: listening on {config.listen}, store {_redacted(config.database_url)}, "
                f"{config.workers} worker(s) x {config.threads} thread(s)"
                f"{', dry run' if config.dry_run else ''}{', receive only' if not config.process else ''}", err=True)

@@ -5,6 +5,7 @@ backlog are read from the store at scrape time, so they are right whichever proc
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -51,20 +52,32 @@ class EngineMetrics:
 
 
 def engine_metrics(store: st.Store) -> EngineMetrics:
+    """Metrics for one application. Under several WSGI worker processes (`PROMETHEUS_MULTIPROC_DIR` set by
+    `serve` before the workers start), each process writes its samples to that directory and /metrics, whichever
+    worker answers, sums them all; otherwise the metrics live in this application's own registry."""
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_StoreCollector(store))
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.MultiProcessCollector(registry)
+        return _metrics(None, registry)
+    return _metrics(registry, registry)
+
+
+def _metrics(owner: CollectorRegistry | None, registry: CollectorRegistry) -> EngineMetrics:
     return EngineMetrics(
         registry=registry,
         webhook_requests=Counter("rules_engine_webhook_requests", "Webhook deliveries by outcome "
-                                 "(accepted, unauthorized, invalid, unavailable).", ["outcome"], registry=registry),
+                                 "(accepted, unauthorized, invalid, unavailable).", ["outcome"], registry=owner),
         webhook_alerts=Counter("rules_engine_webhook_alerts", "Alerts in accepted deliveries, by status.",
-                               ["status"], registry=registry),
+                               ["status"], registry=owner),
         webhook_ack_seconds=Histogram("rules_engine_webhook_ack_seconds", "Time to acknowledge a delivery "
-                                      "(validate + persist).", registry=registry,
+                                      "(validate + persist).", registry=owner,
                                       buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)),
         step_seconds=Histogram("rules_engine_step_duration_seconds", "Playbook step durations.",
-                               ["type", "outcome"], registry=registry,
+                               ["type", "outcome"], registry=owner,
                                buckets=(.01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 900)),
         action_failures=Counter("rules_engine_action_failures", "Failed actions (http/canary/rollout/rollback "
-                                "steps).", ["type"], registry=registry),
+                                "steps).", ["type"], registry=owner),
     )
