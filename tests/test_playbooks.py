@@ -533,3 +533,13 @@ def test_shutdown_mid_verify_leaves_the_workflow_resumable_at_once(store, promet
         assert claim_next(restarted) == workflow_id  # no wait for the old lease to expire
         assert run_workflow(restarted, workflow_id) == wf.COMPLETED
     assert len(orch.calls_to("/v1/scale")) == 1  # the change was not made twice
+
+
+def test_a_playbook_edited_after_approval_fails_instead_of_running_another_plan(store):
+    rt = runtime(store, playbook(approval={"required": False}))
+    workflow_id = ingest(rt, alert()).created[0]
+    edited = runtime(store, playbook(approval={"required": False}, steps=[
+        {"name": "recommend", "type": "recommend", "bottleneck": "queue_buildup"}]))
+    assert claim_next(edited) == workflow_id
+    assert run_workflow(edited, workflow_id) == wf.FAILED
+    assert "no longer match the approved plan" in get(rt, workflow_id).reason

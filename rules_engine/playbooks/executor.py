@@ -150,6 +150,11 @@ def run_workflow(rt: Runtime, workflow_id: str) -> str:
     playbook = rt.playbooks.get(workflow.playbook)
     if playbook is None:
         return _fail(rt, workflow, None, f"playbook {workflow.playbook!r} is not loaded")
+    if [(r.name, r.type) for r in workflow.steps] != [(s.name, s.type) for s in playbook.steps]:
+        # The playbook was edited after this workflow was created: its recorded steps are the plan that was
+        # approved, and running another one under that approval would be wrong.
+        return _fail(rt, workflow, None, f"playbook {workflow.playbook!r} changed since the workflow was created; "
+                                         "its steps no longer match the approved plan")
     if workflow.state == wf.FAILED and workflow.phase == "rollback":
         return _rollback(rt, workflow, playbook)
     _capture_baselines(rt, workflow, playbook)
