@@ -155,6 +155,7 @@ def workflows():
 @click.option("--limit", type=int, default=100)
 @click.option("--json", "as_json", is_flag=True)
 def list_command(config_path, database_url, state, instance, alertname, playbook, limit, as_json):
+    """List workflows, newest first."""
     from rules_engine.playbooks import store as st
 
     store = _store(config_path, database_url)
@@ -174,6 +175,7 @@ def list_command(config_path, database_url, state, instance, alertname, playbook
 @_with_store
 @click.argument("workflow_id")
 def show_command(config_path, database_url, workflow_id):
+    """Show one workflow with its steps (state, output, timing) and its audit trail, as JSON."""
     from rules_engine.playbooks import store as st
 
     store = _store(config_path, database_url)
@@ -203,6 +205,7 @@ def _decide(config_path, database_url, workflow_id, text, decision):
 @click.argument("workflow_id")
 @click.option("--comment", default="")
 def approve_command(config_path, database_url, workflow_id, comment):
+    """Approve a workflow waiting for approval (recorded as cli:<user>)."""
     _decide(config_path, database_url, workflow_id, comment, "approve")
 
 
@@ -211,6 +214,7 @@ def approve_command(config_path, database_url, workflow_id, comment):
 @click.argument("workflow_id")
 @click.option("--reason", default="")
 def reject_command(config_path, database_url, workflow_id, reason):
+    """Reject a workflow waiting for approval (recorded as cli:<user>)."""
     _decide(config_path, database_url, workflow_id, reason, "reject")
 
 
