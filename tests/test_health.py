@@ -64,3 +64,14 @@ def test_scores_are_clamped_and_exported():
 def test_no_findings_is_full_health():
     health = health_scores([], [], instances=["a", "b"])
     assert health.overall == 100 and all(h.score == 100 for h in health.instances.values())
+
+
+def test_model_level_findings_and_slos_land_on_the_instances_serving_the_model():
+    instances = {"a": {"model_name": "m"}, "b": {"model_name": "m"}, "c": {"model_name": "other"}}
+    burn = finding("TTFTBudgetBurn", "critical", "slo_burn")  # labels {model_name: m}, no instance
+    health = health_scores([burn], [slo_result(False, model_name="m")], instances=instances)
+    scores = {name: h.score for name, h in health.instances.items()}
+    assert scores == {"a": 55.0, "b": 55.0, "c": 100.0}  # -25 for the burn, -20 for the violated SLO group
+    assert health.overall == pytest.approx((55 + 55 + 100) / 3) and health.fleet_findings == 0
+    unattributed = health_scores([burn], instances={"c": {"model_name": "other"}})
+    assert unattributed.fleet_findings == 1 and unattributed.overall == 75.0

@@ -43,7 +43,7 @@ class Backtest:
     findings: list[Finding] = field(default_factory=list)
     outcomes: list[RuleOutcome] = field(default_factory=list)
     slos: list[SLOResult] = field(default_factory=list)
-    instances: set[str] = field(default_factory=set)  # every `instance` seen in any fetched series
+    instances: dict[str, dict[str, str]] = field(default_factory=dict)  # instance -> its other labels (model_name, ...)
 
     @property
     def failed(self) -> list[RuleOutcome]:
@@ -91,6 +91,20 @@ def recording_plan(ruleset: RuleSet, start: pd.Timestamp, end: pd.Timestamp, ste
         queries.extend(slo_queries(slo).values())
         fetch_start = min(fetch_start, slo_fetch_start(slo, slo_catalog(slo), start, end, step))
     return sorted(set(queries)), fetch_start
+
+
+def instance_labels(frames: Iterable[RangeFrame]) -> dict[str, dict[str, str]]:
+    """Each instance seen in the frames, with the labels that have one value for it across all of them."""
+    tables = [frame.labels for frame in frames if "instance" in frame.labels.columns and frame.series_count]
+    if not tables:
+        return {}
+    labels = pd.concat(tables, ignore_index=True).fillna("")
+    labels = labels[labels["instance"] != ""].drop(columns=["__name__"], errors="ignore")
+    found: dict[str, dict[str, str]] = {}
+    for instance, rows in labels.groupby("instance"):
+        found[instance] = {name: values.iloc[0] for name, values in rows.drop(columns="instance").items()
+                           if values.nunique() == 1 and values.iloc[0] != ""}
+    return found
 
 
 def fetch_all(source: Source, queries: list[str], start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
@@ -142,12 +156,13 @@ def run_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, end: pd.
         outcome.findings = len(found)
         backtest.findings.extend(found)
 
-    backtest.instances = {name for frame in frames.values() if "instance" in frame.labels.columns
-                          for name in frame.labels["instance"].unique() if name}
+    backtest.instances = instance_labels(frames.values())
     slos = select_slos(ruleset, names)
     if slos:
         backtest.slos = evaluate_slos(slos, source, start, end, step)
         backtest.findings.extend(slo_findings(backtest.slos))
-        backtest.instances |= {r.labels["instance"] for r in backtest.slos if r.labels.get("instance")}
+        for result in backtest.slos:
+            if result.labels.get("instance"):
+                backtest.instances.setdefault(result.labels["instance"], {})
     backtest.findings.sort(key=lambda f: (-severity_rank(f.severity), -(f.duration(end) / step), f.rule, f.start))
     return backtest

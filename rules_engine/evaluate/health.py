@@ -5,19 +5,22 @@ SLOs violated; clamped to 0..100), re-based on a backtest's findings and SLO res
 
 - a finding deducts once per alert (rule × series labels) at the worst severity it reached, so an alert that
   flaps ten times over a week costs what one sustained episode costs;
-- instance score: 100 - the deductions of findings carrying that `instance` label - 20 × (violated / evaluated)
-  SLO groups carrying that `instance` label;
+- a finding or SLO group concerns its `instance`, or, without one, every instance whose labels include all of
+  its labels (an SLO grouped by model_name concerns the instances serving that model); with no such instance
+  it is fleet-level;
+- instance score: 100 - the deductions of the findings that concern it - 20 × (violated / evaluated) SLO groups
+  that concern it;
 - overall score: the mean of the instance scores (instances without findings score 100; pass `instances` so
-  they are counted), minus the deductions of fleet-level findings (no `instance` label), minus 20 × the share of
-  fleet-level SLO groups (no `instance` label) violated;
-- category score: 100 - the category's instance-attributed deductions divided by the number of instances -
-  its fleet-level deductions; `slo_burn` also loses 20 × the share of all SLO groups violated.
+  they are counted), minus the deductions of fleet-level findings, minus 20 × the share of fleet-level SLO groups
+  violated;
+- category score: 100 - the category's deductions on instances divided by the number of instances - its
+  fleet-level deductions; `slo_burn` also loses 20 × the share of all SLO groups violated.
 Every score is clamped to 0..100. An SLO group counts as violated when its attainment is below the objective.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from rules_engine.evaluate.findings import SEVERITIES, Finding, severity_rank
 
@@ -75,12 +78,26 @@ def distinct_alerts(findings: Iterable[Finding]) -> list[Finding]:
     return list(worst.values())
 
 
-def health_scores(findings: Iterable[Finding], slo_results: Iterable[Any] = (), instances: Iterable[str] = ()) -> Health:
+def members_of(labels: Mapping[str, str], instance_labels: Mapping[str, Mapping[str, str]]) -> list[str]:
+    """The instances a finding or SLO group concerns: its own `instance`, or every instance whose labels include
+    all of the group's (an SLO grouped by model_name concerns the instances serving that model)."""
+    if labels.get("instance"):
+        return [labels["instance"]]
+    if not labels:
+        return []
+    return sorted(name for name, known in instance_labels.items()
+                  if all(known.get(key) == value for key, value in labels.items()))
+
+
+def health_scores(findings: Iterable[Finding], slo_results: Iterable[Any] = (),
+                  instances: Iterable[str] | Mapping[str, Mapping[str, str]] = ()) -> Health:
     """Score a backtest. `slo_results` are SLOResult-like (labels, compliant, error); `instances` the fleet's
-    instance names, so that instances without findings count as healthy in the overall score."""
+    instance names, or a mapping of each name to its other labels (model_name, ...), so that instances without
+    findings count as healthy and group-level findings (no `instance` label) land on the instances they concern."""
+    instance_labels = dict(instances) if isinstance(instances, Mapping) else {name: {} for name in instances}
     alerts = distinct_alerts(findings)
     slos = [r for r in slo_results if getattr(r, "error", None) is None and getattr(r, "compliant", None) is not None]
-    names = set(instances) | {f.labels["instance"] for f in alerts if f.labels.get("instance")}
+    names = set(instance_labels) | {f.labels["instance"] for f in alerts if f.labels.get("instance")}
     names |= {r.labels["instance"] for r in slos if r.labels.get("instance")}
 
     per_instance = {name: InstanceHealth(name, 100.0) for name in names}
@@ -89,19 +106,18 @@ def health_scores(findings: Iterable[Finding], slo_results: Iterable[Any] = (), 
     fleet_findings = 0
     for finding in alerts:
         points = DEDUCTIONS.get(finding.severity, 0.0)
-        instance = finding.labels.get("instance")
-        if instance:
-            deducted[instance] += points
-            per_instance[instance].findings += 1
-        else:
+        members = members_of(finding.labels, instance_labels)
+        for member in members:
+            deducted[member] += points
+            per_instance[member].findings += 1
+        if not members:
             fleet_deduction += points
             fleet_findings += 1
-    fleet_slos = [r for r in slos if not r.labels.get("instance")]
     for result in slos:
-        instance = result.labels.get("instance")
-        if instance:
-            per_instance[instance].slo_groups += 1
-            per_instance[instance].slo_violations += int(not result.compliant)
+        for member in members_of(result.labels, instance_labels):
+            per_instance[member].slo_groups += 1
+            per_instance[member].slo_violations += int(not result.compliant)
+    fleet_slos = [r for r in slos if not members_of(r.labels, instance_labels)]
     for name, health in per_instance.items():
         share = health.slo_violations / health.slo_groups if health.slo_groups else 0.0
         health.score = _clamp(100.0 - deducted[name] - SLO_VIOLATION_WEIGHT * share)
@@ -116,8 +132,9 @@ def health_scores(findings: Iterable[Finding], slo_results: Iterable[Any] = (), 
     all_violations = sum(not r.compliant for r in slos)
     for category in CATEGORIES:
         of_category = [f for f in alerts if f.category == category]
-        attributed = sum(DEDUCTIONS.get(f.severity, 0.0) for f in of_category if f.labels.get("instance"))
-        fleet = sum(DEDUCTIONS.get(f.severity, 0.0) for f in of_category if not f.labels.get("instance"))
+        attributed = sum(DEDUCTIONS.get(f.severity, 0.0) * len(members_of(f.labels, instance_labels))
+                         for f in of_category)
+        fleet = sum(DEDUCTIONS.get(f.severity, 0.0) for f in of_category if not members_of(f.labels, instance_labels))
         score = 100.0 - attributed / count - fleet
         if category == "slo_burn" and slos:
             score -= SLO_VIOLATION_WEIGHT * all_violations / len(slos)
