@@ -20,7 +20,8 @@ from rules_engine.spec.loader import RuleSet
 # Queries in flight at once: enough to keep a few Prometheus cores busy, few enough not to crowd a shared server.
 DEFAULT_CONCURRENCY = 4
 
-# Each rule kind is a module with queries(rule, pack), warmup(rule) and evaluate(rule, pack, frames, window).
+# Each rule kind is a module with queries(rule, pack), warmup(rule) and evaluate(rule, pack, frames, window), and
+# optionally earliest_sample(rule) for history at an absolute time.
 RULE_KINDS: dict[str, ModuleType] = {"threshold": threshold, "trend": trend, "regression": regression}
 
 
@@ -80,7 +81,13 @@ def fetch_plan(ruleset: RuleSet, start: pd.Timestamp, step: pd.Timedelta, names:
     pairs = select_rules(ruleset, names)
     queries = {q for pack, rule in pairs for q in RULE_KINDS[rule.type].queries(rule, pack).values()}
     warmup = max((RULE_KINDS[rule.type].warmup(rule) for _, rule in pairs), default=pd.Timedelta(0))
-    return sorted(queries), (start - warmup).floor(step)
+    fetch_start = start - warmup
+    # A kind may also need history at an absolute time (a regression baseline at a deploy): earliest_sample(rule).
+    for _, rule in pairs:
+        earliest = getattr(RULE_KINDS[rule.type], "earliest_sample", lambda _: None)(rule)
+        if earliest is not None:
+            fetch_start = min(fetch_start, earliest)
+    return sorted(queries), fetch_start.floor(step)
 
 
 def recording_plan(ruleset: RuleSet, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,

@@ -1,0 +1,65 @@
+"""The backtest engine's planning: one fetch per distinct query, from the earliest sample any rule needs."""
+import pandas as pd
+
+from rules_engine.evaluate.engine import fetch_plan, instance_labels, recording_plan
+from rules_engine.source.frame import RangeFrame
+from rules_engine.spec import load_ruleset
+
+PACK = """\
+kind: RulePack
+name: plan
+keep_labels: [instance]
+rules:
+  - {name: A, category: queue_buildup, signal: 'sum by (instance) (waiting)', stat: mean, window: 1h, above: 5, for: 10m}
+  - {name: B, category: queue_buildup, signal: 'sum by (instance) (waiting)', stat: p95, window: 10m, above: 9}
+  - name: Deploy
+    type: regression
+    category: high_latency
+    signal: 'avg by (instance) (itl)'
+    stat: mean
+    window: 1h
+    baseline: {at: '2026-01-01T00:00:00Z', window: 2h}
+    ratio_above: 1.2
+"""
+SLO = """\
+kind: SLO
+name: avail
+objective: 99
+period: 7d
+sli:
+  ratio:
+    errors: 'sum by (model_name) (errors_total)'
+    total: 'sum by (model_name) (requests_total)'
+"""
+START = pd.Timestamp("2026-01-03T00:00:00Z")
+STEP = pd.Timedelta("30s")
+
+
+def test_shared_signal_is_fetched_once_and_warmup_covers_the_longest_rule(tmp_path):
+    (tmp_path / "pack.yaml").write_text(PACK)
+    ruleset = load_ruleset(tmp_path)
+    queries, start = fetch_plan(ruleset, START, STEP, ["A", "B"])
+    assert queries == ["sum by (instance) (waiting)"]
+    assert start == START - pd.Timedelta("1h10m")
+
+
+def test_an_explicit_baseline_time_reaches_back_past_the_warmup(tmp_path):
+    (tmp_path / "pack.yaml").write_text(PACK)
+    _, start = fetch_plan(load_ruleset(tmp_path), START, STEP)
+    assert start == pd.Timestamp("2025-12-31T22:00:00Z")  # the deploy minus the 2h baseline window
+
+
+def test_recording_plan_adds_slo_queries_over_their_period(tmp_path):
+    (tmp_path / "pack.yaml").write_text(PACK)
+    (tmp_path / "slo.yaml").write_text(SLO)
+    end = START + pd.Timedelta(days=1)
+    queries, start = recording_plan(load_ruleset(tmp_path), START, end, STEP)
+    assert "sum by (model_name) (errors_total)" in queries and "sum by (instance) (waiting)" in queries
+    assert start <= end - pd.Timedelta(days=7)
+
+
+def test_instance_labels_keep_only_labels_with_one_value_per_instance():
+    grid = pd.date_range(START, periods=2, freq=STEP)
+    labels = pd.DataFrame({"instance": ["a", "a", "b"], "model_name": ["m", "m", "n"], "reason": ["x", "y", "x"]})
+    frame = RangeFrame("q", pd.DataFrame(0.0, index=grid, columns=pd.RangeIndex(3)), labels)
+    assert instance_labels([frame]) == {"a": {"model_name": "m"}, "b": {"model_name": "n", "reason": "x"}}
