@@ -192,3 +192,20 @@ def test_evaluate_cli_finds_the_simulated_incidents(history, tmp_path):
     quiet = {f"vllm-{n}:8000" for n in range(6)} - affected
     noisy = [f for f in findings if f["labels"].get("instance") in quiet]
     assert not noisy, f"instances without incidents were flagged: {noisy[:3]}"
+
+
+def test_promql_engine_from_the_cli_finds_the_same_alerts(history, tmp_path):
+    """`--engine promql` runs the generated alert expressions; for threshold rules it must find what pandas finds."""
+    prometheus, _, _ = history
+    found = {}
+    for engine in ("pandas", "promql"):
+        export = tmp_path / f"{engine}.json"
+        result = subprocess.run(
+            ["rules-engine", "evaluate", "--rules", "rules/vllm.yaml", "--prometheus", prometheus.url, "--engine", engine,
+             "--start", (END - pd.Timedelta(hours=HOURS - 1)).isoformat(), "--end", END.isoformat(),
+             "--export", str(export), "--no-progress"],
+            capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
+        assert result.returncode == 0, result.stdout + result.stderr
+        found[engine] = {(f["rule"], f["labels"]["instance"], f["start"], f["end"])
+                         for f in json.loads(export.read_text())["findings"]}
+    assert found["pandas"] and found["pandas"] == found["promql"]

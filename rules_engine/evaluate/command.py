@@ -69,8 +69,11 @@ def with_options(options):
 @click.option("--progress/--no-progress", default=None, help="Progress bar on stderr (default: when stderr is a terminal).")
 @click.option("--concurrency", type=click.IntRange(1, 32), default=DEFAULT_CONCURRENCY, show_default=True,
               help="Range queries in flight at once.")
+@click.option("--engine", type=click.Choice(["pandas", "promql"]), default="pandas", show_default=True,
+              help="pandas: the engine's own evaluation. promql: range-query the alert expressions `generate` "
+                   "writes and apply for/keep_firing_for to them, to see what the live path in Prometheus would do.")
 def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min_severity, export_path, fail_on, limit,
-             progress, concurrency, **prometheus):
+             progress, concurrency, engine, **prometheus):
     """Backtest rules over history: what would have fired, when, for how long, how bad.
 
     Reads series from Prometheus (or Thanos, Mimir, VictoriaMetrics) with --prometheus, or from a recorded
@@ -79,7 +82,10 @@ def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min
     """
     ruleset = load_or_exit(rule_paths)
     source, source_name, (start_at, end_at, step_at) = _source_and_range(snapshot, prometheus, start, end, time_range, step)
-    backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress, concurrency)
+    if engine == "promql":
+        backtest = _run_promql(ruleset, source, start_at, end_at, step_at, rule_names)
+    else:
+        backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress, concurrency)
 
     backtest.findings = [f for f in backtest.findings if severity_rank(f.severity) >= severity_rank(min_severity)]
     click.echo(render_text(backtest, source_name, colour=sys.stdout.isatty(), limit=limit), nl=False)
@@ -165,6 +171,15 @@ def _source_and_range(snapshot, prometheus, start, end, time_range, step):
 
 def _format_step(step: pd.Timedelta) -> str:
     return f"{int(step.total_seconds())}s"
+
+
+def _run_promql(ruleset, source, start, end, step, rule_names) -> Backtest:
+    from rules_engine.compile.promql_backtest import run_promql_backtest
+
+    try:
+        return run_promql_backtest(ruleset, source, start, end, step, rule_names)
+    except EvaluationError as error:
+        _fail(str(error))
 
 
 def _run(ruleset, source, start, end, step, rule_names, progress, concurrency) -> Backtest:
