@@ -151,9 +151,15 @@ def test_low_objective_pairs_that_could_never_fire_are_refused():
     assert len(notes) == 1 and "14.4" in notes[0] and "> 1" in notes[0]
 
 
+def test_counter_expressions_become_rates_before_aggregation():
+    assert slo_compile._rate("sum by (instance) (req_total{code=\"5xx\"})", "1h", "total") == \
+        'sum by (instance)(rate(req_total{code="5xx"}[1h]))'
+    assert slo_compile._rate("a_total or b_total", "5m", "total") == "rate(a_total{}[5m]) or  rate(b_total{}[5m])"
+
+
 def test_event_queries_rate_cannot_take_are_refused_with_the_field():
-    bad = _slo(sli={"ratio": {"errors": 'req_total{code="5xx"}', "total": "a_total or b_total"}})
-    with pytest.raises(slo_compile.SLOCompileError, match="sli.ratio.total must be a series selector"):
+    bad = _slo(sli={"ratio": {"errors": 'req_total{code="5xx"}', "total": "sum(rate(req_total[5m]))"}})
+    with pytest.raises(slo_compile.SLOCompileError, match="sli.ratio.total must be counters"):
         slo_compile.compile_slo(bad, slo_compile.load_windows(), pd.Timedelta("30s"))
 
 

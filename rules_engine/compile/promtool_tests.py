@@ -240,37 +240,50 @@ def _selector(name: str, labels: dict[str, str]) -> str:
 def pack_tests(compiled: CompiledPack, rule_file: str) -> tuple[dict, list[str]]:
     """The promtool test document for one compiled pack (`rule_file` as the test file should name it), and notes.
 
-    One test group holds every case of every rule: promtool evaluates every rule of the file at every step of
-    every group, so one group per pack instead of one per case keeps a pack of 50 rules' tests in seconds. Rules
-    reading the same recorded signal see each other's cases; each rule's expected alerts account for all of them.
+    promtool evaluates every rule of the file at every step of every test group, so cases share groups: a group
+    holds the cases of rules that read different recorded signals (rules sharing a signal go to different groups,
+    so expected alert lists stay per rule), which keeps a pack of 50 rules' tests to a few groups. Expectations
+    still account for every series a rule can see in its group (guards shared between rules included).
     """
     by_rule: dict[str, list[AlertingRule]] = {}
     for alert in compiled.alerts:
         by_rule.setdefault(alert.rule, []).append(alert)
     rules = {rule.name: rule for rule in compiled.pack.rules}
-    tests = PackTests(compiled.pack.name, compiled.interval)
-    tested = []
+    notes: list[str] = []
+    partitions: list[tuple[set[str], list]] = []  # (signals used, [(alerts, rule)])
     for name, alerts in by_rule.items():
         if alerts[0].kind != "threshold":
-            tests.notes.append(f"{compiled.pack.name}/{name}: no promtool test generated for {alerts[0].kind} alerts yet")
+            notes.append(f"{compiled.pack.name}/{name}: no promtool test generated for {alerts[0].kind} alerts yet")
             continue
-        tested.append((alerts, rules[name], add_rule_cases(tests, alerts, rules[name].window)))
-    for alerts, rule, cases in tested:
-        add_rule_checks(tests, alerts, rule.stat, rule.window, cases)
-    samples = tests.steps + 2
-    series = [{"series": _selector(case.record, case.labels), "values": f"{number(case.value)}x{samples}"}
-              for case in tests.cases]
-    unique_guards = []
-    for record, labels in tests.guards:
-        if (record, labels) not in unique_guards:
-            unique_guards.append((record, labels))
-    series += [{"series": _selector(record, labels), "values": f"1x{samples}"} for record, labels in unique_guards]
+        signal = alerts[0].inputs["signal"]
+        target = next((p for p in partitions if signal not in p[0]), None)
+        if target is None:
+            target = (set(), [])
+            partitions.append(target)
+        target[0].add(signal)
+        target[1].append((alerts, rules[name]))
     groups = []
-    if tests.checks:
-        groups.append({"name": f"{compiled.pack.name}: every alert fires at each severity band, and stays silent on "
-                               "the safe side, without its guard and before `for` has elapsed",
+    for index, (_, members) in enumerate(partitions, start=1):
+        tests = PackTests(compiled.pack.name, compiled.interval)
+        tested = [(alerts, rule, add_rule_cases(tests, alerts, rule.window)) for alerts, rule in members]
+        for alerts, rule, cases in tested:
+            add_rule_checks(tests, alerts, rule.stat, rule.window, cases)
+        notes.extend(tests.notes)
+        if not tests.checks:
+            continue
+        samples = tests.steps + 2
+        series = [{"series": _selector(case.record, case.labels), "values": f"{number(case.value)}x{samples}"}
+                  for case in tests.cases]
+        unique_guards: list = []
+        for record, labels in tests.guards:
+            if (record, labels) not in unique_guards:
+                unique_guards.append((record, labels))
+        series += [{"series": _selector(record, labels), "values": f"1x{samples}"} for record, labels in unique_guards]
+        names = ", ".join(rule.name for _, rule in members)
+        groups.append({"name": f"{compiled.pack.name} #{index} ({names}): each alert fires at every severity band, "
+                               "and stays silent on the safe side, without its guard and before `for` has elapsed",
                        "interval": format_duration(compiled.interval),
                        "input_series": series,
                        "alert_rule_test": tests.checks})
     document = {"rule_files": [rule_file], "evaluation_interval": format_duration(compiled.interval), "tests": groups}
-    return document, tests.notes
+    return document, notes

@@ -80,11 +80,28 @@ def load_windows(path: str | Path = DEFAULT_WINDOWS) -> WindowCatalog:
 
 
 def _rate(expr: str, window: str, what: str) -> str:
-    node = promql_parser.parse(expr)
-    if not isinstance(node, promql_parser.VectorSelector):
-        raise SLOCompileError(f"{what} must be a series selector (a counter) to compile into rate(...[window]); "
-                              f"got {expr!r}")
-    return f"rate({expr}[{window}])"
+    """Counters → per-second rates over `window`: every series selector becomes rate(selector[window]).
+
+    Aggregations and `or` around the selectors stay as they are (rate first, then sum, as Prometheus wants);
+    anything that already takes ranges or applies functions cannot be turned into rates and is refused.
+    """
+    def check(node) -> None:
+        if isinstance(node, (promql_parser.MatrixSelector, promql_parser.SubqueryExpr, promql_parser.Call)):
+            raise SLOCompileError(f"{what} must be counters (selectors, optionally aggregated) to compile into "
+                                  f"rate(...[window]); got {expr!r}")
+        if isinstance(node, promql_parser.VectorSelector) and (node.offset is not None or node.at is not None):
+            raise SLOCompileError(f"{what}: offset/@ modifiers cannot be compiled into rates: {expr!r}")
+
+    def to_rate(node):
+        if isinstance(node, promql_parser.VectorSelector):
+            matchers = [str(m) for m in node.matchers.matchers]
+            selector = (node.name or "") + ("{" + ", ".join(matchers) + "}" if matchers else "")
+            return promql_parser.parse(f"rate({selector}[{window}])")
+        return None
+
+    parsed = promql_parser.parse(expr)
+    promql_parser.walk(parsed, pre_visit=check)
+    return str(promql_parser.transform(parsed, post_visit=to_rate))
 
 
 def _sum(expr: str, group_by: list[str]) -> str:
