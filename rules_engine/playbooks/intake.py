@@ -59,7 +59,7 @@ def process_next_event(rt: Runtime, max_alerts: int = 200) -> bool:
     with rt.store.read() as conn:  # polling must not take the write lock when there is nothing to do
         if not st.has_unprocessed_events(conn):
             return False
-    with rt.store.write() as conn:
+    with rt.store.write(durable=False) as conn:
         if rt.store.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": st.INTAKE_LOCK_KEY})
         query = (select(st.events.c.id, st.events.c.body, st.events.c.progress)

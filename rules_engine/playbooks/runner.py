@@ -58,7 +58,10 @@ class Runner:
             self.rt.stop.wait(self.intake_linger)
             try:
                 worked = False
-                while not self.rt.stop.is_set() and process_next_event(self.rt):
+                while not self.rt.stop.is_set():
+                    self.rt.store.yield_to_acks()
+                    if not process_next_event(self.rt):
+                        break
                     worked = True
                 if worked:
                     self.executor_wake.set()

@@ -156,18 +156,31 @@ class Store:
     # database queues writers in the kernel, which wakes the next one as soon as the lock is released, where
     # SQLite's busy handler would sleep and retry. None for an in-memory database or another dialect.
     lock_path: str | None = None
+    # SQLite connections that commit without waiting for fsync (synchronous=NORMAL), for writes that can be
+    # redone: the intake's, which are derived from durable events and idempotent. WAL is append-only, so the
+    # next durable commit makes them durable too, and a power loss can only make the intake redo work.
+    relaxed_engine: Engine | None = None
     _lock_fd: int | None = None
     _lock_depth: int = 0
+    # Acknowledgements waiting to write. Background work (intake, executors) steps aside for them: Python locks
+    # are not fair, and a busy intake loop would otherwise re-take the lock ahead of a waiting webhook.
+    acks_waiting: int = 0
+
+    def yield_to_acks(self, limit: float = 0.05) -> None:
+        deadline = time.monotonic() + limit
+        while self.acks_waiting and time.monotonic() < deadline:
+            time.sleep(0.0005)
 
     @contextlib.contextmanager
-    def write(self) -> Iterator[Connection]:
+    def write(self, durable: bool = True) -> Iterator[Connection]:
         if self.dialect != "sqlite":
             with self.engine.begin() as conn:
                 if self.dialect == "postgresql":
                     conn.execute(text("SET LOCAL lock_timeout = '30s'"))
                 yield conn
             return
-        with self.write_lock, self._process_lock(), self.engine.begin() as conn:
+        engine = self.engine if durable or self.relaxed_engine is None else self.relaxed_engine
+        with self.write_lock, self._process_lock(), engine.begin() as conn:
             yield conn
 
     @contextlib.contextmanager
@@ -203,6 +216,8 @@ class Store:
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
+        if self.relaxed_engine is not None:
+            self.relaxed_engine.dispose()
 
 
 def open_store(url: str, synchronous: str = "FULL") -> Store:
@@ -212,6 +227,7 @@ def open_store(url: str, synchronous: str = "FULL") -> Store:
     if url.startswith("sqlite"):
         engine = _sqlite_engine(url, "BEGIN IMMEDIATE", synchronous)
         read_engine = _sqlite_engine(url, "BEGIN", synchronous)
+        relaxed_engine = _sqlite_engine(url, "BEGIN IMMEDIATE", "NORMAL") if synchronous != "NORMAL" else None
         dialect = "sqlite"
         database = engine.url.database
         lock_path = f"{database}-writer.lock" if database and database != ":memory:" else None
@@ -220,12 +236,14 @@ def open_store(url: str, synchronous: str = "FULL") -> Store:
         read_engine = engine
         dialect = engine.dialect.name
         lock_path = None
+        relaxed_engine = None
     metadata.create_all(engine)
     with engine.begin() as conn:
         for statement in (_SQLITE_APPEND_ONLY if dialect == "sqlite" else
                           _POSTGRES_APPEND_ONLY if dialect == "postgresql" else []):
             conn.exec_driver_sql(statement)
-    return Store(url=url, engine=engine, read_engine=read_engine, dialect=dialect, lock_path=lock_path)
+    return Store(url=url, engine=engine, read_engine=read_engine, dialect=dialect, lock_path=lock_path,
+                 relaxed_engine=relaxed_engine)
 
 
 def _sqlite_engine(url: str, begin: str, synchronous: str) -> Engine:
@@ -321,6 +339,7 @@ class EventCommitter:
                 if not self.queue:
                     return
                 batch, self.queue = self.queue[:self.max_batch], self.queue[self.max_batch:]
+            self.store.acks_waiting += 1  # only this thread changes it; readers tolerate a stale value
             try:
                 with self.store.write() as conn:
                     now = time.time()
@@ -330,6 +349,8 @@ class EventCommitter:
             except Exception as error:  # every request of the batch answers 503, and Alertmanager retries
                 for pending in batch:
                     pending.error, pending.event_id = error, None
+            finally:
+                self.store.acks_waiting -= 1
             for pending in batch:
                 pending.done.set()
 
