@@ -320,3 +320,52 @@ def test_ha_duplicates_and_a_kill_between_persist_and_processing_run_the_playboo
             assert len(workflows) == 1 and workflows[0].state == wf.PENDING_APPROVAL
             assert deliveries and max(deliveries) >= persisted + 2
         store.dispose()
+
+
+def test_kill_9_mid_workflow_resumes_without_repeating_the_change(stack, workdir):
+    """The receiver is killed -9 while a workflow waits in its verify step; after a restart the workflow resumes:
+    the verify step (read-only) runs again with the reason recorded, the change is not made a second time."""
+    orch, prom = stack["orch"], stack["prom"]
+    model = "resumed-model"
+    with orch.lock:
+        orch.gauges[gauge(model)] = 0  # the alert below is injected directly; the queue is already fine
+    port = processes.free_port()
+    config_path = serve_config(workdir, "resume", port, prom.url, orch.url)
+    config = yaml.safe_load(config_path.read_text())
+    config.update(lease_seconds=2)
+    config_path.write_text(yaml.safe_dump(config))
+    labels = {"alertname": "E2EQueueBuildup", "instance": "vllm-1:8000", "model_name": model,
+              "rule_pack": "e2e", "severity": "high"}
+    body = {"version": "4", "groupKey": "resume", "status": "firing", "receiver": "rules-engine",
+            "alerts": [{"status": "firing", "labels": labels, "annotations": {"playbook": "e2e-scale-out"},
+                        "startsAt": "2026-11-27T00:00:00Z", "endsAt": "0001-01-01T00:00:00Z",
+                        "fingerprint": label_fingerprint(labels)}]}
+    store = st.open_store(f"sqlite:///{workdir / 'resume.db'}")
+
+    def workflow():
+        with store.read() as conn:
+            found = st.list_workflows(conn, with_steps=True)
+        return found[0] if found else None
+
+    receiver = running_serve(config_path, port)
+    proc = receiver.__enter__()
+    try:
+        requests.post(f"http://127.0.0.1:{port}/alertmanager/webhook", json=body, timeout=10,
+                      headers={"Authorization": f"Bearer {AM_TOKEN}"}).raise_for_status()
+        pending = wait_for("the workflow", workflow)
+        api(port, f"/api/v1/workflows/{pending.id}/approve", "POST").raise_for_status()
+        wait_for("the verify step to be running",
+                 lambda: (w := workflow()) and w.steps[2].state == wf.STEP_RUNNING)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    assert workflow().state == wf.IN_PROGRESS
+    with running_serve(config_path, port):
+        done = wait_for("the resumed workflow to finish",
+                        lambda: (w := workflow()) and w.state in wf.FINAL_STATES | {wf.FAILED} and w)
+    assert done.state == wf.COMPLETED
+    assert len([c for c in orch.calls_to("/v1/scale") if c.body["model_name"] == model]) == 1
+    with store.read() as conn:
+        actions = [e["action"] for e in st.audit_entries(conn, done.id)]
+    assert "resumed" in actions and "step_rerun" in actions
+    store.dispose()
