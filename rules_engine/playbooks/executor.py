@@ -239,7 +239,8 @@ def _run_recorded(rt: Runtime, workflow: st.Workflow, playbook: Playbook, record
 def _fail(rt: Runtime, workflow: st.Workflow, playbook: Playbook | None, reason: str) -> str:
     """FAILED; then, if a change may have been made, run the rollback steps."""
     changed = playbook is not None and any(
-        step.type in MUTATING_STEP_TYPES and not isinstance(step, RollbackStep) and record.state != wf.STEP_PENDING
+        step.type in MUTATING_STEP_TYPES and not isinstance(step, RollbackStep)
+        and record.state in (wf.STEP_RUNNING, wf.STEP_SUCCEEDED, wf.STEP_FAILED)
         for record, step in zip(workflow.steps, playbook.steps))
     has_rollback = playbook is not None and any(isinstance(s, RollbackStep) for s in playbook.steps)
     phase = "rollback" if changed and has_rollback else "done"
