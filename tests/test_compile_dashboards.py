@@ -49,15 +49,21 @@ def shipped(tmp_path_factory):
     processes.backfill(root / "history.om", root / "data")
     rule_files = sorted((root / "out" / "prometheus").glob("*.yml"))
     with processes.running_prometheus(data_dir=root / "data", rule_files=rule_files) as prometheus:
-        _wait_for_first_evaluation(prometheus.url)
+        _wait_for_two_evaluations(prometheus.url)
         yield root / "out", prometheus
 
 
-def _wait_for_first_evaluation(url: str, timeout: float = 60.0) -> None:
+def _wait_for_two_evaluations(url: str, timeout: float = 60.0) -> None:
+    """Wait until every generated group has been evaluated twice: a window panel's subquery evaluates at
+    multiples of its step, and the newest of those must come after the first recorded sample."""
     deadline = time.monotonic() + timeout
+    first: dict[str, str] = {}
     while True:
         groups = requests.get(f"{url}/api/v1/rules", timeout=10).json()["data"]["groups"]
-        if groups and all(not g["lastEvaluation"].startswith("0001") for g in groups):
+        for group in groups:
+            if not group["lastEvaluation"].startswith("0001"):
+                first.setdefault(group["name"], group["lastEvaluation"])
+        if groups and all(group["name"] in first and group["lastEvaluation"] != first[group["name"]] for group in groups):
             return
         assert time.monotonic() < deadline, "rule groups were not evaluated in time"
         time.sleep(0.2)

@@ -145,23 +145,28 @@ def safe_value(alert: AlertingRule) -> float:
 
 @dataclass(frozen=True)
 class Case:
-    """One input series of a recorded signal, held at a constant value."""
+    """One input series of a recorded signal and what its rule's alerts must show at the check time.
+
+    Rules in one test group read different signals, so a case is seen by its own rule only (guards aside).
+    """
 
     record: str
     labels: dict[str, str]
-    value: float
+    values: str  # promtool series notation
+    firing: tuple[AlertingRule, ...]  # the levels that must fire at the check time
+    observed: float  # $value at the check time (NaN: not renderable)
 
 
 @dataclass
 class PackTests:
-    """Every case of every rule of a pack, evaluated in one promtool test group."""
+    """The cases of a group of rules, evaluated in one promtool test group."""
 
     pack: str
     interval: pd.Timedelta
     cases: list[Case] = field(default_factory=list)
     guards: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # (recorded guard, labels)
     checks: list[dict] = field(default_factory=list)
-    steps: int = 0
+    samples: int = 0
     notes: list[str] = field(default_factory=list)
 
 
@@ -172,28 +177,94 @@ def _labels(alert: AlertingRule, pack: str, case: str) -> dict[str, str]:
     return {**labels, "rule_pack": pack}
 
 
-def add_rule_cases(tests: PackTests, alerts: list[AlertingRule], window: pd.Timedelta | None) -> list[str]:
-    """The rule's cases: one series per severity band, one on the safe side, one without its guard."""
+def _steps(rule, interval: pd.Timedelta) -> int:
+    """Evaluations until the check: `for` (after a trend's minimum samples) has elapsed and windows are full."""
+    warm = (getattr(rule, "min_samples", 1) - 1) * interval if rule.type == "trend" else pd.Timedelta(0)
+    return int(max(rule.for_ + interval + warm, getattr(rule, "window", None) or pd.Timedelta(0)) // interval) + 2
+
+
+def _constant(value: float, samples: int) -> str:
+    return f"{number(value)}x{samples}"
+
+
+def _ramp(at_check: float, per_step: float, steps: int, samples: int) -> str:
+    """A straight line reaching `at_check` at evaluation `steps`."""
+    start = at_check - per_step * steps
+    sign = "+" if per_step >= 0 else "-"
+    return f"{number(start)}{sign}{number(abs(per_step))}x{samples}"
+
+
+def threshold_cases(rule, alerts: list[AlertingRule], interval: pd.Timedelta, steps: int, samples: int):
+    """(case, values, firing levels, $value) per severity band and the safe side, for constant inputs."""
+    cases = [(f"band{band}", value) for band, value in enumerate(firing_values(alerts))] + [("safe", safe_value(alerts[0]))]
+    return [(case, _constant(value, samples), tuple(a for a in alerts if _holds(value, a)),
+             window_value(value, rule.stat, rule.window, interval)) for case, value in cases]
+
+
+def trend_cases(rule, alerts: list[AlertingRule], interval: pd.Timedelta, steps: int, samples: int):
+    """Straight lines: a slope rule gets a slope per band; a crossing rule a line that reaches the limit within
+    each level's horizon but not the next's, early enough that the level has held for `for` at the check."""
+    seconds = interval.total_seconds()
+    if rule.mode == "slope":
+        per = rule.per.total_seconds()
+        values = [(f"band{band}", v) for band, v in enumerate(firing_values(alerts))] + [("safe", safe_value(alerts[0]))]
+        return [(case, _ramp(0.0, value / per * seconds, steps, samples), tuple(a for a in alerts if _holds(value, a)),
+                 math.nan) for case, value in values]
+    horizon = rule.horizon.total_seconds()
+    fractions = {alert.severity: _lead_fraction(rule, alert.severity) for alert in alerts}
+    ordered = sorted(alerts, key=lambda a: -fractions[a.severity])
+    sign = 1.0 if rule.direction == "above" else -1.0
+    slope = sign * max(abs(rule.threshold), 1.0) * 0.5 / horizon  # per second
+    cases = []
+    for band, alert in enumerate(ordered):
+        later = fractions[ordered[band + 1].severity] if band + 1 < len(ordered) else 0.0
+        # How far (in horizons) from the limit the line is at the check: just beyond the next level's reach.
+        distance = later + 0.1 * (fractions[alert.severity] - later)
+        held = horizon * (fractions[alert.severity] - distance)
+        if held < (rule.for_ + 2 * interval).total_seconds():
+            continue  # this level cannot have held for `for` on a line: no case for it
+        at_check = rule.threshold - slope * horizon * distance
+        cases.append((f"band{band}", _ramp(at_check, slope * seconds, steps, samples), tuple(ordered[: band + 1]), math.nan))
+    cases.append(("safe", _ramp(rule.threshold - slope * horizon * 1.5, slope * seconds, steps, samples), (), math.nan))
+    points = int(rule.window // interval) + 1
+    if points < rule.min_samples:  # the window can never hold min_samples points: the alert cannot fire
+        cases = [(case, values, (), observed) for case, values, _, observed in cases]
+    return cases
+
+
+def _lead_fraction(rule, severity: str) -> float:
+    from rules_engine.spec.trend import LeadTimeLadder
+    ladder = rule.severity if isinstance(rule.severity, LeadTimeLadder) else LeadTimeLadder(by="lead_time")
+    if isinstance(rule.severity, str):
+        return 1.0
+    return {"medium": 1.0, "high": ladder.high, "critical": ladder.critical}[severity]
+
+
+CASE_BUILDERS = {"threshold": threshold_cases, "trend": trend_cases}
+
+
+def add_rule_cases(tests: PackTests, rule, alerts: list[AlertingRule]) -> None:
+    """The rule's cases: a series per severity band, one on the safe side, one without its guard."""
     first = alerts[0]
-    names = []
     guard_on = tuple(first.guard_on or ())
-    shared_guard = "guard" in first.inputs and not guard_on
-    values = [(f"band{band}", value) for band, value in enumerate(firing_values(alerts))] + [("safe", safe_value(first))]
+    steps = _steps(rule, tests.interval)
+    samples = steps + 2
+    tests.samples = max(tests.samples, samples)
+    built = CASE_BUILDERS[rule.type](rule, alerts, tests.interval, steps, samples)
     if "guard" in first.inputs and guard_on:
-        values.append(("noguard", firing_values(alerts)[0]))
-    for case, value in values:
+        firing = [case for case in built if case[2]]
+        if firing:
+            name, values, _, observed = firing[0]
+            built.append(("noguard", values, (), observed))
+    for case, values, firing, observed in built:
         labels = _labels(first, tests.pack, case)
-        tests.cases.append(Case(first.inputs["signal"], labels, value))
+        tests.cases.append(Case(first.inputs["signal"], labels, values, firing, observed))
         if "guard" in first.inputs and guard_on and case != "noguard":
             tests.guards.append((first.inputs["guard"], {**{l: labels[l] for l in guard_on if l in labels}, "rule_pack": tests.pack}))
-        names.append(f"{case}={number(value)}")
-    if shared_guard:
+    if "guard" in first.inputs and not guard_on:
         tests.guards.append((first.inputs["guard"], {"rule_pack": tests.pack}))
         tests.notes.append(f"{tests.pack}/{first.rule}: its guard matches on no label (one series for all), so the "
                            "promtool test cannot hold one case without it")
-    steps = int(max(first.for_ + tests.interval, window or pd.Timedelta(0)) // tests.interval) + 2
-    tests.steps = max(tests.steps, steps)
-    return names
 
 
 def _guarded(tests: PackTests, alert: AlertingRule, case: Case) -> bool:
@@ -205,22 +276,21 @@ def _guarded(tests: PackTests, alert: AlertingRule, case: Case) -> bool:
                for record, labels in tests.guards)
 
 
-def add_rule_checks(tests: PackTests, alerts: list[AlertingRule], stat: str | None, window: pd.Timedelta | None,
-                    cases: list[str]) -> None:
-    """What the rule's alert must show: at its firing time, every case series (of any rule) on its signal that
-    passes a level, with the level's labels and rendered annotations; before `for` has elapsed, nothing."""
+def add_rule_checks(tests: PackTests, rule, alerts: list[AlertingRule]) -> None:
+    """What the rule's alert must show: at the check time, the levels each of its cases passes, with the level's
+    labels and rendered annotations; before `for` has elapsed, nothing."""
     first = alerts[0]
-    steps = int(max(first.for_ + tests.interval, window or pd.Timedelta(0)) // tests.interval) + 2
     expected = []
     try:
         for case in tests.cases:
             if case.record != first.inputs["signal"] or not _guarded(tests, first, case):
                 continue
-            observed = window_value(case.value, stat, window, tests.interval)
-            expected.extend({"exp_labels": {**case.labels, **alert.labels},
-                             "exp_annotations": {key: render_template(text, case.labels, observed)
-                                                 for key, text in alert.annotations.items()}}
-                            for alert in alerts if _holds(case.value, alert))
+            for alert in case.firing:
+                if math.isnan(case.observed) and any("$value" in text for text in alert.annotations.values()):
+                    raise Unrenderable("$value of a fitted line")
+                expected.append({"exp_labels": {**case.labels, **alert.labels},
+                                 "exp_annotations": {key: render_template(text, case.labels, case.observed)
+                                                     for key, text in alert.annotations.items()}})
     except Unrenderable as error:
         tests.notes.append(f"{tests.pack}/{first.rule}: no promtool check: annotations use {error}, which the "
                            "generator cannot render as Prometheus would")
@@ -228,8 +298,8 @@ def add_rule_checks(tests: PackTests, alerts: list[AlertingRule], stat: str | No
     if first.for_ >= 2 * tests.interval:
         tests.checks.append({"eval_time": format_duration(first.for_ - tests.interval), "alertname": first.alert,
                              "exp_alerts": []})
-    tests.checks.append({"eval_time": format_duration(tests.interval * steps), "alertname": first.alert,
-                         "exp_alerts": expected})
+    tests.checks.append({"eval_time": format_duration(tests.interval * _steps(rule, tests.interval)),
+                         "alertname": first.alert, "exp_alerts": expected})
 
 
 def _selector(name: str, labels: dict[str, str]) -> str:
@@ -241,19 +311,20 @@ def pack_tests(compiled: CompiledPack, rule_file: str) -> tuple[dict, list[str]]
     """The promtool test document for one compiled pack (`rule_file` as the test file should name it), and notes.
 
     promtool evaluates every rule of the file at every step of every test group, so cases share groups: a group
-    holds the cases of rules that read different recorded signals (rules sharing a signal go to different groups,
-    so expected alert lists stay per rule), which keeps a pack of 50 rules' tests to a few groups. Expectations
-    still account for every series a rule can see in its group (guards shared between rules included).
+    holds the cases of rules that read different recorded signals, which keeps a pack of 50 rules' tests to a few
+    groups while each case is seen by its own rule only (guards, which rules may share, are matched as
+    Prometheus matches them).
     """
     by_rule: dict[str, list[AlertingRule]] = {}
     for alert in compiled.alerts:
         by_rule.setdefault(alert.rule, []).append(alert)
     rules = {rule.name: rule for rule in compiled.pack.rules}
     notes: list[str] = []
-    partitions: list[tuple[set[str], list]] = []  # (signals used, [(alerts, rule)])
+    partitions: list[tuple[set[str], list]] = []  # (signals used, [(rule, alerts)])
     for name, alerts in by_rule.items():
-        if alerts[0].kind != "threshold":
-            notes.append(f"{compiled.pack.name}/{name}: no promtool test generated for {alerts[0].kind} alerts yet")
+        if alerts[0].kind not in CASE_BUILDERS:
+            notes.append(f"{compiled.pack.name}/{name}: no promtool test generated for {alerts[0].kind} alerts "
+                         "(a baseline a day back would take promtool thousands of evaluations)")
             continue
         signal = alerts[0].inputs["signal"]
         target = next((p for p in partitions if signal not in p[0]), None)
@@ -261,25 +332,24 @@ def pack_tests(compiled: CompiledPack, rule_file: str) -> tuple[dict, list[str]]
             target = (set(), [])
             partitions.append(target)
         target[0].add(signal)
-        target[1].append((alerts, rules[name]))
+        target[1].append((rules[name], alerts))
     groups = []
     for index, (_, members) in enumerate(partitions, start=1):
         tests = PackTests(compiled.pack.name, compiled.interval)
-        tested = [(alerts, rule, add_rule_cases(tests, alerts, rule.window)) for alerts, rule in members]
-        for alerts, rule, cases in tested:
-            add_rule_checks(tests, alerts, rule.stat, rule.window, cases)
+        for rule, alerts in members:
+            add_rule_cases(tests, rule, alerts)
+        for rule, alerts in members:
+            add_rule_checks(tests, rule, alerts)
         notes.extend(tests.notes)
         if not tests.checks:
             continue
-        samples = tests.steps + 2
-        series = [{"series": _selector(case.record, case.labels), "values": f"{number(case.value)}x{samples}"}
-                  for case in tests.cases]
+        series = [{"series": _selector(case.record, case.labels), "values": case.values} for case in tests.cases]
         unique_guards: list = []
         for record, labels in tests.guards:
             if (record, labels) not in unique_guards:
                 unique_guards.append((record, labels))
-        series += [{"series": _selector(record, labels), "values": f"1x{samples}"} for record, labels in unique_guards]
-        names = ", ".join(rule.name for _, rule in members)
+        series += [{"series": _selector(record, labels), "values": f"1x{tests.samples}"} for record, labels in unique_guards]
+        names = ", ".join(rule.name for rule, _ in members)
         groups.append({"name": f"{compiled.pack.name} #{index} ({names}): each alert fires at every severity band, "
                                "and stays silent on the safe side, without its guard and before `for` has elapsed",
                        "interval": format_duration(compiled.interval),
