@@ -99,7 +99,7 @@ def history(tmp_path_factory):
 def ruleset(tmp_path_factory):
     root = tmp_path_factory.mktemp("packs")
     (root / "trends.yaml").write_text(TREND_PACK)
-    return load_ruleset([ROOT / "rules" / "vllm.yaml", root / "trends.yaml"])
+    return load_ruleset([ROOT / "rules" / "vllm.yaml", ROOT / "rules" / "vllm-trends.yaml", root / "trends.yaml"])
 
 
 def firing_masks(findings, grid: pd.DatetimeIndex, end: pd.Timestamp) -> dict[tuple, np.ndarray]:
@@ -168,12 +168,15 @@ def test_threshold_severities_agree(backtests):
     assert {k: ours[k] for k in same_start} == {k: theirs[k] for k in same_start}
 
 
-def test_regression_findings_lie_inside_compiled_alert_firing(backtests, ruleset):
-    """By design not equal: the engine adds a Mann-Whitney U test the compiled alert cannot run, so the engine's
-    regression findings must be a subset (within one step) of where the compiled ratio alert fires."""
+def test_engine_only_filters_narrow_the_compiled_alerts(backtests, ruleset):
+    """By design not equal: the engine adds a Mann-Whitney U test (regression) and an R² filter (trend with
+    min_r2 > 0) that the compiled alerts cannot run, so the engine's findings of those rules must lie inside (within
+    one step) where the compiled alert fires."""
     engine, promql = backtests
     grid = pd.date_range(engine.start - pd.Timedelta(hours=2), engine.end, freq=STEP, tz="UTC")
-    regression = {rule.name for _, rule in ruleset.rules() if rule.type == "regression"}
+    regression = {rule.name for _, rule in ruleset.rules()
+                  if rule.type == "regression" or (rule.type == "trend" and rule.min_r2 > 0)}
+    assert {"VLLMKVCacheSaturationPredicted", "FidelityITLRegression"} <= regression
     pandas_masks = {k: m for k, m in firing_masks(engine.findings, grid, engine.end).items() if k[0] in regression}
     promql_masks = firing_masks(promql.findings, grid, promql.end)
     empty = np.zeros(len(grid), dtype=bool)
@@ -188,5 +191,5 @@ def test_generated_rule_files_load_into_prometheus_over_the_history(history, rul
     live = start_prometheus(rule_files=files)
     import requests
     groups = requests.get(f"{live.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
-    assert {g["name"] for g in groups} == {"rules-engine.vllm", "rules-engine.fidelity_trends"}
+    assert {g["name"] for g in groups} == {"rules-engine.vllm", "rules-engine.vllm_trends", "rules-engine.fidelity_trends"}
     assert all(rule["health"] != "err" for g in groups for rule in g["rules"])
