@@ -1,13 +1,11 @@
 """The generated files judged by the real tools: promtool check/test rules, amtool check-config, Alertmanager."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from rules_engine.compile import alertmanager

@@ -10,8 +10,12 @@ import hashlib
 import json
 
 import pandas as pd
+from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models import common as common_models
+from grafana_foundation_sdk.models import dashboard as dashboard_models
 
-from rules_engine.compile.prometheus import AlertingRule, CompiledPack, number
+from rules_engine.compile.prometheus import AlertingRule, CompiledPack
 from rules_engine.compile.render import dump_yaml
 from rules_engine.evaluate.windows import promql_window_stat
 from rules_engine.spec.loader import RuleSet
@@ -25,15 +29,6 @@ PANEL_WIDTH, PANEL_HEIGHT = 12, 8
 SLO_VARIABLES = ("sloth_service", "sloth_slo")
 
 
-def _sdk():
-    """The SDK modules, imported on use: only dashboard generation needs them (and they need Python >= 3.11)."""
-    from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, timeseries
-    from grafana_foundation_sdk.cog.encoder import JSONEncoder
-    from grafana_foundation_sdk.models import common as common_models
-    from grafana_foundation_sdk.models import dashboard as dashboard_models
-    return common, dashboard, prometheus, stat, timeseries, JSONEncoder, common_models, dashboard_models
-
-
 def uid(name: str) -> str:
     """A stable dashboard uid (Grafana allows 40 characters)."""
     text = f"rules-engine-{name}"
@@ -41,7 +36,6 @@ def uid(name: str) -> str:
 
 
 def _datasource_ref():
-    dashboard_models = _sdk()[7]
     return dashboard_models.DataSourceRef(type_val="prometheus", uid=DATASOURCE)
 
 
@@ -52,7 +46,6 @@ def _matchers(labels: list[str], extra: dict[str, str]) -> str:
 
 def _thresholds(alerts: list[AlertingRule]):
     """Threshold steps for a rule's levels: colors grow with severity in the direction the rule fires."""
-    _, dashboard, _, _, _, _, _, dashboard_models = _sdk()
     above = ">" in alerts[0].comparison
     # One line per distinct bound, colored by the mildest severity there (a trend's lead-time levels share one).
     mildest: dict[float, str] = {}
@@ -73,7 +66,6 @@ def _thresholds(alerts: list[AlertingRule]):
 
 
 def pack_dashboard(compiled: CompiledPack, interval: pd.Timedelta) -> dict:
-    common, dashboard, prometheus, _, timeseries, JSONEncoder, common_models, _ = _sdk()
     pack = compiled.pack
     rules = {rule.name: rule for rule in pack.rules}
     by_rule: dict[str, list[AlertingRule]] = {}
@@ -114,12 +106,11 @@ def pack_dashboard(compiled: CompiledPack, interval: pd.Timedelta) -> dict:
                                       .legend_format(f"{rule.stat} {format_duration(rule.window)} {legend}").ref_id("B"))
         board = board.with_panel(panel)
         panel_id += 1
-    return _encode(board, JSONEncoder)
+    return _encode(board)
 
 
 def slo_dashboard(interval: pd.Timedelta) -> dict:
     """Budget and burn of every SLO, on the Sloth series names (so Sloth's own dashboards work on them too)."""
-    common, dashboard, prometheus, stat, timeseries, JSONEncoder, common_models, _ = _sdk()
     board = (dashboard.Dashboard("rules-engine / SLO overview").uid(uid("slo-overview"))
              .tags(["rules-engine", "slo"]).refresh("1m").time("now-7d", "now").timezone("utc")
              .description("Error budget and burn rates of the SLOs compiled by `rules-engine generate`.")
@@ -142,11 +133,11 @@ def slo_dashboard(interval: pd.Timedelta) -> dict:
         board = board.with_panel(panel.id(panel_id).title(title).datasource(_datasource_ref()).unit(unit)
                                  .span(PANEL_WIDTH).height(PANEL_HEIGHT)
                                  .with_target(prometheus.Dataquery().expr(expr).legend_format(legend).ref_id("A")))
-    return _encode(board, JSONEncoder)
+    return _encode(board)
 
 
-def _encode(board, encoder) -> dict:
-    return json.loads(json.dumps(board.build(), cls=encoder, sort_keys=True))
+def _encode(board) -> dict:
+    return json.loads(json.dumps(board.build(), cls=JSONEncoder, sort_keys=True))
 
 
 def dashboards(packs: list[CompiledPack], ruleset: RuleSet, interval: pd.Timedelta) -> dict[str, dict]:
@@ -173,5 +164,3 @@ def provisioning(prometheus_url: str = DEFAULT_PROMETHEUS_URL) -> dict[str, str]
         "options": {"path": "/var/lib/grafana/dashboards/rules-engine", "foldersFromFilesStructure": False}}]}
     return {"datasources/prometheus.yml": dump_yaml(datasources), "dashboards/rules-engine.yml": dump_yaml(providers)}
 
-
-__all__ = ["dashboards", "panel_queries", "provisioning", "uid", "number"]

@@ -1,12 +1,11 @@
 """`promtool test rules` files generated from the rule spec: for every alert, input series that make it fire
 (at each severity level), and ones that keep it silent (safe side of the threshold, still pending, guard absent).
 
-Inputs are the recorded series the alerts read (a constant value per test), so a test judges the alert — window
-statistic, comparison, severity ladder, `for`, guard matching, labels and annotations — independently of the
-raw metrics a signal is recorded from. Expected annotations are rendered from the templates the way Prometheus
-renders them; the supported template forms are `$labels.<name>`, `$value`, and `$value | humanize`,
-`humanizePercentage`, `humanizeDuration`-free forms listed in TEMPLATE_FILTERS. An alert whose annotations use
-anything else gets no firing test, and the generator says so.
+Inputs are the recorded series the alerts read (constant values; straight lines for trend rules), so a test judges
+the alert — window statistic, comparison, severity ladder, `for`, guard matching, labels and annotations —
+independently of the raw metrics a signal is recorded from. Expected annotations are rendered from the templates
+the way Prometheus renders them; supported: `$labels.<name>`, `$value`, and `$value | f` for the functions in
+TEMPLATE_FILTERS. An alert whose annotations use anything else gets no firing check, and the generator says so.
 """
 from __future__ import annotations
 
