@@ -131,3 +131,21 @@ def test_alertmanager_inhibits_lower_severities_of_the_same_rule_and_series(tmp_
         time.sleep(0.1)
     assert states[("a:8000", "critical")] == "active"
     assert states[("b:8000", "low")] == "active"
+
+
+def test_generate_merges_into_a_base_alertmanager_config(tmp_path):
+    """`generate --alertmanager-config BASE` writes a full alertmanager.yml that amtool accepts."""
+    require_binary("amtool")
+    from click.testing import CliRunner
+
+    from rules_engine.cli import main
+    base = tmp_path / "base.yml"
+    base.write_text(yaml.safe_dump(MINIMAL_ALERTMANAGER))
+    result = CliRunner().invoke(main, ["generate", "--rules", str(SPEC), "--out", str(tmp_path / "out"),
+                                       "--alertmanager-config", str(base), "--webhook-url", "http://engine:9000/alertmanager/webhook"])
+    assert result.exit_code == 0, result.output
+    merged = tmp_path / "out" / "alertmanager" / "alertmanager.yml"
+    config = yaml.safe_load(merged.read_text())
+    assert config["receivers"][-1]["webhook_configs"][0]["url"] == "http://engine:9000/alertmanager/webhook"
+    checked = run(["amtool", "check-config", str(merged)])
+    assert checked.returncode == 0, checked.stdout + checked.stderr
