@@ -343,9 +343,12 @@ class EventCommitter:
             try:
                 with self.store.write() as conn:
                     now = time.time()
-                    for pending in batch:
-                        result = conn.execute(insert(events).values(received_at=now, **pending.values))
-                        pending.event_id = int(result.inserted_primary_key[0])
+                    # One multi-row INSERT ... RETURNING for the whole batch, ids in the batch's order.
+                    ids = conn.execute(insert(events).returning(events.c.id, sort_by_parameter_order=True),
+                                       [{"received_at": now, "progress": 0, "attempts": 0, **pending.values}
+                                        for pending in batch]).scalars().all()
+                    for pending, event_id in zip(batch, ids):
+                        pending.event_id = int(event_id)
             except Exception as error:  # every request of the batch answers 503, and Alertmanager retries
                 for pending in batch:
                     pending.error, pending.event_id = error, None
