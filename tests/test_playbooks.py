@@ -543,3 +543,12 @@ def test_a_playbook_edited_after_approval_fails_instead_of_running_another_plan(
     assert claim_next(edited) == workflow_id
     assert run_workflow(edited, workflow_id) == wf.FAILED
     assert "no longer match the approved plan" in get(rt, workflow_id).reason
+
+
+def test_global_dry_run_applies_to_every_playbook(store):
+    with running_orchestrator() as orch:
+        rt = runtime(store, playbook(), dry_run=True, variables={"orchestrator_url": orch.url})
+        workflow_id = ingest(rt, alert()).created[0]
+        assert run_claimed(rt) == wf.COMPLETED
+    found = get(rt, workflow_id)
+    assert found.dry_run and found.decided_by == "policy:dry-run" and orch.calls == []

@@ -328,3 +328,17 @@ def test_outbound_webhooks_on_workflow_state_changes(tmp_path):
     calls = orch.calls_to("/hooks/workflows")
     assert [(c.body["from_state"], c.body["to_state"], c.body["actor"]) for c in calls] == [
         (wf.PENDING_APPROVAL, wf.REJECTED, "senior")]
+
+
+def test_oversized_payloads_get_413_and_alertname_filter(tmp_path):
+    application = create_app(config(tmp_path, max_payload_bytes=2000), playbooks={"pb": playbook()},
+                             start_runner=False)
+    client = application.test_client()
+    big = payload(*[alert(instance=f"i{i}") for i in range(20)])
+    assert client.post("/alertmanager/webhook", data=big, headers=am_headers()).status_code == 413
+    assert event_count(application) == 0
+    client.post("/alertmanager/webhook", data=payload(alert()), headers=am_headers())
+    drain(application)
+    assert len(client.get("/api/v1/workflows?alertname=QueueBuildup", headers=op("viewer-token")).json["workflows"]) == 1
+    assert client.get("/api/v1/workflows?alertname=Other", headers=op("viewer-token")).json["workflows"] == []
+    shutdown(application)
