@@ -552,3 +552,28 @@ def test_global_dry_run_applies_to_every_playbook(store):
         assert run_claimed(rt) == wf.COMPLETED
     found = get(rt, workflow_id)
     assert found.dry_run and found.decided_by == "policy:dry-run" and orch.calls == []
+
+
+def test_a_resolved_alert_aborts_before_the_rollout_when_the_playbook_says_so(store):
+    steps = [{"name": "recommend", "type": "recommend", "bottleneck": "queue_buildup"},
+             {"name": "canary", "type": "canary", "percent": 10, "request": {
+                 "url": "{{ vars.orchestrator_url }}/v1/config", "json": {"percent": "{{ percent }}"}}},
+             {"name": "rollout", "type": "rollout", "request": {
+                 "url": "{{ vars.orchestrator_url }}/v1/config", "json": {"percent": "{{ percent }}"}}},
+             {"name": "undo", "type": "rollback", "request": {"url": "{{ vars.orchestrator_url }}/v1/undo"}}]
+    with running_orchestrator() as orch:
+        pb = playbook(approval={"required": False}, on_resolved="abort_before_rollout", steps=steps)
+        resolving = {"n": 0}
+
+        def resolve_after_canary(call):  # the alert resolves while the canary is applied
+            if call.path == "/v1/config" and resolving["n"] == 0:
+                resolving["n"] += 1
+                ingest(runtime(store, pb), alert(status="resolved"))
+
+        orch.on_call = resolve_after_canary
+        rt = runtime(store, pb, variables={"orchestrator_url": orch.url})
+        workflow_id = ingest(rt, alert()).created[0]
+        assert run_claimed(rt) == wf.ROLLED_BACK
+    assert [c.body["percent"] for c in orch.calls_to("/v1/config")] == [10]  # canary only, no rollout
+    assert len(orch.calls_to("/v1/undo")) == 1
+    assert "resolved before the rollout" in get(rt, workflow_id).reason

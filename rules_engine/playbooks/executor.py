@@ -167,6 +167,10 @@ def run_workflow(rt: Runtime, workflow_id: str) -> str:
                                note=f"not for this alert (when: {step.when})")
             record.state = wf.STEP_SKIPPED
             continue
+        if (step.type == "rollout" and record.state == wf.STEP_PENDING
+                and playbook.on_resolved == "abort_before_rollout" and _resolved(rt, workflow)):
+            return _fail(rt, workflow, playbook, "the alert resolved before the rollout; aborted "
+                                                 "(on_resolved: abort_before_rollout)")
         if record.state == wf.STEP_FAILED:  # crashed between the step failing and the workflow failing
             return _fail(rt, workflow, playbook, f"step {step.name} failed: {record.note}")
         if record.state == wf.STEP_RUNNING:
@@ -191,6 +195,14 @@ def run_workflow(rt: Runtime, workflow_id: str) -> str:
         if isinstance(step, RecommendStep) and not record.output.get("changes"):
             return _complete(rt, workflow, playbook, "nothing to change: " + (record.note or ""))
     return _complete(rt, workflow, playbook, "dry run recorded" if workflow.dry_run else "all steps succeeded")
+
+
+def _resolved(rt: Runtime, workflow: st.Workflow) -> bool:
+    with rt.store.read() as conn:
+        resolved_at = conn.execute(select(st.episodes.c.resolved_at).where(
+            st.episodes.c.fingerprint == workflow.fingerprint,
+            st.episodes.c.starts_at == workflow.starts_at)).scalar_one_or_none()
+    return resolved_at is not None
 
 
 def _complete(rt: Runtime, workflow: st.Workflow, playbook: Playbook, reason: str) -> str:
@@ -264,6 +276,7 @@ def _fail(rt: Runtime, workflow: st.Workflow, playbook: Playbook | None, reason:
 def _rollback(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -> str:
     with rt.store.read() as conn:
         workflow.steps = st.load_steps(conn, workflow.id)
+        failure = st.get_workflow(conn, workflow.id, with_steps=False).reason
     ok_all = True
     for record, step in zip(workflow.steps, playbook.steps):
         if not isinstance(step, RollbackStep) or record.state in (wf.STEP_SUCCEEDED, wf.STEP_SKIPPED):
@@ -281,7 +294,8 @@ def _rollback(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -> str:
             break
     with rt.store.write() as conn:
         if ok_all:
-            wf.transition(conn, workflow.id, wf.ROLLED_BACK, f"executor:{rt.owner}", "rollback steps succeeded")
+            wf.transition(conn, workflow.id, wf.ROLLED_BACK, f"executor:{rt.owner}",
+                          f"rolled back after: {failure}")
             for record, step in zip(workflow.steps, playbook.steps):
                 if record.state == wf.STEP_PENDING:
                     st.update_step(conn, workflow.id, record.idx, state=wf.STEP_SKIPPED,

@@ -263,6 +263,9 @@ class Playbook(BaseModel):
     cooldown: Seconds = 1800.0
     series_labels: list[str] = Field(default_factory=lambda: ["instance"])
     max_concurrent: int = Field(default=1, ge=1)
+    # When the alert resolves while the workflow runs: `continue` (verify steps decide), or `abort_before_rollout`:
+    # do not start a rollout step for a problem that went away; fail and roll the canary back instead.
+    on_resolved: Literal["continue", "abort_before_rollout"] = "continue"
     steps: list[Step] = Field(min_length=1)
 
     @model_validator(mode="after")
