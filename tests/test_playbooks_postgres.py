@@ -63,7 +63,7 @@ def postgres_url():
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"postgres did not start: {open(log).read()[-2000:]}")
             time.sleep(0.1)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"  # the plain URL an operator writes
     finally:
         proc.terminate()
         with contextlib.suppress(subprocess.TimeoutExpired):

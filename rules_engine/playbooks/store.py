@@ -232,6 +232,9 @@ def open_store(url: str, synchronous: str = "FULL") -> Store:
         database = engine.url.database
         lock_path = f"{database}-writer.lock" if database and database != ":memory:" else None
     else:
+        if url.startswith(("postgresql://", "postgres://")):
+            # SQLAlchemy's default PostgreSQL driver is psycopg2; the engine depends on psycopg (3).
+            url = "postgresql+psycopg://" + url.split("://", 1)[1]
         engine = create_engine(url, pool_pre_ping=True, future=True)
         read_engine = engine
         dialect = engine.dialect.name
