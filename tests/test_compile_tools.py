@@ -149,3 +149,15 @@ def test_generate_merges_into_a_base_alertmanager_config(tmp_path):
     assert config["receivers"][-1]["webhook_configs"][0]["url"] == "http://engine:9000/alertmanager/webhook"
     checked = run(["amtool", "check-config", str(merged)])
     assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+def test_generated_slo_tests_fail_when_a_burn_factor_drifts(tmp_path):
+    require_binary(PROMTOOL)
+    write_outputs(generate(load_ruleset(SPEC), GenerateOptions(tests=True)), tmp_path)
+    rule_file = tmp_path / "prometheus" / "slo-demo_availability.rules.yml"
+    text = rule_file.read_text()
+    assert "(14.4 * 0.005)" in text
+    rule_file.write_text(text.replace("(14.4 * 0.005)", "(30 * 0.005)"))
+    result = run([PROMTOOL, "test", "rules", "slo-demo_availability.test.yml"], cwd=tmp_path / "tests")
+    assert result.returncode != 0
+    assert "page-quick fires when both windows burn" in result.stdout + result.stderr

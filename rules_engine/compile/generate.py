@@ -5,7 +5,7 @@ that touches the disk. Paths under the output directory:
 
     prometheus/<pack>.rules.yml          recording + alerting rules, one group per pack
     prometheus/slo-<service>.rules.yml   SLO recording rules and burn-rate alerts (Sloth-compatible names)
-    tests/<pack>.test.yml                `promtool test rules` files (with --tests)
+    tests/<pack>.test.yml                `promtool test rules` files (with --tests), also tests/slo-<name>.test.yml
     alertmanager/rules-engine.yml        route, receiver and inhibit rules to merge into alertmanager.yml
     grafana/dashboards/*.json            one dashboard per pack, one SLO overview
     grafana/provisioning/...             datasource and dashboard provisioning for Grafana

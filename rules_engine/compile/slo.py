@@ -251,4 +251,11 @@ def slo_files(ruleset, options) -> tuple[dict[str, str], list[str]]:
             continue
         files[f"prometheus/slo-{slo.name}.rules.yml"] = dump_yaml(document, HEADER.format(name=slo.name))
         notes.extend(slo_notes)
+        if options.tests:
+            from rules_engine.compile.slo_tests import slo_tests
+            tests, test_notes = slo_tests(slo, load_windows(catalog_path), options.interval,
+                                          f"../prometheus/slo-{slo.name}.rules.yml")
+            if tests:
+                files[f"tests/slo-{slo.name}.test.yml"] = dump_yaml(tests, HEADER.format(name=slo.name))
+            notes.extend(test_notes)
     return files, notes
