@@ -66,8 +66,8 @@ def _child_exit(server, worker) -> None:
 @click.option("--playbooks", multiple=True, help="Playbook files or folders (repeatable; default rules/).")
 @click.option("--prometheus", "prometheus_url", help="Prometheus URL for verify steps and current settings.")
 @click.option("--dry-run", is_flag=True, default=None, help="Record what every workflow would do; send nothing.")
-@click.option("--workers", type=int, help="WSGI worker processes (default 2).")
-@click.option("--threads", type=int, help="Threads per worker (default 4).")
+@click.option("--workers", type=int, help="WSGI worker processes (default 1: SQLite has one writer).")
+@click.option("--threads", type=int, help="Threads per worker (default 16).")
 @click.option("--no-processing", is_flag=True, default=False,
               help="Only receive and persist webhooks; another process runs intake and workflows.")
 def serve(config_path, listen, database_url, playbooks, prometheus_url, dry_run, workers, threads, no_processing):
