@@ -193,3 +193,30 @@ def test_generated_rule_files_load_into_prometheus_over_the_history(history, rul
     groups = requests.get(f"{live.url}/api/v1/rules", timeout=10).json()["data"]["groups"]
     assert {g["name"] for g in groups} == {"rules-engine.vllm", "rules-engine.vllm_trends", "rules-engine.fidelity_trends"}
     assert all(rule["health"] != "err" for g in groups for rule in g["rules"])
+
+
+def test_compiled_sli_error_ratios_match_the_engine_attainment(history):
+    """The compiled SLI expressions (selectors, `le` regex, rate-then-sum by group) measure what the engine measures:
+    the error ratio over the whole history, queried in Prometheus from the compiled expression, equals the engine's
+    1 - attainment per group. Not to the digit by design: rate() extrapolates to the window's edges where the
+    engine counts exact increases between grid points, so a 1% relative (1e-5 absolute) tolerance."""
+    from rules_engine.compile.slo import sli_error_ratio
+    from rules_engine.evaluate.slo import evaluate_slos
+    slos = [slo for slo in load_ruleset(ROOT / "rules" / "slo").slos if slo.sli.type in ("ratio", "latency")]
+    assert len(slos) >= 2
+    source = PrometheusSource(history.url)
+    end = START + pd.Timedelta(hours=HOURS)
+    results = evaluate_slos(slos, source, START + pd.Timedelta(hours=2), end, STEP)
+    compared = 0
+    for slo in slos:
+        ours = {tuple(sorted(r.labels.items())): r for r in results if r.slo == slo.name and r.attainment is not None}
+        assert ours, f"engine evaluated no group of {slo.name}: {[r.error for r in results if r.slo == slo.name]}"
+        window = pd.Timedelta(hours=HOURS)
+        expr = sli_error_ratio(slo, window, STEP).replace("\n", " ")
+        theirs = {tuple(sorted((k, v) for k, v in series["metric"].items() if k in slo.group_by)): float(series["value"][1])
+                  for series in history.query(expr, time=end.timestamp())}
+        assert set(theirs) == set(ours), slo.name
+        for key, result in ours.items():
+            assert theirs[key] == pytest.approx(1 - result.attainment, rel=0.01, abs=1e-5), (slo.name, key)
+            compared += 1
+    assert compared >= 6
