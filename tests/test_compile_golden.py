@@ -64,3 +64,10 @@ def test_strict_fails_when_parts_are_not_compiled(tmp_path):
     result = CliRunner().invoke(main, ["generate", "--rules", str(SPEC), "--out", str(tmp_path), "--strict"])
     assert result.exit_code == 1
     assert "Mann-Whitney" in (tmp_path / "NOT_COMPILED.md").read_text()
+
+
+def test_generate_refuses_a_ruleset_without_packs_or_slos(tmp_path):
+    playbooks_only = Path(__file__).parent.parent / "rules" / "playbooks"
+    result = CliRunner().invoke(main, ["generate", "--rules", str(playbooks_only), "--out", str(tmp_path / "out")])
+    assert result.exit_code != 0
+    assert "nothing to generate" in result.output

@@ -34,6 +34,8 @@ def generate(rules_paths, out_dir, tests, interval, webhook_url, token_file, ale
         ruleset = load_ruleset(list(rules_paths))
     except SpecError as error:
         raise click.ClickException(f"invalid rules:\n{error}") from None
+    if not ruleset.packs and not ruleset.slos:
+        raise click.ClickException(f"nothing to generate: no rule pack or SLO in {', '.join(rules_paths)}")
     try:
         step = parse_duration(interval)
     except ValueError as error:
