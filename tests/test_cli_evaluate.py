@@ -97,3 +97,19 @@ def test_validate_lists_every_problem(tmp_path):
 def test_bad_time_arguments():
     result = run("evaluate", "--rules", "rules/vllm.yaml", "--prometheus", "http://127.0.0.1:9", "--start", "yesterday")
     assert result.returncode == 2 and "invalid time 'yesterday'" in result.stderr
+
+
+def test_fix_dry_run_starts_the_matching_playbooks_without_side_effects(tmp_path):
+    database = f"sqlite:///{tmp_path / 'store.db'}"
+    args = ["evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--rule", "VLLMQueueBuildup",
+            "--rule", "VLLMPreemptions", "--fix", "--dry-run", "--database", database,
+            "--var", "orchestrator_url=http://127.0.0.1:9"]
+    result = run(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Dry run: 3 workflow(s) from 3 finding(s)" in result.stdout
+    assert result.stdout.count("COMPLETED") == 3  # the orchestrator URL is unreachable: nothing was sent
+    again = run(*args)  # the same alert episodes: idempotent, no second workflow
+    assert "Dry run: 0 workflow(s)" in again.stdout
+    listed = run("workflows", "list", "--database", database)
+    assert listed.returncode == 0 and "vllm-scale-out" in listed.stdout and "vllm-kv-cache-pressure" in listed.stdout
+    assert run("evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--dry-run").returncode == 2

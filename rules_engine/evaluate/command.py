@@ -72,8 +72,16 @@ def with_options(options):
 @click.option("--engine", type=click.Choice(["pandas", "promql"]), default="pandas", show_default=True,
               help="pandas: the engine's own evaluation. promql: range-query the alert expressions `generate` "
                    "writes and apply for/keep_firing_for to them, to see what the live path in Prometheus would do.")
+@click.option("--fix", is_flag=True, help="Hand the findings to the matching playbooks (workflows in the store, "
+              "waiting for approval like webhook alerts).")
+@click.option("--dry-run", is_flag=True, help="With --fix: run the workflows at once, recording what they would do, "
+              "with no side effects.")
+@click.option("--database", "database_url", default="sqlite:///rules-engine.db", show_default=True,
+              help="With --fix: the workflow store (the one `serve` uses).")
+@click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
+              help="With --fix: a playbook template variable (`vars.NAME`), e.g. orchestrator_url=http://... .")
 def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min_severity, export_path, fail_on, limit,
-             progress, concurrency, engine, **prometheus):
+             progress, concurrency, engine, fix, dry_run, database_url, variables, **prometheus):
     """Backtest rules over history: what would have fired, when, for how long, how bad.
 
     Reads series from Prometheus (or Thanos, Mimir, VictoriaMetrics) with --prometheus, or from a recorded
@@ -92,6 +100,11 @@ def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min
     if export_path:
         write_export(backtest_record(backtest, source_name), export_path)
         click.echo(f"\nexported {len(backtest.findings)} finding(s) to {export_path}")
+
+    if fix:
+        _fix(backtest, ruleset, dry_run, database_url, prometheus.get("prometheus_url"), _variables(variables))
+    elif dry_run:
+        _fail("--dry-run goes with --fix")
 
     if backtest.outcomes and len(backtest.failed) == len(backtest.outcomes):
         _fail("no rule could be evaluated (see above)", EXIT_NOT_EVALUATED)
@@ -171,6 +184,39 @@ def _source_and_range(snapshot, prometheus, start, end, time_range, step):
 
 def _format_step(step: pd.Timedelta) -> str:
     return f"{int(step.total_seconds())}s"
+
+
+def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
+    found = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            _fail(f"--var takes NAME=VALUE, got {pair!r}")
+        found[name] = value
+    return found
+
+
+def _fix(backtest: Backtest, ruleset: RuleSet, dry_run: bool, database_url: str, prometheus_url: str | None,
+         variables: dict[str, str]) -> None:
+    """The seeds' --fix: each finding becomes the alert the live rule would send, through the webhook's own path."""
+    from rules_engine.playbooks.fix import run_findings
+    from rules_engine.playbooks.store import open_store
+
+    if not ruleset.playbooks:
+        _fail("--fix needs playbooks: add a folder with kind: Playbook documents to --rules")
+    store = open_store(database_url)
+    try:
+        workflows = run_findings(backtest.findings, ruleset.playbooks, store, dry_run=dry_run,
+                                 prometheus_url=prometheus_url, variables=variables)
+    finally:
+        store.dispose()
+    click.echo(f"\n{'Dry run' if dry_run else 'Fix'}: {len(workflows)} workflow(s) from {len(backtest.findings)} "
+               f"finding(s) (store {database_url})")
+    for workflow in workflows:
+        click.echo(f"  {workflow.id}  {workflow.state:<17} {workflow.playbook:<24} {workflow.alertname} "
+                   f"{workflow.instance}")
+    if not dry_run and workflows:
+        click.echo("  approve with `rules-engine workflows approve ID` or the API; `serve` runs approved workflows")
 
 
 def _run_promql(ruleset, source, start, end, step, rule_names) -> Backtest:
