@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from rules_engine.evaluate.findings import SEVERITIES, Finding, severity_rank
+from rules_engine.spec.models import CATEGORIES
 
 DEDUCTIONS = {"critical": 25.0, "high": 15.0, "medium": 10.0, "low": 5.0}
 SLO_VIOLATION_WEIGHT = 20.0
-CATEGORIES = ("high_latency", "low_throughput", "queue_buildup", "cache_inefficiency", "memory_pressure",
-              "batch_size_suboptimal", "error_rate", "slo_burn")
 
 
 @dataclass

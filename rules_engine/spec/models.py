@@ -3,24 +3,14 @@ from __future__ import annotations
 
 import math
 from datetime import timedelta
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import pandas as pd
 import promql_parser
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
-from rules_engine.spec.promql import check_promql, parse_selector
+from rules_engine.spec.promql import check_promql, check_selector
 
-CATEGORIES = (
-    "high_latency",
-    "low_throughput",
-    "queue_buildup",
-    "cache_inefficiency",
-    "memory_pressure",
-    "batch_size_suboptimal",
-    "error_rate",
-    "slo_burn",
-)
 Category = Literal[
     "high_latency",
     "low_throughput",
@@ -31,6 +21,7 @@ Category = Literal[
     "error_rate",
     "slo_burn",
 ]
+CATEGORIES = get_args(Category)
 SeverityName = Literal["low", "medium", "high", "critical"]
 WindowStat = Literal["mean", "min", "max", "last", "p50", "p90", "p95", "p99"]
 ServerKind = Literal["vllm", "tgi", "sglang", "generic"]
@@ -66,6 +57,7 @@ def format_duration(value: pd.Timedelta) -> str:
 
 Duration = Annotated[pd.Timedelta, BeforeValidator(parse_duration)]
 PromQL = Annotated[str, BeforeValidator(lambda v: check_promql(v) if isinstance(v, str) else v)]
+Selector = Annotated[str, AfterValidator(check_selector)]  # label matchers injected into every query, or ""
 
 
 class SpecModel(BaseModel):
@@ -179,20 +171,10 @@ class RulePack(SpecModel):
     kind: Literal["RulePack"]
     name: RuleName
     server: ServerKind = "generic"
-    selector: str = ""
+    selector: Selector = ""
     keep_labels: list[str] = Field(default_factory=lambda: ["instance"])
     defaults: dict[str, Any] = Field(default_factory=dict)
     rules: list[Rule] = Field(min_length=1)
-
-    @field_validator("selector")
-    @classmethod
-    def _selector(cls, selector: str) -> str:
-        if selector.strip():
-            try:
-                parse_selector(selector)
-            except ValueError as error:
-                raise ValueError(f"invalid selector {selector!r}: {error}") from None
-        return selector
 
     @field_validator("defaults")
     @classmethod

@@ -23,6 +23,16 @@ def parse_selector(selector: str) -> list[promql_parser.Matcher]:
     return list(parsed.matchers.matchers)
 
 
+def check_selector(selector: str) -> str:
+    """Return `selector` if it is empty or label matchers only; raise ValueError naming it otherwise."""
+    if selector.strip():
+        try:
+            parse_selector(selector)
+        except ValueError as error:
+            raise ValueError(f"invalid selector {selector!r}: {error}") from None
+    return selector
+
+
 def inject_selector(expr: str, selector: str) -> str:
     """Add the selector's matchers to every vector selector in `expr` that does not already match on that label.
 

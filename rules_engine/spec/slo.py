@@ -18,8 +18,7 @@ from typing import Literal
 import pandas as pd
 from pydantic import Field, field_validator, model_validator
 
-from rules_engine.spec.models import Duration, PromQL, RuleName, ServerKind, SpecModel
-from rules_engine.spec.promql import parse_selector
+from rules_engine.spec.models import Duration, PromQL, RuleName, Selector, ServerKind, SpecModel
 
 Comparison = Literal["<", "<=", ">", ">="]
 
@@ -94,23 +93,13 @@ class SLO(SpecModel):
     server: ServerKind = "generic"
     objective: float = Field(gt=0, lt=100, description="percent of good events (or good slices), e.g. 99.5")
     period: Duration = pd.Timedelta(days=30)
-    selector: str = ""
+    selector: Selector = ""
     group_by: list[str] = Field(default_factory=list)
     sli: SLI
     alerting: SLOAlerting = SLOAlerting()
     labels: dict[str, str] = Field(default_factory=dict)
     recommendation: str = ""
     playbook: str | None = None
-
-    @field_validator("selector")
-    @classmethod
-    def _selector(cls, selector: str) -> str:
-        if selector.strip():
-            try:
-                parse_selector(selector)
-            except ValueError as error:
-                raise ValueError(f"invalid selector {selector!r}: {error}") from None
-        return selector
 
     @field_validator("period")
     @classmethod
