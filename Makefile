@@ -1,4 +1,5 @@
-# `make test` is the test command of the README and of .ci/run: it installs what the tests need, then runs them.
+# `make test` is the test command of the README and of .ci/run: it installs what the tests need (Debian's prometheus,
+# prometheus-alertmanager and postgresql; the Python test extras), then runs them.
 SHELL := /bin/bash
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
@@ -11,9 +12,11 @@ test: deps
 deps: system-deps python-deps
 
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v amtool >/dev/null; then \
+	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v amtool >/dev/null \
+	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  $(SUDO) apt-get update && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends prometheus prometheus-alertmanager; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends \
+	    prometheus prometheus-alertmanager postgresql; \
 	fi
 
 python-deps:
