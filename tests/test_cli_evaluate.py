@@ -102,12 +102,13 @@ def test_bad_time_arguments():
 def test_fix_dry_run_starts_the_matching_playbooks_without_side_effects(tmp_path):
     database = f"sqlite:///{tmp_path / 'store.db'}"
     args = ["evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--rule", "VLLMQueueBuildup",
-            "--rule", "VLLMPreemptions", "--fix", "--dry-run", "--database", database,
+            "--rule", "VLLMPreemptions", "--rule", "vllm_ttft_under_2_5s", "--fix", "--dry-run", "--database", database,
             "--var", "orchestrator_url=http://127.0.0.1:9"]
     result = run(*args)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Dry run: 3 workflow(s) from 3 finding(s)" in result.stdout
-    assert result.stdout.count("COMPLETED") == 3  # the orchestrator URL is unreachable: nothing was sent
+    # Three rule findings and one SLO burn episode on a model (its alerts have model_name but no instance).
+    assert "Dry run: 4 workflow(s) from 7 finding(s)" in result.stdout
+    assert result.stdout.count("COMPLETED") == 4  # the orchestrator URL is unreachable: nothing was sent
     again = run(*args)  # the same alert episodes: idempotent, no second workflow
     assert "Dry run: 0 workflow(s)" in again.stdout
     listed = run("workflows", "list", "--database", database)
