@@ -161,3 +161,15 @@ def test_generated_slo_tests_fail_when_a_burn_factor_drifts(tmp_path):
     result = run([PROMTOOL, "test", "rules", "slo-demo_availability.test.yml"], cwd=tmp_path / "tests")
     assert result.returncode != 0
     assert "page-quick fires when both windows burn" in result.stdout + result.stderr
+
+
+def test_generated_regression_tests_fail_when_a_ratio_drifts(tmp_path):
+    require_binary(PROMTOOL)
+    write_outputs(generate(load_ruleset(SPEC), GenerateOptions(tests=True)), tmp_path)
+    rule_file = tmp_path / "prometheus" / "demo.rules.yml"
+    text = rule_file.read_text()
+    assert "offset 1d) > 1.5" in text
+    rule_file.write_text(text.replace("offset 1d) > 1.5", "offset 1d) > 3"))
+    result = run([PROMTOOL, "test", "rules", "demo.regression.test.yml"], cwd=tmp_path / "tests")
+    assert result.returncode != 0
+    assert "DemoTTFTRegression" in result.stdout + result.stderr

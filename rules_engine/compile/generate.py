@@ -54,8 +54,10 @@ def generate(ruleset: RuleSet, options: GenerateOptions = GenerateOptions()) -> 
         generated.files[rule_path] = dump_yaml(compiled.as_dict(), HEADER.format(pack=name))
         generated.notes.extend(compiled.notes)
         if options.tests:
-            document, notes = pack_tests(compiled, f"../{rule_path}")
-            generated.files[f"tests/{name}.test.yml"] = dump_yaml(document, HEADER.format(pack=name))
+            documents, notes = pack_tests(compiled, f"../{rule_path}")
+            for suffix, document in documents.items():
+                file_name = f"{name}.{suffix}.test.yml" if suffix else f"{name}.test.yml"
+                generated.files[f"tests/{file_name}"] = dump_yaml(document, HEADER.format(pack=name))
             generated.notes.extend(notes)
 
     slo_files, slo_notes = _slo_files(ruleset, options)

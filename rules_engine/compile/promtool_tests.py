@@ -178,8 +178,41 @@ def _labels(alert: AlertingRule, pack: str, case: str) -> dict[str, str]:
 
 def _steps(rule, interval: pd.Timedelta) -> int:
     """Evaluations until the check: `for` (after a trend's minimum samples) has elapsed and windows are full."""
+    if rule.type == "regression":
+        return _regression_schedule(rule, interval)[1]
     warm = (getattr(rule, "min_samples", 1) - 1) * interval if rule.type == "trend" else pd.Timedelta(0)
     return int(max(rule.for_ + interval + warm, getattr(rule, "window", None) or pd.Timedelta(0)) // interval) + 2
+
+
+def _pending_step(rule, interval: pd.Timedelta) -> int | None:
+    """An evaluation at which every case is active but still pending (None when `for` is shorter than 2 steps)."""
+    if rule.for_ < 2 * interval:
+        return None
+    if rule.type == "regression":
+        return None  # a partly filled window may pass the ratio early: when it turns active is not exact
+    return int((rule.for_ - interval) // interval)
+
+
+def _ceil_steps(duration: pd.Timedelta, interval: pd.Timedelta) -> int:
+    return int(-(-duration // interval))
+
+
+def _regression_schedule(rule, interval: pd.Timedelta) -> tuple[int, int]:
+    """(switch step, check step) for a step input: the baseline level before `switch`, the current level from it.
+
+    The alert's condition holds while the current window sees only the new level and the baseline window only the
+    old one, from switch + window to switch + offset, and not before the offset window reaches the first sample
+    (an empty baseline gives no ratio): the switch comes late enough for that. The check comes `for` (and a step)
+    after the condition holds.
+    """
+    offset = _regression_offset(rule)
+    switch = max(1, _ceil_steps(offset - rule.window, interval) + 1)
+    check = switch + _ceil_steps(rule.window + rule.for_, interval) + 1
+    return switch, check
+
+
+def _regression_offset(rule) -> pd.Timedelta:
+    return rule.baseline.offset if rule.baseline.kind == "offset" else rule.window
 
 
 def _constant(value: float, samples: int) -> str:
@@ -239,7 +272,30 @@ def _lead_fraction(rule, severity: str) -> float:
     return {"medium": 1.0, "high": ladder.high, "critical": ladder.critical}[severity]
 
 
-CASE_BUILDERS = {"threshold": threshold_cases, "trend": trend_cases}
+def regression_cases(rule, alerts: list[AlertingRule], interval: pd.Timedelta, steps: int, samples: int):
+    """A step from 1 (the baseline level) to the change ratio of each band, the safe side's ratio for the last."""
+    switch, check = _regression_schedule(rule, interval)
+    values = [(f"band{band}", v) for band, v in enumerate(firing_values(alerts))] + [("safe", safe_value(alerts[0]))]
+    baseline = window_value(1.0, rule.stat, rule.baseline_window, interval)
+    return [(case, f"1x{switch - 1} {number(value)}x{samples - switch - 1}", tuple(a for a in alerts if _holds(value, a)),
+             window_value(value, rule.stat, rule.window, interval) / baseline) for case, value in values]
+
+
+def regression_testable(rule, interval: pd.Timedelta) -> str | None:
+    """Why a step input cannot test the rule (None when it can)."""
+    if rule.baseline.kind == "at":
+        return "its baseline is pinned to a time (`at:`), which promtool's clock (starting at 0) cannot reach"
+    offset = _regression_offset(rule)
+    if offset <= rule.window + rule.for_ + 2 * interval:
+        return "its baseline overlaps the current window for `for`, so no step input holds it cleanly"
+    if offset > MAX_REGRESSION_OFFSET:
+        return f"its baseline lies {format_duration(offset)} back: promtool would evaluate the whole file that long"
+    return None
+
+
+# A baseline a week back costs promtool ~2,000 evaluations of every rule in the file at a 5m step: still seconds.
+MAX_REGRESSION_OFFSET = pd.Timedelta(days=8)
+CASE_BUILDERS = {"threshold": threshold_cases, "trend": trend_cases, "regression": regression_cases}
 
 
 def add_rule_cases(tests: PackTests, rule, alerts: list[AlertingRule]) -> None:
@@ -294,8 +350,9 @@ def add_rule_checks(tests: PackTests, rule, alerts: list[AlertingRule]) -> None:
         tests.notes.append(f"{tests.pack}/{first.rule}: no promtool check: annotations use {error}, which the "
                            "generator cannot render as Prometheus would")
         return
-    if first.for_ >= 2 * tests.interval:
-        tests.checks.append({"eval_time": format_duration(first.for_ - tests.interval), "alertname": first.alert,
+    pending = _pending_step(rule, tests.interval)
+    if pending is not None:
+        tests.checks.append({"eval_time": format_duration(tests.interval * pending), "alertname": first.alert,
                              "exp_alerts": []})
     tests.checks.append({"eval_time": format_duration(tests.interval * _steps(rule, tests.interval)),
                          "alertname": first.alert, "exp_alerts": expected})
@@ -306,8 +363,12 @@ def _selector(name: str, labels: dict[str, str]) -> str:
     return f"{name}{{{inner}}}"
 
 
-def pack_tests(compiled: CompiledPack, rule_file: str) -> tuple[dict, list[str]]:
-    """The promtool test document for one compiled pack (`rule_file` as the test file should name it), and notes.
+def pack_tests(compiled: CompiledPack, rule_file: str) -> tuple[dict[str, dict], list[str]]:
+    """The promtool test documents for one compiled pack (`rule_file` as the test file names it), and notes.
+
+    Returns {file suffix: document}: "" for threshold and trend alerts, evaluated at the pack's interval, and
+    "regression" (or "regression-<every>") for regression alerts, evaluated at their `every` so a baseline a day
+    back costs hundreds of evaluations, not thousands.
 
     promtool evaluates every rule of the file at every step of every test group, so cases share groups: a group
     holds the cases of rules that read different recorded signals, which keeps a pack of 50 rules' tests to a few
@@ -319,25 +380,48 @@ def pack_tests(compiled: CompiledPack, rule_file: str) -> tuple[dict, list[str]]
         by_rule.setdefault(alert.rule, []).append(alert)
     rules = {rule.name: rule for rule in compiled.pack.rules}
     notes: list[str] = []
-    partitions: list[tuple[set[str], list]] = []  # (signals used, [(rule, alerts)])
+    by_interval: dict[pd.Timedelta, list] = {}
     for name, alerts in by_rule.items():
+        rule = rules[name]
+        interval = rule.every if rule.type == "regression" else compiled.interval
         if alerts[0].kind not in CASE_BUILDERS:
-            notes.append(f"{compiled.pack.name}/{name}: no promtool test generated for {alerts[0].kind} alerts "
-                         "(a baseline a day back would take promtool thousands of evaluations)")
+            notes.append(f"{compiled.pack.name}/{name}: no promtool test generated for {alerts[0].kind} alerts")
             continue
+        if rule.type == "regression":
+            reason = regression_testable(rule, interval)
+            if reason:
+                notes.append(f"{compiled.pack.name}/{name}: no promtool test: {reason}")
+                continue
+        by_interval.setdefault(interval, []).append((rule, alerts))
+    others = [interval for interval in by_interval if interval != compiled.interval]
+    documents = {}
+    for interval, members in sorted(by_interval.items()):
+        if interval == compiled.interval:
+            suffix = ""  # regression rules whose `every` is the pack's interval join the main file
+        else:
+            suffix = "regression" if len(others) == 1 else f"regression-{format_duration(interval)}"
+        groups = _groups(compiled, members, interval, notes)
+        if groups:
+            documents[suffix] = {"rule_files": [rule_file], "evaluation_interval": format_duration(interval), "tests": groups}
+    return documents, notes
+
+
+def _groups(compiled: CompiledPack, members: list, interval: pd.Timedelta, notes: list[str]) -> list[dict]:
+    partitions: list[tuple[set[str], list]] = []  # (signals used, [(rule, alerts)])
+    for rule, alerts in members:
         signal = alerts[0].inputs["signal"]
         target = next((p for p in partitions if signal not in p[0]), None)
         if target is None:
             target = (set(), [])
             partitions.append(target)
         target[0].add(signal)
-        target[1].append((rules[name], alerts))
+        target[1].append((rule, alerts))
     groups = []
-    for index, (_, members) in enumerate(partitions, start=1):
-        tests = PackTests(compiled.pack.name, compiled.interval)
-        for rule, alerts in members:
+    for index, (_, part) in enumerate(partitions, start=1):
+        tests = PackTests(compiled.pack.name, interval)
+        for rule, alerts in part:
             add_rule_cases(tests, rule, alerts)
-        for rule, alerts in members:
+        for rule, alerts in part:
             add_rule_checks(tests, rule, alerts)
         notes.extend(tests.notes)
         if not tests.checks:
@@ -348,11 +432,10 @@ def pack_tests(compiled: CompiledPack, rule_file: str) -> tuple[dict, list[str]]
             if (record, labels) not in unique_guards:
                 unique_guards.append((record, labels))
         series += [{"series": _selector(record, labels), "values": f"1x{tests.samples}"} for record, labels in unique_guards]
-        names = ", ".join(rule.name for rule, _ in members)
+        names = ", ".join(rule.name for rule, _ in part)
         groups.append({"name": f"{compiled.pack.name} #{index} ({names}): each alert fires at every severity band, "
                                "and stays silent on the safe side, without its guard and before `for` has elapsed",
-                       "interval": format_duration(compiled.interval),
+                       "interval": format_duration(interval),
                        "input_series": series,
                        "alert_rule_test": tests.checks})
-    document = {"rule_files": [rule_file], "evaluation_interval": format_duration(compiled.interval), "tests": groups}
-    return document, notes
+    return groups
