@@ -86,8 +86,9 @@ def _slo_files(ruleset: RuleSet, options: GenerateOptions) -> tuple[dict[str, st
 
 
 def _notes_text(notes: list[str]) -> str:
-    lines = ["# Not compiled", "",
-             "These parts of the rules have no (complete) Prometheus form; `rules-engine evaluate` still evaluates them.", ""]
+    lines = ["# Not compiled, partly compiled, or not tested", "",
+             "What `rules-engine generate` could not turn into Prometheus rules (or promtool tests), and why.",
+             "`rules-engine evaluate` still evaluates all of it.", ""]
     lines += [f"- {note}" for note in notes]
     return "\n".join(lines) + "\n"
 
