@@ -9,7 +9,8 @@ For each group of rules, in the same invocation:
   memory it allocated (tracemalloc, a second run; numpy/pandas buffers included);
 - peer: Prometheus range-querying each rule's compiled alert expression (rules_engine.compile: window statistics
   as `*_over_time((signal)[w:step])`, guards as `and on(...)`), one rule after another as a rule group evaluates
-  them, and again with the same concurrency as ours; Prometheus' peak RSS growth from /proc (VmHWM).
+  them, and again with the same concurrency as ours; Prometheus' peak RSS since it started (/proc VmHWM);
+- floor: Prometheus computing just the queries our backtest fetches (what anything built on them must pay).
 Samples per second divide the samples our fetch brings back (series × steps, warm-up included) by each side's
 wall time: one denominator for both, so the rate ratio is the time ratio.
 """
@@ -33,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 from rules_engine.compile.promql_backtest import compiled_alerts  # noqa: E402
 from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, fetch_all, fetch_plan, run_backtest  # noqa: E402
 from rules_engine.simulate import FleetSpec, Incident, simulate  # noqa: E402
-from rules_engine.source.prometheus import PrometheusSource  # noqa: E402
+from rules_engine.source.prometheus import MAX_POINTS_PER_QUERY, PrometheusSource  # noqa: E402
 from rules_engine.spec import load_ruleset, parse_duration  # noqa: E402
 from tests.processes import backfill, running_prometheus  # noqa: E402
 
@@ -107,13 +108,24 @@ def fetched_samples(ruleset, source, start, end, step, names) -> int:
 
 
 def run_peer(url: str, expressions: list[str], start, end, step, concurrency: int) -> float:
+    """Each expression range-queried in pieces of at most 11,000 points (Prometheus' limit), answers parsed."""
+    span = step * (MAX_POINTS_PER_QUERY - 1)
+    pieces = []
+    piece_start = start
+    while piece_start <= end:
+        pieces.append((piece_start, min(piece_start + span, end)))
+        piece_start = piece_start + span + step
+
     def query(expr: str) -> int:
-        answer = requests.post(f"{url}/api/v1/query_range", timeout=3600, data={
-            "query": expr, "start": start.timestamp(), "end": end.timestamp(), "step": step.total_seconds()})
-        body = answer.json()
-        if body.get("status") != "success":
-            raise RuntimeError(f"{expr}: {body.get('error')}")
-        return len(body["data"]["result"])
+        series = 0
+        for first, last in pieces:
+            answer = requests.post(f"{url}/api/v1/query_range", timeout=3600, data={
+                "query": expr, "start": first.timestamp(), "end": last.timestamp(), "step": step.total_seconds()})
+            body = answer.json()
+            if body.get("status") != "success":
+                raise RuntimeError(f"{expr}: {body.get('error')}")
+            series += len(body["data"]["result"])
+        return series
 
     began = time.perf_counter()
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
@@ -152,11 +164,13 @@ def main() -> None:
             expressions = [alerts[name][0].expanded_expr for name in names]
             # Prometheus evaluates the same grid we fetch: a live `for` needs that warm-up too.
             _, fetch_start = fetch_plan(ruleset, start, step, names)
-            hwm_before = peak_rss_bytes(prometheus.pid)
             peer_sequential = run_peer(prometheus.url, expressions, fetch_start, end, step, 1)
             peer_parallel = run_peer(prometheus.url, expressions, fetch_start, end, step, DEFAULT_CONCURRENCY)
-            prometheus_peak = max(0, peak_rss_bytes(prometheus.pid) - hwm_before)
+            prometheus_peak = peak_rss_bytes(prometheus.pid)
             seconds, peak, backtest = run_ours(ruleset, source, start, end, step, names)
+            # The floor: Prometheus computing the very queries we fetch, answers parsed but not framed.
+            queries, _ = fetch_plan(ruleset, start, step, names)
+            floor = run_peer(prometheus.url, queries, fetch_start, end, step, DEFAULT_CONCURRENCY)
             samples = fetched_samples(ruleset, source, start, end, step, names)
             evaluated = samples  # the same denominator for both sides
             print(f"\n{title} ({len(names)}): {', '.join(names)}")
@@ -165,7 +179,9 @@ def main() -> None:
                   f"({samples / 1e6:.1f} M fetched, concurrency {DEFAULT_CONCURRENCY}); {len(backtest.findings)} findings")
             print(f"  peer  {peer_sequential:7.2f} s  {evaluated / peer_sequential / 1e6:7.2f} M samples/s  "
                   f"one rule after another (a rule group); {peer_parallel:.2f} s with {DEFAULT_CONCURRENCY} at once; "
-                  f"Prometheus peak RSS +{prometheus_peak / 1e6:.0f} MB")
+                  f"Prometheus peak RSS so far {prometheus_peak / 1e6:.0f} MB")
+            print(f"  floor {floor:7.2f} s  Prometheus computing the {len(queries)} queries we fetch "
+                  f"({DEFAULT_CONCURRENCY} at once, JSON parsed): {floor / seconds:.0%} of ours")
             print(f"  ratio peer/ours: {peer_sequential / seconds:.2f}x (sequential peer), "
                   f"{peer_parallel / seconds:.2f}x (concurrent peer)")
 
