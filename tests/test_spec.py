@@ -124,3 +124,18 @@ def test_selector_is_injected_into_every_vector_selector():
 def test_shipped_packs_load():
     ruleset = load_ruleset("rules")
     assert {pack.name for pack in ruleset.packs} >= {"vllm"}
+
+
+def test_an_slo_window_catalog_path_is_relative_to_its_file(tmp_path):
+    folder = tmp_path / "slos"
+    folder.mkdir()
+    (folder / "slo.yaml").write_text(textwrap.dedent("""\
+        kind: SLO
+        name: avail
+        objective: 99
+        alerting: {windows: windows/custom.yaml}
+        sli:
+          ratio: {errors: 'sum(errors_total)', total: 'sum(requests_total)'}
+        """))
+    (slo,) = load_ruleset(tmp_path).slos
+    assert slo.alerting.windows == str(folder / "windows" / "custom.yaml")

@@ -16,18 +16,19 @@ import promql_parser
 from rules_engine.compile.alertmanager import SLO_PACK
 from rules_engine.compile.prometheus import number
 from rules_engine.compile.promtool_tests import Unrenderable, render_template
-from rules_engine.compile.slo import BurnPair, WindowCatalog, sloth_labels
+from rules_engine.compile.slo import burn_factor, sloth_labels
+from rules_engine.evaluate.slo import AlertPair, WindowCatalog
 from rules_engine.spec.models import format_duration
 from rules_engine.spec.promql import inject_selector
 
 STEPS = 5  # evaluations before the check: enough samples for rate() in the traffic guard
 
 
-def compiled_pairs(slo, catalog: WindowCatalog) -> list[tuple[BurnPair, float]]:
+def compiled_pairs(slo, catalog: WindowCatalog) -> list[tuple[AlertPair, float]]:
     """(pair, bound) of the pairs compile_slo turns into alerts (enabled, and able to fire)."""
     found = []
     for pair in catalog.pairs:
-        factor = pair.factor(slo.period)
+        factor = burn_factor(pair, slo.period)
         if getattr(slo.alerting, pair.alert) and factor * slo.error_budget <= 1:
             found.append((pair, factor * float(number(slo.error_budget))))
     return found
@@ -84,9 +85,9 @@ def slo_tests(slo, catalog: WindowCatalog, interval: pd.Timedelta, rule_file: st
     guarded = slo.sli.type != "timeslices" and slo.alerting.min_event_rate > 0
     groups = []
 
-    def annotations_of(pair: BurnPair, factor_bound: float, labels: dict[str, str]) -> dict[str, str]:
+    def annotations_of(pair: AlertPair, factor_bound: float, labels: dict[str, str]) -> dict[str, str]:
         windows = f"{format_duration(pair.long)}/{format_duration(pair.short)}"
-        factor = pair.factor(slo.period)
+        factor = burn_factor(pair, slo.period)
         annotations = {
             "title": f"({pair.alert}) {{{{$labels.sloth_service}}}} {{{{$labels.sloth_slo}}}} SLO error budget burn rate is too fast.",
             "summary": f"{{{{$labels.sloth_service}}}} {{{{$labels.sloth_slo}}}} SLO error budget burn rate is over expected ({number(factor)}x over {windows}).",

@@ -68,6 +68,13 @@ def _document_kinds() -> dict[str, tuple[type[BaseModel], str]]:
     return kinds
 
 
+def _resolve_paths(document: BaseModel, folder: Path) -> BaseModel:
+    """Paths inside a document (an SLO's window catalog) are relative to the document's own file."""
+    from rules_engine.spec.slo import SLO, resolve_paths
+
+    return resolve_paths(document, folder) if isinstance(document, SLO) else document
+
+
 def load_ruleset(paths: str | Path | Iterable[str | Path]) -> RuleSet:
     """Load files and folders (recursively, *.yaml / *.yml) into one RuleSet, or raise SpecError with every problem."""
     if isinstance(paths, (str, Path)):
@@ -130,7 +137,7 @@ def _load_file(path: Path, kinds: dict, ruleset: RuleSet) -> list[Problem]:
         except ValidationError as error:
             problems.extend(_validation_problems(error, lines, name))
             continue
-        getattr(ruleset, target).append(parsed)
+        getattr(ruleset, target).append(_resolve_paths(parsed, path.parent))
         ruleset.files[f"{kind}/{getattr(parsed, 'name', '')}"] = name
     return problems
 

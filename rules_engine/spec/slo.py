@@ -13,6 +13,7 @@ SLI types:
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
@@ -83,7 +84,7 @@ class SLOAlerting(SpecModel):
     # Below this many events per second over an alert's long window no burn alert fires: a handful of errors
     # among a handful of requests is not a budget burn worth a page.
     min_event_rate: float = Field(default=0.05, ge=0)
-    windows: str | None = None  # path of an AlertWindows catalog; the shipped one by default
+    windows: str | None = None  # path of an AlertWindows catalog, relative to the SLO's file; the shipped one by default
 
 
 class SLO(SpecModel):
@@ -116,3 +117,11 @@ class SLO(SpecModel):
     @property
     def error_budget(self) -> float:
         return 1.0 - self.target
+
+
+def resolve_paths(slo: SLO, base: Path) -> SLO:
+    """The SLO with a relative `alerting.windows` path made relative to `base`, the folder of its file."""
+    windows = slo.alerting.windows
+    if windows is None or Path(windows).is_absolute():
+        return slo
+    return slo.model_copy(update={"alerting": slo.alerting.model_copy(update={"windows": str(base / windows)})})
