@@ -4,7 +4,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test deps system-deps python-deps demo golden
+.PHONY: test deps system-deps python-deps demo golden snapshot
 
 test: deps
 	$(PYTHON) -m pytest -ra
@@ -24,3 +24,12 @@ python-deps:
 
 demo:
 	$(PYTHON) -m pip install --quiet -e . && rules-engine evaluate --rules rules/ --snapshot snapshots/vllm-demo.snapshot
+
+# Regenerate what is generated and committed: golden files, shipped dashboards and Alertmanager fragment.
+golden:
+	UPDATE_GOLDEN=1 $(PYTHON) -m pytest -q tests/test_compile_golden.py
+	$(PYTHON) -m rules_engine.compile.shipped
+
+# Re-record the shipped demo snapshot (simulate, backfill, record); needed when a shipped rule's query changes.
+snapshot:
+	$(PYTHON) scripts/make_demo_snapshot.py
