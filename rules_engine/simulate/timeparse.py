@@ -1,44 +1,39 @@
-"""Durations (`30s`, `45m`, `2h`, `1d`, `1h30m`, Prometheus style) and times (RFC 3339 or unix seconds)."""
+"""The simulator's times and durations as unix seconds, parsed by the engine's own parsers.
+
+Durations are Prometheus durations (`30s`, `45m`, `1h30m`, `7d`) or plain seconds; times are RFC 3339 (a time
+without a zone is taken as UTC here, since incident files are written by hand) or unix seconds.
+"""
 from __future__ import annotations
 
-import re
 from datetime import datetime, timezone
 
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y))+$")
-_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w|y)")
+import pandas as pd
+
+from rules_engine.evaluate.timerange import parse_time as parse_timestamp
+from rules_engine.spec.models import parse_duration as parse_timedelta
 
 
 def parse_duration(text: str | int | float) -> float:
-    """Seconds in a duration such as `45m` or `1h30m`; a bare number is seconds."""
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
+    """Seconds in a duration such as `45m` or `1h30m`; a bare number (or numeric text) is seconds."""
+    if isinstance(text, str) and text.strip().replace(".", "", 1).isdigit():
         return float(text)
-    value = str(text).strip()
-    if re.fullmatch(r"\d+(?:\.\d+)?", value):
-        return float(value)
-    if not _DURATION.match(value):
-        raise ValueError(f"invalid duration {text!r} (expected e.g. 30s, 45m, 2h, 1d, 1h30m)")
-    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _PART.findall(value))
+    return parse_timedelta(text).total_seconds()
 
 
 def parse_time(text: str | int | float | datetime) -> float:
     """Unix seconds from RFC 3339 text, a datetime, or unix seconds (number or numeric text)."""
     if isinstance(text, datetime):
-        moment = text if text.tzinfo else text.replace(tzinfo=timezone.utc)
-        return moment.timestamp()
-    if isinstance(text, (int, float)) and not isinstance(text, bool):
-        return float(text)
-    value = str(text).strip()
+        return (text if text.tzinfo else text.replace(tzinfo=timezone.utc)).timestamp()
+    if isinstance(text, str) and "T" in text and _without_zone(text):
+        text = text + "Z"
+    return parse_timestamp(text).timestamp()
+
+
+def _without_zone(text: str) -> bool:
     try:
-        return float(value)
+        return pd.Timestamp(text).tzinfo is None
     except ValueError:
-        pass
-    try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        raise ValueError(f"invalid time {text!r} (expected RFC 3339 such as 2024-05-01T12:00:00Z "
-                         f"or unix seconds)") from None
-    return parse_time(moment)
+        return False  # not a time at all: the engine's parser says so
 
 
 def rfc3339(seconds: float) -> str:
