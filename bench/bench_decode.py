@@ -7,7 +7,6 @@
 
 Prints the best-of-N time of each way over the same answer bodies and the ratio to the vectorized one:
 - decode_matrix: the values arrays cut out of the body and parsed by one numpy call (PrometheusSource's path);
-- frame_from_matrix: json.loads, then the contract's helper (numpy, but Python objects per sample from json);
 - naive: json.loads, then a float() and a dict insert per sample, then a DataFrame.
 Against a server it also prints Prometheus' own time to compute and send the answers (split at 11,000 points
 per request like PrometheusSource), the floor for any client.
@@ -28,7 +27,7 @@ import pandas as pd
 import requests
 
 from rules_engine.source.base import SourceError
-from rules_engine.source.frame import evaluation_grid, frame_from_matrix
+from rules_engine.source.frame import evaluation_grid
 from rules_engine.source.prometheus import MAX_POINTS_PER_QUERY, decode_matrix, frame_from_chunks
 
 Answers = list[tuple[bytes, pd.DatetimeIndex]]  # one body per request, with the grid it covers
@@ -91,11 +90,6 @@ def vectorized(answers: Answers) -> pd.DataFrame:
                       for body, grid in answers])
 
 
-def with_frame_from_matrix(answers: Answers) -> pd.DataFrame:
-    return pd.concat([frame_from_matrix("q", json.loads(body)["data"]["result"], grid).values
-                      for body, grid in answers])
-
-
 def naive(answers: Answers) -> pd.DataFrame:
     frames = []
     for body, grid in answers:
@@ -152,9 +146,6 @@ def main() -> None:
     fast_seconds, fast = best_of(args.repeat, lambda: vectorized(answers))
     print(f"decode_matrix + frame_from_chunks : {fast_seconds:.3f} s"
           + (f"  ({fast_seconds / server_seconds:.2f} of Prometheus' own time)" if server_seconds else ""))
-    helper_seconds, helper = best_of(args.repeat, lambda: with_frame_from_matrix(answers))
-    pd.testing.assert_frame_equal(fast, helper)
-    print(f"json.loads + frame_from_matrix    : {helper_seconds:.3f} s  ({helper_seconds / fast_seconds:.1f}x slower)")
     if not args.skip_naive:
         naive_seconds, slow = best_of(1, lambda: naive(answers))
         np.testing.assert_array_equal(slow.to_numpy(), fast.to_numpy())
