@@ -81,6 +81,12 @@ rules:
      guard: 'sum by (instance, model_name) (rate(vllm:request_success_total[5m])) > 0.05'}
   - {name: Preempting, category: memory_pressure, above: 0.05,
      signal: 'sum by (instance, model_name) (rate(vllm:num_preemptions_total[5m]))'}
+  # Computed from WaitingMean's fetched signal rather than asked of Prometheus: a plain comparison, and a guard.
+  - {name: WaitingPlain, category: queue_buildup, above: 10, for: 2m,
+     signal: 'sum by (instance, model_name) (vllm:num_requests_waiting)'}
+  - {name: RunningWhileWaiting, category: batch_size_suboptimal, stat: mean, window: 5m, above: 30,
+     signal: 'sum by (instance, model_name) (vllm:num_requests_running)',
+     guard: 'sum by (instance, model_name) (vllm:num_requests_waiting) > 2'}
 """
 
 
@@ -133,7 +139,8 @@ def test_firing_intervals_agree_with_prometheus(history, tmp_path):
         assert ours == theirs, (rule.name, sorted(ours - theirs)[:5], sorted(theirs - ours)[:5])
         total += len(ours)
     assert total > 200, "the scenario should make most rules fire for a while"
-    assert {f.rule for f in backtest.findings} >= {"WaitingMean", "KVp95", "TTFTp99Over", "AbortShare"}
+    assert {f.rule for f in backtest.findings} >= {"WaitingMean", "KVp95", "TTFTp99Over", "AbortShare", "WaitingPlain",
+                                                   "RunningWhileWaiting"}
 
 
 def test_keep_firing_for_and_for_agree_with_promtool(tmp_path, promtool_bin):

@@ -1,7 +1,7 @@
 """The backtest engine's planning: one fetch per distinct query, from the earliest sample any rule needs."""
 import pandas as pd
 
-from rules_engine.evaluate.engine import fetch_plan, instance_labels, recording_plan
+from rules_engine.evaluate.engine import Filtered, fetch_plan, filtered_queries, instance_labels, recording_plan
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec import load_ruleset
 
@@ -63,3 +63,20 @@ def test_instance_labels_keep_only_labels_with_one_value_per_instance():
     labels = pd.DataFrame({"instance": ["a", "a", "b"], "model_name": ["m", "m", "n"], "reason": ["x", "y", "x"]})
     frame = RangeFrame("q", pd.DataFrame(0.0, index=grid, columns=pd.RangeIndex(3)), labels)
     assert instance_labels([frame]) == {"a": {"model_name": "m"}, "b": {"model_name": "n", "reason": "x"}}
+
+
+def test_comparisons_of_a_fetched_query_are_computed_locally():
+    base = 'sum by (instance)(waiting{job="vllm"})'
+    queries = [base, f"{base} > 2", f"({base}) <= 5.0", f"{base} > bool 2", "other > 2"]
+    found = filtered_queries(queries)
+    assert set(found) == {f"{base} > 2", f"({base}) <= 5.0"}
+    grid = pd.date_range(START, periods=3, freq=STEP)
+    values = pd.DataFrame([[1.0, 3.0], [4.0, float("nan")], [1.0, 1.0]], index=grid, columns=pd.RangeIndex(2))
+    frame = RangeFrame(base, values, pd.DataFrame({"instance": ["a", "b"]}))
+    above = found[f"{base} > 2"].apply(frame, f"{base} > 2")
+    assert above.values.iloc[1, 0] == 4.0 and pd.isna(above.values.iloc[1, 1])
+    assert above.series_count == 2 and above.values.iloc[0, 1] == 3.0 and pd.isna(above.values.iloc[0, 0])
+    low = found[f"({base}) <= 5.0"].apply(frame, "q")
+    assert low.series_count == 2
+    nothing = Filtered(base, ">", 10).apply(frame, "q")
+    assert nothing.series_count == 0 and nothing.labels.empty  # Prometheus returns no series at all

@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Callable, Iterable
 
+import numpy as np
 import pandas as pd
+import promql_parser
 
 from rules_engine.evaluate import regression, threshold, trend
 from rules_engine.evaluate.findings import Finding, severity_rank
@@ -94,6 +96,8 @@ def recording_plan(ruleset: RuleSet, start: pd.Timestamp, end: pd.Timestamp, ste
                    names: Iterable[str] | None = None) -> tuple[list[str], pd.Timestamp]:
     """What a snapshot must hold to replay rules and SLOs over [start, end]: their queries from the earliest start."""
     queries, fetch_start = fetch_plan(ruleset, start, step, names)
+    derived = filtered_queries(queries)  # replay computes these from their base query, as a live run does
+    queries = [query for query in queries if query not in derived]
     for slo in select_slos(ruleset, names):
         queries.extend(slo_queries(slo).values())
         fetch_start = min(fetch_start, slo_fetch_start(slo, slo_catalog(slo), start, end, step))
@@ -114,14 +118,59 @@ def instance_labels(frames: Iterable[RangeFrame]) -> dict[str, dict[str, str]]:
     return found
 
 
+@dataclass(frozen=True)
+class Filtered:
+    """A query that is a filtering comparison (`expr > 2`) of another query fetched anyway: computed locally."""
+
+    base: str
+    op: str
+    value: float
+
+    def apply(self, frame: RangeFrame, query: str) -> RangeFrame:
+        with np.errstate(invalid="ignore"):
+            kept = frame.values.where(COMPARISONS[self.op](frame.values, self.value))
+        present = kept.notna().any().to_numpy()  # Prometheus returns only series with a sample
+        values = kept.loc[:, present]
+        values.columns = pd.RangeIndex(values.shape[1])
+        labels = frame.labels.loc[present].reset_index(drop=True)
+        return RangeFrame(query=query, values=values, labels=labels)
+
+
+COMPARISONS = {">": np.greater, "<": np.less, ">=": np.greater_equal, "<=": np.less_equal, "==": np.equal,
+               "!=": np.not_equal}
+
+
+def filtered_queries(queries: Iterable[str]) -> dict[str, Filtered]:
+    """Queries that compare another query of the same set with a number, without `bool` or vector matching."""
+    canonical = {}
+    for query in queries:
+        canonical.setdefault(str(promql_parser.parse(query)), query)
+    found = {}
+    for query in queries:
+        tree = promql_parser.parse(query)
+        if not (isinstance(tree, promql_parser.BinaryExpr) and str(tree.op) in COMPARISONS and tree.modifier is None
+                and isinstance(tree.rhs, promql_parser.NumberLiteral)):
+            continue
+        lhs = tree.lhs
+        while isinstance(lhs, promql_parser.ParenExpr):
+            lhs = lhs.expr
+        base = canonical.get(str(lhs))
+        if base is not None and base != query:
+            found[query] = Filtered(base, str(tree.op), float(tree.rhs.val))
+    return {query: rule for query, rule in found.items() if rule.base not in found}
+
+
 def fetch_all(source: Source, queries: list[str], start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
               concurrency: int = DEFAULT_CONCURRENCY, on_query: Callable[[str], None] | None = None,
               ) -> tuple[dict[str, RangeFrame], dict[str, str]]:
-    """Fetch every query once; a few at a time, since Prometheus computes each query on one core."""
+    """Fetch every query once, a few at a time since Prometheus computes each query on one core; a comparison of a
+    query fetched anyway is computed from it instead of asking Prometheus again."""
     frames: dict[str, RangeFrame] = {}
     errors: dict[str, str] = {}
+    derived = filtered_queries(queries)
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        pending = {pool.submit(source.query_range, query, start, end, step): query for query in queries}
+        pending = {pool.submit(source.query_range, query, start, end, step): query
+                   for query in queries if query not in derived}
         for done in as_completed(pending):
             query = pending[done]
             try:
@@ -130,6 +179,13 @@ def fetch_all(source: Source, queries: list[str], start: pd.Timestamp, end: pd.T
                 errors[query] = str(error)
             if on_query:
                 on_query(query)
+    for query, rule in derived.items():
+        if rule.base in frames:
+            frames[query] = rule.apply(frames[rule.base], query)
+        else:
+            errors[query] = errors[rule.base]
+        if on_query:
+            on_query(query)
     return frames, errors
 
 
