@@ -87,8 +87,8 @@ def test_a_folder_is_rejected_whole_and_duplicates_are_found(tmp_path):
     write(tmp_path, "a.yaml", GOOD)
     write(tmp_path, "b.yaml", GOOD.replace("name: demo", "name: other"))
     problems = problems_of(tmp_path)
-    assert any("rules.QueueBuildup: duplicate rule name" in p for p in problems)
-    assert any("rules.LowHitRate: duplicate rule name" in p for p in problems)
+    assert f"{tmp_path}/b.yaml:9: rules.QueueBuildup: duplicate rule name (also at {tmp_path}/a.yaml:9)" in problems
+    assert f"{tmp_path}/b.yaml:15: rules.LowHitRate: duplicate rule name (also at {tmp_path}/a.yaml:15)" in problems
 
 
 def test_duplicate_yaml_keys_and_missing_kind(tmp_path):

@@ -41,6 +41,7 @@ class RuleSet:
     slos: list[Any] = field(default_factory=list)
     playbooks: list[Any] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # document name -> file it came from
+    rule_lines: dict[tuple[str, str], int] = field(default_factory=dict)  # (pack, rule) -> line of the rule
 
     def rules(self):
         """(pack, rule) for every rule of every pack, in file order."""
@@ -139,6 +140,8 @@ def _load_file(path: Path, kinds: dict, ruleset: RuleSet) -> list[Problem]:
             continue
         getattr(ruleset, target).append(_resolve_paths(parsed, path.parent))
         ruleset.files[f"{kind}/{getattr(parsed, 'name', '')}"] = name
+        for index, rule in enumerate(getattr(parsed, "rules", []) if kind == "RulePack" else []):
+            ruleset.rule_lines[(parsed.name, rule.name)] = lines.get(("rules", index))
     return problems
 
 
@@ -195,9 +198,10 @@ def _cross_document_problems(ruleset: RuleSet) -> list[Problem]:
     for pack in ruleset.packs:
         where = ruleset.files.get(f"RulePack/{pack.name}", pack.name)
         for rule in pack.rules:
+            line = ruleset.rule_lines.get((pack.name, rule.name))
             if rule.name in seen:
-                problems.append(Problem(where, None, f"rules.{rule.name}", f"duplicate rule name (also in {seen[rule.name]})"))
-            seen[rule.name] = where
+                problems.append(Problem(where, line, f"rules.{rule.name}", f"duplicate rule name (also at {seen[rule.name]})"))
+            seen[rule.name] = f"{where}:{line}" if line else where
     pack_names = [pack.name for pack in ruleset.packs]
     for duplicate in sorted({n for n in pack_names if pack_names.count(n) > 1}):
         problems.append(Problem(ruleset.files.get(f"RulePack/{duplicate}", ""), None, "name", f"duplicate pack name {duplicate!r}"))
