@@ -32,7 +32,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from rules_engine.compile.promql_backtest import compiled_alerts  # noqa: E402
-from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, fetch_all, fetch_plan, run_backtest  # noqa: E402
+from rules_engine.evaluate.engine import (DEFAULT_CONCURRENCY, fetch_all, fetch_plan, filtered_queries,  # noqa: E402
+                                          run_backtest)
 from rules_engine.simulate import FleetSpec, Incident, simulate  # noqa: E402
 from rules_engine.source.prometheus import MAX_POINTS_PER_QUERY, PrometheusSource  # noqa: E402
 from rules_engine.spec import load_ruleset, parse_duration  # noqa: E402
@@ -169,7 +170,8 @@ def main() -> None:
             prometheus_peak = peak_rss_bytes(prometheus.pid)
             seconds, peak, backtest = run_ours(ruleset, source, start, end, step, names)
             # The floor: Prometheus computing the very queries we fetch, answers parsed but not framed.
-            queries, _ = fetch_plan(ruleset, start, step, names)
+            planned, _ = fetch_plan(ruleset, start, step, names)
+            queries = [query for query in planned if query not in filtered_queries(planned)]  # what is really asked
             floor = run_peer(prometheus.url, queries, fetch_start, end, step, DEFAULT_CONCURRENCY)
             samples = fetched_samples(ruleset, source, start, end, step, names)
             evaluated = samples  # the same denominator for both sides
@@ -184,6 +186,13 @@ def main() -> None:
                   f"({DEFAULT_CONCURRENCY} at once, JSON parsed): {floor / seconds:.0%} of ours")
             print(f"  ratio peer/ours: {peer_sequential / seconds:.2f}x (sequential peer), "
                   f"{peer_parallel / seconds:.2f}x (concurrent peer)")
+            for name, expression in zip(names, expressions):
+                _, rule_fetch_start = fetch_plan(ruleset, start, step, [name])
+                began = time.perf_counter()
+                run_backtest(ruleset, source, start, end, step, [name])
+                alone = time.perf_counter() - began
+                peer_alone = run_peer(prometheus.url, [expression], rule_fetch_start, end, step, 1)
+                print(f"    {name:<28} ours {alone:6.2f} s  peer {peer_alone:6.2f} s  ratio {peer_alone / alone:5.2f}x")
 
 
 if __name__ == "__main__":
