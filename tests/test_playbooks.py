@@ -196,12 +196,10 @@ def test_the_same_episode_starts_one_workflow_however_often_it_arrives(store):
     assert (deliveries, unprocessed) == (3, 0)
 
 
-def test_concurrent_receivers_on_one_store_start_one_workflow(tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
-    stores = [st.open_store(url) for _ in range(4)]
-    first = stores[0]
-    for _ in range(20):
-        st.insert_event(first, payload(alert()))
+def drain_concurrently_into_one_workflow(stores, events: int = 20, timeout: float = 60) -> None:
+    """The same alert delivered `events` times, processed by one receiver per store at once: one workflow."""
+    for _ in range(events):
+        st.insert_event(stores[0], payload(alert()))
     runtimes = [runtime(s, playbook()) for s in stores]
 
     def drain(rt):
@@ -212,10 +210,18 @@ def test_concurrent_receivers_on_one_store_start_one_workflow(tmp_path):
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(30)
-    with first.read() as conn:
+        thread.join(timeout)
+    with stores[0].read() as conn:
         workflows = st.list_workflows(conn, with_steps=True)
         assert len(workflows) == 1 and len(workflows[0].steps) == 3
+
+
+def test_concurrent_receivers_on_one_store_start_one_workflow(tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    stores = [st.open_store(url) for _ in range(4)]
+    first = stores[0]
+    drain_concurrently_into_one_workflow(stores)
+    with first.read() as conn:
         assert conn.execute(select(func.count()).select_from(st.events)
                             .where(st.events.c.processed_at.isnot(None))).scalar_one() == 20
     for s in stores:

@@ -13,7 +13,6 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import threading
 import time
 
 import pytest
@@ -23,9 +22,8 @@ from sqlalchemy.exc import DatabaseError
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.executor import claim_next, run_workflow
-from rules_engine.playbooks.intake import process_next_event
 from tests import processes
-from tests.test_playbooks import alert, ingest, payload, playbook, runtime
+from tests.test_playbooks import alert, drain_concurrently_into_one_workflow, ingest, playbook, runtime
 from tests.test_playbooks_orchestrator import running_orchestrator
 
 pytestmark = pytest.mark.integration
@@ -87,22 +85,8 @@ def pg_store(postgres_url):
 
 def test_concurrent_receivers_on_postgres_start_one_workflow(pg_store, postgres_url):
     stores = [pg_store] + [st.open_store(postgres_url) for _ in range(3)]
-    for _ in range(20):
-        st.insert_event(pg_store, payload(alert()))
-    runtimes = [runtime(s, playbook()) for s in stores]
-
-    def drain(rt):
-        while process_next_event(rt):
-            pass
-
-    threads = [threading.Thread(target=drain, args=(rt,)) for rt in runtimes]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(60)
+    drain_concurrently_into_one_workflow(stores)
     with pg_store.read() as conn:
-        workflows = st.list_workflows(conn, with_steps=True)
-        assert len(workflows) == 1 and len(workflows[0].steps) == 3
         assert st.unprocessed_event_count(conn) == 0
         assert conn.execute(select(st.episodes.c.deliveries)).scalar_one() == 20
     for s in stores[1:]:

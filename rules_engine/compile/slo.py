@@ -13,19 +13,16 @@ budget exceeds 1 can never fire (an error ratio cannot exceed 1): it is refused 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 
 import pandas as pd
 import promql_parser
-import yaml
 
 from rules_engine.compile.alertmanager import SLO_PACK
 from rules_engine.compile.prometheus import number
 from rules_engine.compile.render import dump_yaml
 from rules_engine.evaluate.regression import le_regex
 from rules_engine.evaluate.slo import AlertPair, WindowCatalog, slo_catalog
-from rules_engine.spec.models import format_duration, parse_duration
+from rules_engine.spec.models import format_duration
 from rules_engine.spec.promql import inject_selector
 
 SLICE_FUNCTIONS = {"mean": "avg_over_time", "max": "max_over_time", "min": "min_over_time"}
