@@ -157,7 +157,7 @@ def filtered_queries(queries: Iterable[str]) -> dict[str, Filtered]:
         base = canonical.get(str(lhs))
         if base is not None and base != query:
             found[query] = Filtered(base, str(tree.op), float(tree.rhs.val))
-    return {query: rule for query, rule in found.items() if rule.base not in found}
+    return {query: comparison for query, comparison in found.items() if comparison.base not in found}
 
 
 def fetch_all(source: Source, queries: list[str], start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
@@ -179,11 +179,11 @@ def fetch_all(source: Source, queries: list[str], start: pd.Timestamp, end: pd.T
                 errors[query] = str(error)
             if on_query:
                 on_query(query)
-    for query, rule in derived.items():
-        if rule.base in frames:
-            frames[query] = rule.apply(frames[rule.base], query)
+    for query, comparison in derived.items():
+        if comparison.base in frames:
+            frames[query] = comparison.apply(frames[comparison.base], query)
         else:
-            errors[query] = errors[rule.base]
+            errors[query] = errors[comparison.base]
         if on_query:
             on_query(query)
     return frames, errors
