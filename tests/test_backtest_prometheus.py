@@ -87,6 +87,12 @@ rules:
   - {name: RunningWhileWaiting, category: batch_size_suboptimal, stat: mean, window: 5m, above: 30,
      signal: 'sum by (instance, model_name) (vllm:num_requests_running)',
      guard: 'sum by (instance, model_name) (vllm:num_requests_waiting) > 2'}
+  # Signals no other rule uses: with pushdown their cheap windows are computed by Prometheus.
+  - {name: PushedMean, category: queue_buildup, stat: mean, window: 5m, above: 8, for: 2m,
+     signal: 'max by (instance, model_name) (vllm:num_requests_waiting)'}
+  - {name: PushedMinGuarded, category: batch_size_suboptimal, stat: min, window: 5m, below: 3, for: 5m,
+     signal: 'max by (instance, model_name) (vllm:num_requests_running)',
+     guard: 'sum by (instance, model_name) (rate(vllm:request_success_total[5m])) > 0.05'}
 """
 
 
@@ -124,13 +130,16 @@ def firing_points_from_findings(findings, start, end) -> set[tuple]:
     return points
 
 
-def test_firing_intervals_agree_with_prometheus(history, tmp_path):
+@pytest.mark.parametrize("pushdown", [False, True], ids=["windows-in-pandas", "cheap-windows-in-prometheus"])
+def test_firing_intervals_agree_with_prometheus(history, tmp_path, pushdown):
     prometheus, _, _ = history
     (tmp_path / "pack.yaml").write_text(AGREEMENT_PACK)
     ruleset = load_ruleset(tmp_path / "pack.yaml")
     pack = ruleset.packs[0]
     start, end = END - pd.Timedelta(hours=HOURS - 1), END - STEP
-    backtest = run_backtest(ruleset, PrometheusSource(prometheus.url), start, end, STEP)
+    backtest = run_backtest(ruleset, PrometheusSource(prometheus.url), start, end, STEP, pushdown=pushdown)
+    windowed = {o.rule for o in backtest.outcomes if "windowed" in o.queries}
+    assert windowed == ({"PushedMean", "PushedMinGuarded"} if pushdown else set())
     assert not backtest.failed
     total = 0
     for rule in pack.rules:
@@ -140,7 +149,7 @@ def test_firing_intervals_agree_with_prometheus(history, tmp_path):
         total += len(ours)
     assert total > 200, "the scenario should make most rules fire for a while"
     assert {f.rule for f in backtest.findings} >= {"WaitingMean", "KVp95", "TTFTp99Over", "AbortShare", "WaitingPlain",
-                                                   "RunningWhileWaiting"}
+                                                   "RunningWhileWaiting", "PushedMean"}
 
 
 def test_keep_firing_for_and_for_agree_with_promtool(tmp_path, promtool_bin):

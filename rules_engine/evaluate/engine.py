@@ -1,6 +1,7 @@
 """Backtest a RuleSet over a range: fetch every query once, evaluate every rule on the shared frames."""
 from __future__ import annotations
 
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -78,10 +79,28 @@ def select_slos(ruleset: RuleSet, names: Iterable[str] | None = None) -> list:
     return [slo for slo in ruleset.slos if not names or slo.name in set(names)]
 
 
-def fetch_plan(ruleset: RuleSet, start: pd.Timestamp, step: pd.Timedelta, names: Iterable[str] | None = None):
+def rule_queries(pairs, step: pd.Timedelta, pushdown: bool = True) -> dict[str, dict[str, str]]:
+    """rule name -> its queries by role. With `pushdown`, a threshold rule's cheap window statistic is computed
+    inside Prometheus unless another rule needs the same raw signal anyway (then the window is free here).
+    Planned over the whole rule set, not a --rule selection, so a rule's queries (and a snapshot's) do not change
+    with what else is evaluated."""
+    planned = {rule.name: RULE_KINDS[rule.type].queries(rule, pack) for pack, rule in pairs}
+    if not pushdown:
+        return planned
+    every = [query for queries in planned.values() for query in queries.values()]
+    needed = Counter(every) + Counter(comparison.base for comparison in filtered_queries(every).values())
+    for pack, rule in pairs:
+        if rule.type == "threshold" and rule.stat in threshold.PUSHDOWN_STATS and needed[planned[rule.name]["signal"]] == 1:
+            planned[rule.name] = threshold.queries(rule, pack, pushdown_step=step)
+    return planned
+
+
+def fetch_plan(ruleset: RuleSet, start: pd.Timestamp, step: pd.Timedelta, names: Iterable[str] | None = None,
+               pushdown: bool = True):
     """Every distinct query the selected rules need, and how early fetching must start for their warm-up."""
     pairs = select_rules(ruleset, names)
-    queries = {q for pack, rule in pairs for q in RULE_KINDS[rule.type].queries(rule, pack).values()}
+    planned = rule_queries(ruleset.rules(), step, pushdown)
+    queries = {q for _, rule in pairs for q in planned[rule.name].values()}
     warmup = max((RULE_KINDS[rule.type].warmup(rule) for _, rule in pairs), default=pd.Timedelta(0))
     fetch_start = start - warmup
     # A kind may also need history at an absolute time (a regression baseline at a deploy): earliest_sample(rule).
@@ -191,26 +210,28 @@ def fetch_all(source: Source, queries: list[str], start: pd.Timestamp, end: pd.T
 
 def run_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
                  names: Iterable[str] | None = None,
-                 on_query: Callable[[str], None] | None = None, concurrency: int = DEFAULT_CONCURRENCY) -> Backtest:
+                 on_query: Callable[[str], None] | None = None, concurrency: int = DEFAULT_CONCURRENCY,
+                 pushdown: bool = True) -> Backtest:
     start, end = align(start, end, step)
     if end <= start:
         raise EvaluationError(f"empty range: start {start.isoformat()} is not before end {end.isoformat()}")
-    queries, fetch_start = fetch_plan(ruleset, start, step, names)
+    queries, fetch_start = fetch_plan(ruleset, start, step, names, pushdown)
     frames, errors = fetch_all(source, queries, fetch_start, end, step, concurrency, on_query)
 
     window = RangeWindow(start=start, end=end, step=step)
     backtest = Backtest(start=start, end=end, step=step)
-    for pack, rule in select_rules(ruleset, names):
+    pairs = select_rules(ruleset, names)
+    planned = rule_queries(ruleset.rules(), step, pushdown)
+    for pack, rule in pairs:
         kind = RULE_KINDS[rule.type]
-        rule_queries = kind.queries(rule, pack)
-        outcome = RuleOutcome(pack=pack.name, rule=rule.name, kind=rule.type, queries=rule_queries)
+        outcome = RuleOutcome(pack=pack.name, rule=rule.name, kind=rule.type, queries=planned[rule.name])
         backtest.outcomes.append(outcome)
-        missing = [errors[q] for q in rule_queries.values() if q in errors]
+        missing = [errors[q] for q in outcome.queries.values() if q in errors]
         if missing:
             outcome.error = missing[0]
             continue
-        rule_frames = {role: frames[q] for role, q in rule_queries.items()}
-        outcome.series = rule_frames["signal"].series_count
+        rule_frames = {role: frames[q] for role, q in outcome.queries.items()}
+        outcome.series = next(iter(rule_frames.values())).series_count
         try:
             found = kind.evaluate(rule, pack, rule_frames, window)
         except EvaluationError as error:

@@ -7,30 +7,41 @@ import pandas as pd
 from rules_engine.evaluate.alerting import episode_extremes, firing_episodes, steps_for
 from rules_engine.evaluate.findings import Finding
 from rules_engine.evaluate.series import RangeWindow, findings_from_episodes, guard_holds
-from rules_engine.evaluate.windows import window_stat
+from rules_engine.evaluate.windows import promql_window_stat, window_stat
 from rules_engine.source.frame import RangeFrame
-from rules_engine.spec.models import RulePack, SeverityLadder, ThresholdRule
+from rules_engine.spec.models import RulePack, SeverityLadder, ThresholdRule, format_duration
 from rules_engine.spec.promql import inject_selector
 
 COMPARISONS = {"above": ">", "below": "<"}
 
 
-def queries(rule: ThresholdRule, pack: RulePack) -> dict[str, str]:
+# Window statistics Prometheus computes about as cheaply as the signal itself (quantiles sort every window).
+PUSHDOWN_STATS = frozenset({"mean", "min", "max", "last"})
+
+
+def queries(rule: ThresholdRule, pack: RulePack, pushdown_step: pd.Timedelta | None = None) -> dict[str, str]:
     """The range queries the rule needs, by role.
 
     A rule without a window statistic pushes its comparison, and its guard, down into the query, so Prometheus
     returns only the samples past the threshold (a filtering comparison keeps its value, which the severity ladder
-    still needs).
+    still needs). With `pushdown_step`, a mean/min/max/last window goes down too, as a subquery at that step
+    (role `windowed`): the engine asks for that when no other rule needs the raw signal, since sending the whole
+    signal costs more than Prometheus computing such a window.
     """
     signal = inject_selector(rule.signal, pack.selector)
     guard = inject_selector(rule.guard, pack.selector) if rule.guard else None
     if rule.stat is None:
-        signal = f"({signal}) {COMPARISONS[rule.direction]} {rule.threshold!r}"
-        if guard:
-            # `and on(kept labels)` is what guard_holds computes for a separate guard frame.
-            signal = f"{signal} and on ({', '.join(pack.keep_labels)}) ({guard})"
-        return {"signal": signal}
-    return {"signal": signal, "guard": guard} if guard else {"signal": signal}
+        role = "signal"
+    elif pushdown_step is not None and rule.stat in PUSHDOWN_STATS:
+        role = "windowed"
+        signal = promql_window_stat(signal, rule.stat, format_duration(rule.window), format_duration(pushdown_step))
+    else:
+        return {"signal": signal, "guard": guard} if guard else {"signal": signal}
+    condition = f"({signal}) {COMPARISONS[rule.direction]} {rule.threshold!r}"
+    if guard:
+        # `and on(kept labels)` is what guard_holds computes for a separate guard frame.
+        condition = f"{condition} and on ({', '.join(pack.keep_labels)}) ({guard})"
+    return {role: condition}
 
 
 def warmup(rule: ThresholdRule) -> pd.Timedelta:
@@ -39,9 +50,9 @@ def warmup(rule: ThresholdRule) -> pd.Timedelta:
 
 
 def evaluate(rule: ThresholdRule, pack: RulePack, frames: dict[str, RangeFrame], window: RangeWindow) -> list[Finding]:
-    signal = frames["signal"]
+    signal = frames["windowed"] if "windowed" in frames else frames["signal"]
     values = signal.values
-    if rule.stat is not None:
+    if rule.stat is not None and "windowed" not in frames:
         values = window_stat(values, rule.stat, rule.window, window.step)
     observed = values.to_numpy()
     with np.errstate(invalid="ignore"):

@@ -64,7 +64,7 @@ def render_text(backtest: Backtest, source: str, colour: bool = False, limit: in
     by_severity = Counter(f.severity for f in backtest.findings)
     lines.append(f"  rules     {len(evaluated)} of {len(backtest.outcomes)} evaluated"
                  + (f", {len(backtest.failed)} could not be" if backtest.failed else ""))
-    lines.append(f"  series    {sum(o.series for o in evaluated)} evaluated (a rule with a plain threshold counts only the series that crossed it)")
+    lines.append(f"  series    {sum(o.series for o in evaluated)} evaluated (a rule whose comparison runs in Prometheus counts only the series that crossed it)")
     counts = ", ".join(style(f"{by_severity[s]} {s}", fg=SEVERITY_COLOURS[s]) for s in reversed(SEVERITIES) if by_severity[s])
     lines.append(f"  findings  {len(backtest.findings)}" + (f": {counts}" if counts else ""))
     lines.extend(_health_lines(backtest.health()))
