@@ -19,8 +19,6 @@ import hashlib
 import http.client
 import json
 import multiprocessing
-import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -32,6 +30,9 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from tests.processes import stop_process_group  # noqa: E402
 TOKEN = "bench-token"
 
 
@@ -178,14 +179,6 @@ def start(cmd: list[str], port: int, log_path: Path) -> subprocess.Popen:
     return proc
 
 
-def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 def engine_command(tmp: Path, port: int, workers: int, threads: int, synchronous: str, processing: bool) -> list[str]:
@@ -226,7 +219,7 @@ def run_case(name: str, cmd: list[str], port: int, tmp: Path, args, processing: 
             result["drain_s"] = settle()
         result["big_ms"] = big_payload(port, settle=settle)
     finally:
-        stop(proc)
+        stop_process_group(proc, 15)
     return result
 
 

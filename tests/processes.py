@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -116,6 +117,18 @@ def _log_tail(log_path: Path, lines: int = 30) -> str:
     errors = [line for line in text if "level=error" in line or ": error:" in line][:5]
     head = ("errors:\n" + "\n".join(errors) + "\n--- tail:\n") if errors else ""
     return head + "\n".join(text[-lines:])
+
+
+def stop_process_group(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:
+    """Stop a process started with start_new_session=True and everything it forked (gunicorn and its workers)."""
+    if proc.poll() is not None:
+        return
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout)
 
 
 def _stop(proc: subprocess.Popen, timeout: float = STOP_TIMEOUT) -> None:

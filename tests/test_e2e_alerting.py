@@ -125,13 +125,7 @@ def running_serve(config_path: Path, port: int, *args: str) -> Iterator[subproce
         processes.wait_ready(proc, f"http://127.0.0.1:{port}/api/v1/ready", log_path, "rules-engine serve", 30)
         yield proc
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(5)
+        processes.stop_process_group(proc, 15)
 
 
 def alertmanager_config(serve_port: int, token_file: Path, repeat_interval: str = "1h") -> dict:

@@ -9,6 +9,7 @@ import scipy.stats
 from rules_engine.evaluate import regression
 from rules_engine.evaluate.series import EvaluationError, RangeWindow
 from rules_engine.source.frame import RangeFrame
+from tests.frames import instance_frame
 from rules_engine.spec import SpecError, load_ruleset
 from rules_engine.spec.models import RulePack
 
@@ -25,9 +26,7 @@ def pack(**rule) -> RulePack:
 
 
 def frame(columns: dict[str, np.ndarray]) -> RangeFrame:
-    values = pd.DataFrame(np.column_stack(list(columns.values())), index=GRID)
-    values.columns = pd.RangeIndex(len(columns))
-    return RangeFrame(query="q", values=values, labels=pd.DataFrame({"instance": list(columns)}))
+    return instance_frame(GRID, columns)
 
 
 def run(rule_pack: RulePack, frames: dict[str, RangeFrame], start_row: int = DAY):

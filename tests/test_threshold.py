@@ -5,6 +5,7 @@ import pandas as pd
 from rules_engine.evaluate import threshold
 from rules_engine.evaluate.series import RangeWindow
 from rules_engine.source.frame import RangeFrame
+from tests.frames import instance_frame
 from rules_engine.spec.models import RulePack
 
 STEP = pd.Timedelta("1m")
@@ -18,10 +19,7 @@ def pack(**rule) -> RulePack:
 
 
 def frame(query: str, columns: dict[str, np.ndarray]) -> RangeFrame:
-    values = pd.DataFrame(np.column_stack(list(columns.values())), index=GRID)
-    values.columns = pd.RangeIndex(len(columns))
-    labels = pd.DataFrame({"instance": list(columns)})
-    return RangeFrame(query=query, values=values, labels=labels)
+    return instance_frame(GRID, columns, query)
 
 
 def run(rule_pack: RulePack, frames: dict[str, RangeFrame]):

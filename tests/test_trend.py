@@ -6,6 +6,7 @@ import pytest
 from rules_engine.evaluate import trend
 from rules_engine.evaluate.series import RangeWindow
 from rules_engine.source.frame import RangeFrame
+from tests.frames import instance_frame
 from rules_engine.spec import SpecError, load_ruleset
 from rules_engine.spec.models import RulePack
 
@@ -21,9 +22,7 @@ def pack(**rule) -> RulePack:
 
 
 def frame(columns: dict[str, np.ndarray]) -> RangeFrame:
-    values = pd.DataFrame(np.column_stack(list(columns.values())), index=GRID)
-    values.columns = pd.RangeIndex(len(columns))
-    return RangeFrame(query="q", values=values, labels=pd.DataFrame({"instance": list(columns)}))
+    return instance_frame(GRID, columns)
 
 
 def run(rule_pack: RulePack, frames: dict[str, RangeFrame], start_row: int = 0):
