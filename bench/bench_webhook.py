@@ -2,7 +2,7 @@
 
     python bench/bench_webhook.py [--seconds 5] [--connections 16] [--workers 2] [--threads 4]
 
-Both servers run under gunicorn with identical settings (rules_engine.server.command.run_gunicorn); the bare peer
+Both servers run under gunicorn with identical settings (rules_engine.server.gunicorn.run_gunicorn); the bare peer
 only parses the JSON body and returns 200. The load generator is a bounded, time-limited loop of keep-alive
 HTTP/1.1 connections on 127.0.0.1 (one thread per connection, spread over two processes so the client is not
 limited to one core), posting a one-alert Alertmanager payload that rotates over 50 series (mostly resends, as
@@ -68,7 +68,7 @@ def bare_app():
 
 def serve_bare(port: int, workers: int, threads: int) -> None:
     sys.path.insert(0, str(REPO))
-    from rules_engine.server.command import run_gunicorn
+    from rules_engine.server.gunicorn import run_gunicorn
     from rules_engine.server.config import ServerConfig
 
     run_gunicorn(ServerConfig(listen=f"127.0.0.1:{port}", workers=workers, threads=threads), load=bare_app)

@@ -12,15 +12,15 @@ def main() -> None:
     """Rules engine for LLM inference fleets (vLLM, TGI, SGLang) on Prometheus and Alertmanager."""
 
 
-# Sub-commands of each stage are registered below, one line each.
-from rules_engine.server.command import serve, workflows  # noqa: E402
+# Sub-commands (rules_engine/commands/) are registered below, one line each.
+from rules_engine.commands.serve import serve, workflows  # noqa: E402
 main.add_command(serve)
 main.add_command(workflows)
-from rules_engine.simulate.command import simulate  # noqa: E402
+from rules_engine.commands.simulate import simulate  # noqa: E402
 main.add_command(simulate)
-from rules_engine.compile.command import generate  # noqa: E402
+from rules_engine.commands.generate import generate  # noqa: E402
 main.add_command(generate)
-from rules_engine.evaluate.command import evaluate, record, validate  # noqa: E402
+from rules_engine.commands.evaluate import evaluate, record, validate  # noqa: E402
 main.add_command(evaluate)
 main.add_command(validate)
 main.add_command(record)

@@ -21,8 +21,8 @@ from click.testing import CliRunner
 
 from rules_engine.source import PrometheusSource, SourceError
 from rules_engine.source.frame import evaluation_grid
-from rules_engine.source.prometheus import (MAX_POINTS_PER_QUERY, decode_matrix, frame_from_chunks,
-                                            prometheus_options, source_from_options)
+from rules_engine.commands.options import prometheus_options, source_from_options
+from rules_engine.source.prometheus import MAX_POINTS_PER_QUERY, decode_matrix, frame_from_chunks
 from tests import processes
 from tests.conftest import require_binary
 

@@ -1,8 +1,8 @@
 """Sources of range vectors: a live Prometheus-compatible API, or a recorded snapshot replayed offline."""
 from rules_engine.source.base import Source, SourceError
 from rules_engine.source.frame import RangeFrame, evaluation_grid
-from rules_engine.source.prometheus import PrometheusSource, prometheus_options, source_from_options
+from rules_engine.source.prometheus import PrometheusSource
 from rules_engine.source.snapshot import SnapshotSource, record_snapshot
 
 __all__ = ["PrometheusSource", "RangeFrame", "SnapshotSource", "Source", "SourceError", "evaluation_grid",
-           "prometheus_options", "record_snapshot", "source_from_options"]
+           "record_snapshot"]

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from rules_engine.commands.options import prometheus_options, source_from_options
 from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, Backtest, fetch_plan, recording_plan, run_backtest
 from rules_engine.evaluate.findings import SEVERITIES, severity_rank
 from rules_engine.evaluate.series import EvaluationError
@@ -14,7 +15,6 @@ from rules_engine.evaluate.timerange import resolve_range
 from rules_engine.report.export import backtest_record, write_export
 from rules_engine.report.text import render_text
 from rules_engine.source.base import SourceError
-from rules_engine.source.prometheus import prometheus_options, source_from_options
 from rules_engine.source.snapshot import SnapshotSource, record_snapshot
 from rules_engine.spec import RuleSet, SpecError, load_ruleset, parse_duration
 
