@@ -28,7 +28,7 @@ demo:
 # Regenerate what is generated and committed: golden files, shipped dashboards and Alertmanager fragment.
 golden:
 	UPDATE_GOLDEN=1 $(PYTHON) -m pytest -q tests/test_compile_golden.py
-	$(PYTHON) -m rules_engine.compile.shipped
+	$(PYTHON) scripts/regenerate_shipped.py
 
 # Re-record the shipped demo snapshot (simulate, backfill, record); needed when a shipped rule's query changes.
 snapshot:

@@ -5,7 +5,7 @@
 History: a simulated fleet (rules-engine simulate), backfilled with promtool into a data dir cached under
 --cache (first run: minutes; later runs reuse it), served by a real Prometheus on 127.0.0.1.
 For each group of rules, in the same invocation:
-- ours: `run_backtest` (fetch each query once, pandas windows, vectorized for/severity), wall time and the peak
+- ours: `rules_engine.backtest` (fetch each query once, pandas windows, vectorized for/severity), wall time and the peak
   memory it allocated (tracemalloc, a second run; numpy/pandas buffers included);
 - peer: Prometheus range-querying each rule's compiled alert expression (rules_engine.compile: window statistics
   as `*_over_time((signal)[w:step])`, guards as `and on(...)`), one rule after another as a rule group evaluates
@@ -31,9 +31,11 @@ import requests
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from rules_engine.compile.promql_backtest import compiled_alerts  # noqa: E402
-from rules_engine.evaluate.engine import (DEFAULT_CONCURRENCY, fetch_all, fetch_plan, filtered_queries,  # noqa: E402
-                                          run_backtest)
+from rules_engine.api import backtest as run_backtest  # noqa: E402
+from rules_engine.api import fetch_plan  # noqa: E402
+from rules_engine.compile.generate import compile_ruleset  # noqa: E402
+from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, fetch_all, filtered_queries  # noqa: E402
+from rules_engine.kinds import RULE_KINDS  # noqa: E402
 from rules_engine.simulate import FleetSpec, Incident, simulate  # noqa: E402
 from rules_engine.source.prometheus import MAX_POINTS_PER_QUERY, PrometheusSource  # noqa: E402
 from rules_engine.spec import load_ruleset, parse_duration  # noqa: E402
@@ -92,11 +94,11 @@ def peak_rss_bytes(pid: int) -> int:
 def run_ours(ruleset, source, start, end, step, names):
     gc.collect()
     began = time.perf_counter()
-    backtest = run_backtest(ruleset, source, start, end, step, names)
+    backtest = run_backtest(ruleset, source, start, end, step, rules=names)
     seconds = time.perf_counter() - began
     gc.collect()
     tracemalloc.start()
-    run_backtest(ruleset, source, start, end, step, names)
+    run_backtest(ruleset, source, start, end, step, rules=names)
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     return seconds, peak, backtest
@@ -150,7 +152,10 @@ def main() -> None:
         (Path(tmp) / "bench.yaml").write_text(EXTRA_PACK)
         ruleset = load_ruleset([ROOT / "rules" / "vllm.yaml", Path(tmp) / "bench.yaml"])
     start, end = END - pd.Timedelta(days=args.days) + pd.Timedelta("1h"), END
-    alerts = compiled_alerts(ruleset, step)
+    alerts: dict[str, list] = {}  # rule name -> its compiled alerts, base level first
+    for compiled in compile_ruleset(ruleset, RULE_KINDS, step):
+        for alert in compiled.alerts:
+            alerts.setdefault(alert.rule, []).append(alert)
     groups = {
         "window-statistic rules": [r.name for _, r in ruleset.rules() if r.stat is not None],
         "plain threshold rules": [r.name for _, r in ruleset.rules() if r.stat is None],
@@ -189,7 +194,7 @@ def main() -> None:
             for name, expression in zip(names, expressions):
                 _, rule_fetch_start = fetch_plan(ruleset, start, step, [name])
                 began = time.perf_counter()
-                run_backtest(ruleset, source, start, end, step, [name])
+                run_backtest(ruleset, source, start, end, step, rules=[name])
                 alone = time.perf_counter() - began
                 peer_alone = run_peer(prometheus.url, [expression], rule_fetch_start, end, step, 1)
                 print(f"    {name:<28} ours {alone:6.2f} s  peer {peer_alone:6.2f} s  ratio {peer_alone / alone:5.2f}x")

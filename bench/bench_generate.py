@@ -18,7 +18,8 @@ from pathlib import Path
 
 import yaml
 
-from rules_engine.compile.generate import GenerateOptions, generate, write_outputs
+from rules_engine.api import generate
+from rules_engine.compile.generate import GenerateOptions, write_outputs
 from rules_engine.spec import load_ruleset
 
 SIGNALS = [

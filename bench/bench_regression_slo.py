@@ -27,6 +27,7 @@ import scipy.stats
 from rules_engine.evaluate import regression
 from rules_engine.evaluate import slo as slo_eval
 from rules_engine.evaluate.series import RangeWindow
+from rules_engine.promql.burn_windows import load_windows
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec.models import RulePack
 from rules_engine.spec.slo import SLO
@@ -150,7 +151,7 @@ def main() -> None:
     for group_by in (["instance"], ["model_name"]):
         slo = SLO.model_validate({"kind": "SLO", "name": "availability", "objective": 99.5, "group_by": group_by,
                                   "sli": {"ratio": {"errors": "errors", "total": "total"}}})
-        catalog = slo_eval.load_windows()
+        catalog = load_windows()
         slo_window = RangeWindow(grid[-2 * 2880], grid[-1], STEP)
         seconds, peak, results = measure(lambda: slo_eval.evaluate_slo(slo, slo_frames, slo_window, catalog),
                                          options.repeat)

@@ -18,11 +18,11 @@ import pytest
 import yaml
 
 from rules_engine.evaluate.alerting import steps_for
-from rules_engine.evaluate.engine import run_backtest
-from rules_engine.evaluate.windows import promql_window_stat
+from rules_engine.api import backtest as run_backtest
+from rules_engine.promql.windows import window_stat_query
 from rules_engine.source.prometheus import PrometheusSource
 from rules_engine.spec import format_duration, load_ruleset
-from rules_engine.spec.promql import inject_selector
+from rules_engine.promql.selectors import inject_selector
 from rules_engine.simulate import FleetSpec, Incident, simulate
 from tests import processes
 from tests.conftest import require_binary
@@ -101,7 +101,7 @@ def prometheus_firing_expression(rule, pack) -> str:
     for/step + 1 evaluations" (a subquery inclusive at both ends, on the same step grid)."""
     signal = inject_selector(rule.signal, pack.selector)
     if rule.stat:
-        signal = promql_window_stat(signal, rule.stat, format_duration(rule.window), format_duration(STEP))
+        signal = window_stat_query(signal, rule.stat, rule.window, STEP)
     condition = f"({signal}) {'>' if rule.direction == 'above' else '<'} {rule.threshold!r}"
     if rule.guard:
         condition = f"({condition}) and on ({', '.join(pack.keep_labels)}) ({inject_selector(rule.guard, pack.selector)})"

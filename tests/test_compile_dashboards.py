@@ -15,7 +15,8 @@ import requests
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import dashboard as dashboard_model
 
-from rules_engine.compile.generate import GenerateOptions, generate, write_outputs
+from rules_engine.api import generate
+from rules_engine.compile.generate import GenerateOptions, write_outputs
 from rules_engine.compile.grafana import panel_queries
 from rules_engine.simulate.fleet import FleetSpec
 from rules_engine.simulate.history import simulate

@@ -2,7 +2,7 @@
 
 Simulated vLLM history (with incidents that make the shipped rules fire) is backfilled with promtool into a real
 Prometheus. Each compilable rule is backtested twice: by the engine (pandas over fetched signals) and by
-`run_promql_backtest` (Prometheus computes the generated alert condition, `for` applied by the shared state code).
+`backtest(..., engine="promql")` (Prometheus computes the generated alert condition, `for` applied by the shared state code).
 Firing intervals must match per series to within one evaluation step at the edges.
 
 Where they cannot agree by design the test says so and checks only what does hold:
@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rules_engine.compile.generate import GenerateOptions, generate, write_outputs
-from rules_engine.compile.promql_backtest import run_promql_backtest
-from rules_engine.evaluate.engine import run_backtest
+from rules_engine.api import generate
+from rules_engine.compile.generate import GenerateOptions, write_outputs
+from rules_engine.api import backtest
 from rules_engine.simulate.fleet import FleetSpec
 from rules_engine.simulate.history import simulate
 from rules_engine.simulate.incidents import Incident
@@ -125,8 +125,8 @@ def widen(mask: np.ndarray) -> np.ndarray:
 def backtests(history, ruleset):
     source = PrometheusSource(history.url)
     start, end = START + pd.Timedelta(hours=2), START + pd.Timedelta(hours=HOURS)
-    engine = run_backtest(ruleset, source, start, end, STEP)
-    promql = run_promql_backtest(ruleset, source, start, end, STEP)
+    engine = backtest(ruleset, source, start, end, STEP)
+    promql = backtest(ruleset, source, start, end, STEP, engine="promql")
     return engine, promql
 
 

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 
 from rules_engine.cli import main
-from rules_engine.compile.generate import GenerateOptions, generate, write_outputs
+from rules_engine.api import generate
+from rules_engine.compile.generate import GenerateOptions, write_outputs
 from rules_engine.spec import load_ruleset
 
 GOLDEN = Path(__file__).parent / "golden"

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from rules_engine.compile import alertmanager
-from rules_engine.compile.generate import GenerateOptions, generate, write_outputs
+from rules_engine.api import generate
+from rules_engine.compile.generate import GenerateOptions, write_outputs
 from rules_engine.spec import load_ruleset
 from tests.conftest import require_binary
 from tests.processes import PROMTOOL

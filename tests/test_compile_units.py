@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 
 from rules_engine.compile import slo as slo_compile
-from rules_engine.evaluate.slo import load_windows
+from rules_engine.kinds import RULE_KINDS
+from rules_engine.promql.burn_windows import load_windows
 from rules_engine.compile.naming import output_labels, recording_name, unique_names
-from rules_engine.compile.prometheus import compile_pack, ladder_levels, number
+from rules_engine.compile.prometheus import compile_pack
+from rules_engine.promql.levels import ladder_levels, number
 from rules_engine.compile.promtool_tests import Unrenderable, go_value, humanize, render_template, window_value
 from rules_engine.spec.models import RulePack, SeverityLadder
 from rules_engine.spec.slo import SLO
@@ -69,7 +71,7 @@ def test_compiled_alert_reads_the_recorded_signal_and_expands_to_the_engine_quer
     pack = RulePack.model_validate({"kind": "RulePack", "name": "p", "selector": '{job="v"}', "rules": [{
         "name": "R", "category": "queue_buildup", "signal": "sum by (instance) (q)", "stat": "p95", "window": "10m",
         "above": 3, "severity": "high", "for": "5m", "keep_firing_for": "1m"}]})
-    compiled = compile_pack(pack, pd.Timedelta("15s"))
+    compiled = compile_pack(pack, RULE_KINDS, pd.Timedelta("15s"))
     [recording] = compiled.recordings
     assert recording.record == "instance:q:value" and recording.expr == 'sum by (instance)(q{job="v"})'
     [alert] = compiled.alerts

@@ -24,6 +24,7 @@ import yaml
 from sqlalchemy import func, select
 
 from rules_engine.compile.generate import compile_ruleset
+from rules_engine.kinds import RULE_KINDS
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.payload import label_fingerprint
@@ -95,7 +96,7 @@ def workdir(tmp_path_factory) -> Path:
     (root / "am-token").write_text(AM_TOKEN + "\n")
     # The engine compiles the alerting rule Prometheus runs (1s evaluation so the test takes seconds).
     ruleset = load_ruleset([root / "rules"])
-    compiled = compile_ruleset(ruleset, interval=pd.Timedelta("1s"))
+    compiled = compile_ruleset(ruleset, RULE_KINDS, interval=pd.Timedelta("1s"))
     (root / "e2e.rules.yml").write_text(yaml.safe_dump(compiled[0].as_dict(), sort_keys=False))
     return root
 

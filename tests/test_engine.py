@@ -1,8 +1,9 @@
 """The backtest engine's planning: one fetch per distinct query, from the earliest sample any rule needs."""
 import pandas as pd
 
-from rules_engine.evaluate.engine import (Filtered, fetch_plan, filtered_queries, instance_labels, recording_plan,
-                                          rule_queries, select_rules)
+from rules_engine.api import fetch_plan, recording_plan
+from rules_engine.evaluate.engine import Filtered, filtered_queries, instance_labels, rule_queries, select_rules
+from rules_engine.kinds import RULE_KINDS
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec import load_ruleset
 
@@ -89,8 +90,8 @@ def test_cheap_windows_go_down_to_prometheus_unless_their_signal_is_fetched_anyw
   - {name: Quantile, category: queue_buildup, signal: 'sum by (instance) (other)', stat: p99, window: 5m, above: 2}
 """)
     ruleset = load_ruleset(tmp_path)
-    planned = rule_queries(select_rules(ruleset), STEP)
+    planned = rule_queries(select_rules(ruleset), STEP, RULE_KINDS)
     assert planned["Lone"] == {"windowed": "(max_over_time((sum by (instance) (running))[5m:30s])) < 2.0"}
     assert planned["A"] == {"signal": "sum by (instance) (waiting)"}  # B needs the same signal: a window here is free
     assert planned["Quantile"] == {"signal": "sum by (instance) (other)"}  # quantiles sort every window: kept here
-    assert rule_queries(select_rules(ruleset), STEP, pushdown=False)["Lone"] == {"signal": "sum by (instance) (running)"}
+    assert rule_queries(select_rules(ruleset), STEP, RULE_KINDS, pushdown=False)["Lone"] == {"signal": "sum by (instance) (running)"}

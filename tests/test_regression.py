@@ -7,6 +7,8 @@ import pytest
 import scipy.stats
 
 from rules_engine.evaluate import regression
+from rules_engine.promql import regression as regression_semantics
+from rules_engine.promql.histograms import le_regex
 from rules_engine.evaluate.series import EvaluationError, RangeWindow
 from rules_engine.source.frame import RangeFrame
 from tests.frames import instance_frame
@@ -114,8 +116,8 @@ def test_explicit_deploy_time_baseline():
     assert finding.details["samples"] == {"current": 120, "baseline": 240}
     assert finding.start >= deploy + pd.Timedelta("1h")  # the current window lies wholly after the deploy
     assert abs(pd.Timestamp(finding.details["onset"]) - deploy) <= pd.Timedelta("2m")
-    assert regression.earliest_sample(rule_pack.rules[0]) == deploy - pd.Timedelta("2h")
-    assert regression.earliest_sample(pack().rules[0]) is None
+    assert regression_semantics.earliest_sample(rule_pack.rules[0]) == deploy - pd.Timedelta("2h")
+    assert regression_semantics.earliest_sample(pack().rules[0]) is None
     too_early = pack(baseline={"at": GRID[100].isoformat(), "window": "2h"})
     with pytest.raises(EvaluationError, match="start the backtest at or before"):
         run(too_early, {"signal": frame({"a": values})})
@@ -134,7 +136,7 @@ def test_histogram_signals_say_what_they_measure():
     def query(**histogram):
         rule_pack = pack(signal=None, histogram={"metric": "vllm:inter_token_latency_seconds", **histogram})
         rule = rule_pack.rules[0]
-        return regression.queries(rule, rule_pack)["signal"], rule.measure
+        return regression_semantics.queries(rule, rule_pack)["signal"], rule.measure
 
     assert query() == ("sum by (instance) (rate(vllm:inter_token_latency_seconds_sum[5m])) / sum by (instance) "
                        "(rate(vllm:inter_token_latency_seconds_count[5m]))", "mean")
@@ -150,7 +152,7 @@ def test_histogram_signals_say_what_they_measure():
     (2560, ["2560", "2560.0"], ["256"]),
 ])
 def test_le_regex_matches_every_spelling_of_the_boundary(boundary, matches, rejects):
-    pattern = re.compile(regression.le_regex(boundary))
+    pattern = re.compile(le_regex(boundary))
     assert all(pattern.fullmatch(text) for text in matches)
     assert not any(pattern.fullmatch(text) for text in rejects)
 
@@ -167,8 +169,8 @@ def test_range_shorter_than_the_baseline_reach_finds_nothing():
 
 
 def test_warmup_covers_baseline_reach():
-    assert regression.warmup(pack().rules[0]) == pd.Timedelta(days=1) + pd.Timedelta("1h") + pd.Timedelta("5m")
-    assert regression.warmup(pack(baseline={"preceding": True}).rules[0]) == pd.Timedelta("2h") + pd.Timedelta("5m")
+    assert regression_semantics.warmup(pack().rules[0]) == pd.Timedelta(days=1) + pd.Timedelta("1h") + pd.Timedelta("5m")
+    assert regression_semantics.warmup(pack(baseline={"preceding": True}).rules[0]) == pd.Timedelta("2h") + pd.Timedelta("5m")
 
 
 def test_spec_errors_name_file_line_and_field(tmp_path):

@@ -6,6 +6,8 @@ import pandas as pd
 import pytest
 
 from rules_engine.evaluate import slo as slo_eval
+from rules_engine.promql.burn_windows import load_windows
+from rules_engine.promql.slo import slo_queries
 from rules_engine.evaluate.series import RangeWindow
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec import SpecError, load_ruleset
@@ -49,7 +51,7 @@ def independent(requests: np.ndarray, errors: np.ndarray, column: int, minutes: 
 
 
 def test_catalog_factors_follow_the_period():
-    catalog = slo_eval.load_windows()
+    catalog = load_windows()
     assert [(p.alert, p.speed, format(p.long), format(p.short)) for p in catalog.pairs] == [
         ("page", "quick", "0 days 01:00:00", "0 days 00:05:00"), ("page", "slow", "0 days 06:00:00", "0 days 00:30:00"),
         ("ticket", "quick", "1 days 00:00:00", "0 days 02:00:00"), ("ticket", "slow", "3 days 00:00:00", "0 days 06:00:00")]
@@ -67,7 +69,7 @@ def test_bad_catalog_names_file_and_field(tmp_path):
                     "    quick: {errorBudgetPercent: 10, shortWindow: 2h, longWindow: 1d, severity: medium}\n"
                     "    slow: {errorBudgetPercent: 10, shortWindow: 6h, longWindow: 3d, severity: low}\n")
     with pytest.raises(ValueError, match=rf"{path}: invalid alert window catalog: spec.page.slow.longWindow"):
-        slo_eval.load_windows(path)
+        load_windows(path)
 
 
 def test_counter_increases_handle_resets_and_gaps():
@@ -199,7 +201,7 @@ def test_to_dict_is_plain_json():
 def test_latency_queries_match_the_bucket_however_spelled():
     slo = make_slo(selector='{job="vllm"}', sli={"latency": {"histogram": "vllm:time_to_first_token_seconds",
                                                              "threshold": 1}})
-    assert slo_eval.slo_queries(slo) == {
+    assert slo_queries(slo) == {
         "good": 'vllm:time_to_first_token_seconds_bucket{job="vllm", le=~"1([.]0+)?"}',
         "total": 'vllm:time_to_first_token_seconds_count{job="vllm"}'}
 

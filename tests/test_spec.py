@@ -6,7 +6,7 @@ import pytest
 
 from rules_engine.spec import SpecError, load_ruleset
 from rules_engine.spec.models import SeverityLadder
-from rules_engine.spec.promql import inject_selector
+from rules_engine.promql.selectors import inject_selector
 
 GOOD = """\
 kind: RulePack

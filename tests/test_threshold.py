@@ -3,6 +3,7 @@ import numpy as np
 import pandas as pd
 
 from rules_engine.evaluate import threshold
+from rules_engine.promql import threshold as threshold_semantics
 from rules_engine.evaluate.series import RangeWindow
 from rules_engine.source.frame import RangeFrame
 from tests.frames import instance_frame
@@ -29,11 +30,11 @@ def run(rule_pack: RulePack, frames: dict[str, RangeFrame]):
 
 def test_plain_threshold_pushes_the_comparison_down():
     rule_pack = pack(above=5, guard="sum by (instance) (rate(req[5m])) > 1")
-    queries = threshold.queries(rule_pack.rules[0], rule_pack)
+    queries = threshold_semantics.queries(rule_pack.rules[0], rule_pack)
     assert queries == {"signal": '(sum by (instance)(waiting{job="vllm"})) > 5.0 and on (instance) '
                                  '(sum by (instance)(rate(req{job="vllm"}[5m])) > 1)'}
     windowed = pack(above=5, stat="p95", window="10m")
-    assert threshold.queries(windowed.rules[0], windowed) == {"signal": 'sum by (instance)(waiting{job="vllm"})'}
+    assert threshold_semantics.queries(windowed.rules[0], windowed) == {"signal": 'sum by (instance)(waiting{job="vllm"})'}
 
 
 def test_for_window_and_severity():

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rules_engine.evaluate.engine import run_backtest
+from rules_engine.api import backtest as run_backtest
 from rules_engine.evaluate.health import health_scores
 from rules_engine.evaluate.slo import evaluate_slos
 from rules_engine.simulate import FleetSpec, Incident, catalog, simulate
@@ -65,7 +65,7 @@ def backtest(fleet):
     simulation, source = fleet
     ruleset = load_ruleset(["rules/vllm-trends.yaml"])
     return run_backtest(ruleset, source, at(START + 26 * 3600), at(END), STEP,
-                        names=["VLLMKVCacheSaturationPredicted", "VLLMITLRegression"])
+                        rules=["VLLMKVCacheSaturationPredicted", "VLLMITLRegression"])
 
 
 def test_linear_climb_warned_before_saturation_with_accurate_predicted_time(fleet, backtest):

@@ -3,7 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rules_engine.evaluate.windows import QUANTILES, promql_window_stat, window_stat
+from rules_engine.evaluate.windows import QUANTILES, window_stat
+from rules_engine.promql.windows import window_stat_query
 
 STEP = pd.Timedelta("30s")
 
@@ -38,5 +39,5 @@ def test_window_stat_matches_subquery_semantics(stat):
 
 
 def test_promql_spelling():
-    assert promql_window_stat("up", "p95", "1h", "30s") == "quantile_over_time(0.95, (up)[1h:30s])"
-    assert promql_window_stat("up", "mean", "5m", "1m") == "avg_over_time((up)[5m:1m])"
+    assert window_stat_query("up", "p95", pd.Timedelta("1h"), pd.Timedelta("30s")) == "quantile_over_time(0.95, (up)[1h:30s])"
+    assert window_stat_query("up", "mean", pd.Timedelta("5m"), pd.Timedelta("1m")) == "avg_over_time((up)[5m:1m])"

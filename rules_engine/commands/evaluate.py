@@ -7,16 +7,17 @@ from pathlib import Path
 import click
 import pandas as pd
 
+from rules_engine import api
 from rules_engine.commands.options import prometheus_options, source_from_options
-from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, Backtest, fetch_plan, recording_plan, run_backtest
+from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, Backtest
 from rules_engine.evaluate.findings import SEVERITIES, severity_rank
 from rules_engine.evaluate.series import EvaluationError
-from rules_engine.evaluate.timerange import resolve_range
 from rules_engine.report.export import backtest_record, write_export
 from rules_engine.report.text import render_text
 from rules_engine.source.base import SourceError
 from rules_engine.source.snapshot import SnapshotSource, record_snapshot
 from rules_engine.spec import RuleSet, SpecError, load_ruleset, parse_duration
+from rules_engine.spec.timerange import resolve_range
 
 EXIT_FAIL_ON = 1
 EXIT_BAD_INPUT = 2
@@ -90,10 +91,7 @@ def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min
     """
     ruleset = load_or_exit(rule_paths)
     source, source_name, (start_at, end_at, step_at) = _source_and_range(snapshot, prometheus, start, end, time_range, step)
-    if engine == "promql":
-        backtest = _run_promql(ruleset, source, start_at, end_at, step_at, rule_names)
-    else:
-        backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress, concurrency)
+    backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress, concurrency, engine)
 
     backtest.findings = [f for f in backtest.findings if severity_rank(f.severity) >= severity_rank(min_severity)]
     click.echo(render_text(backtest, source_name, colour=sys.stdout.isatty(), limit=limit), nl=False)
@@ -137,7 +135,8 @@ def record(rule_paths, start, end, time_range, step, rule_names, out_path, **pro
     source = _prometheus_source(prometheus)
     start_at, end_at, step_at = _range(start, end, time_range, step)
     try:
-        queries, fetch_start = recording_plan(ruleset, start_at.floor(step_at), end_at.floor(step_at), step_at, rule_names)
+        queries, fetch_start = api.recording_plan(ruleset, start_at.floor(step_at), end_at.floor(step_at), step_at,
+                                                  rule_names)
         record_snapshot(source, queries, fetch_start, end_at.floor(step_at), step_at, out_path,
                         meta={"evaluation_start": start_at.floor(step_at).isoformat(),
                               "evaluation_end": end_at.floor(step_at).isoformat()})
@@ -219,23 +218,15 @@ def _fix(backtest: Backtest, ruleset: RuleSet, dry_run: bool, database_url: str,
         click.echo("  approve with `rules-engine workflows approve ID` or the API; `serve` runs approved workflows")
 
 
-def _run_promql(ruleset, source, start, end, step, rule_names) -> Backtest:
-    from rules_engine.compile.promql_backtest import run_promql_backtest
-
+def _run(ruleset, source, start, end, step, rule_names, progress, concurrency, engine) -> Backtest:
+    show = engine == "pandas" and (sys.stderr.isatty() if progress is None else progress)
     try:
-        return run_promql_backtest(ruleset, source, start, end, step, rule_names)
-    except EvaluationError as error:
-        _fail(str(error))
-
-
-def _run(ruleset, source, start, end, step, rule_names, progress, concurrency) -> Backtest:
-    show = sys.stderr.isatty() if progress is None else progress
-    try:
-        queries, _ = fetch_plan(ruleset, start.floor(step), step, rule_names)
         if not show:
-            return run_backtest(ruleset, source, start, end, step, rule_names, concurrency=concurrency)
-        with click.progressbar(length=len(queries), label="querying", file=sys.stderr) as bar:
-            return run_backtest(ruleset, source, start, end, step, rule_names, on_query=lambda _: bar.update(1),
+            return api.backtest(ruleset, source, start, end, step, rules=rule_names, engine=engine,
                                 concurrency=concurrency)
+        queries, _ = api.fetch_plan(ruleset, start.floor(step), step, rule_names)
+        with click.progressbar(length=len(queries), label="querying", file=sys.stderr) as bar:
+            return api.backtest(ruleset, source, start, end, step, rules=rule_names, concurrency=concurrency,
+                                on_query=lambda _: bar.update(1))
     except EvaluationError as error:
         _fail(str(error))

@@ -7,8 +7,9 @@ from pathlib import Path
 import click
 import yaml
 
+from rules_engine.api import generate as generate_files
 from rules_engine.compile import alertmanager
-from rules_engine.compile.generate import GenerateOptions, generate as generate_files, write_outputs
+from rules_engine.compile.generate import GenerateOptions, write_outputs
 from rules_engine.compile.render import dump_yaml
 from rules_engine.spec.loader import SpecError, load_ruleset
 from rules_engine.spec.models import parse_duration

@@ -15,13 +15,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Mapping
 
 import pandas as pd
 
 from rules_engine.compile import alertmanager, grafana
-from rules_engine.compile.prometheus import DEFAULT_INTERVAL, HEADER, CompiledPack, compile_pack
+from rules_engine.compile.prometheus import (
+    DEFAULT_INTERVAL,
+    HEADER,
+    CompiledPack,
+    compile_pack,
+)
 from rules_engine.compile.promtool_tests import pack_tests
 from rules_engine.compile.render import dump_json, dump_yaml
+from rules_engine.promql.kinds import RuleKind
 from rules_engine.spec.loader import RuleSet
 
 
@@ -41,20 +48,22 @@ class Generated:
     packs: list[CompiledPack] = field(default_factory=list)
 
 
-def compile_ruleset(ruleset: RuleSet, interval: pd.Timedelta = DEFAULT_INTERVAL) -> list[CompiledPack]:
-    return [compile_pack(pack, interval) for pack in ruleset.packs]
+def compile_ruleset(ruleset: RuleSet, kinds: Mapping[str, RuleKind], interval: pd.Timedelta = DEFAULT_INTERVAL
+                    ) -> list[CompiledPack]:
+    return [compile_pack(pack, kinds, interval) for pack in ruleset.packs]
 
 
-def generate(ruleset: RuleSet, options: GenerateOptions = GenerateOptions()) -> Generated:
+def generate(ruleset: RuleSet, kinds: Mapping[str, RuleKind], options: GenerateOptions = GenerateOptions()) -> Generated:
+    """Every file, as text keyed by its path; `kinds` is the rule-kind registry (rules_engine.kinds.RULE_KINDS)."""
     generated = Generated()
-    generated.packs = compile_ruleset(ruleset, options.interval)
+    generated.packs = compile_ruleset(ruleset, kinds, options.interval)
     for compiled in generated.packs:
         name = compiled.pack.name
         rule_path = f"prometheus/{name}.rules.yml"
         generated.files[rule_path] = dump_yaml(compiled.as_dict(), HEADER.format(pack=name))
         generated.notes.extend(compiled.notes)
         if options.tests:
-            documents, notes = pack_tests(compiled, f"../{rule_path}")
+            documents, notes = pack_tests(compiled, f"../{rule_path}", kinds)
             for suffix, document in documents.items():
                 file_name = f"{name}.{suffix}.test.yml" if suffix else f"{name}.test.yml"
                 generated.files[f"tests/{file_name}"] = dump_yaml(document, HEADER.format(pack=name))

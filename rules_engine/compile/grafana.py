@@ -10,14 +10,20 @@ import hashlib
 import json
 
 import pandas as pd
-from grafana_foundation_sdk.builders import common, dashboard, prometheus, stat, timeseries
+from grafana_foundation_sdk.builders import (
+    common,
+    dashboard,
+    prometheus,
+    stat,
+    timeseries,
+)
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models import common as common_models
 from grafana_foundation_sdk.models import dashboard as dashboard_models
 
 from rules_engine.compile.prometheus import AlertingRule, CompiledPack
 from rules_engine.compile.render import dump_yaml
-from rules_engine.evaluate.windows import promql_window_stat
+from rules_engine.promql.windows import window_stat_query
 from rules_engine.spec.loader import RuleSet
 from rules_engine.spec.models import format_duration
 
@@ -101,7 +107,7 @@ def pack_dashboard(compiled: CompiledPack, interval: pd.Timedelta) -> dict:
                  .thresholds(_thresholds(alerts))
                  .thresholds_style(common.GraphThresholdsStyleConfig().mode(common_models.GraphThresholdsStyleMode.LINE)))
         if getattr(rule, "stat", None):
-            stat_expr = promql_window_stat(selector, rule.stat, format_duration(rule.window), format_duration(interval))
+            stat_expr = window_stat_query(selector, rule.stat, rule.window, interval)
             panel = panel.with_target(prometheus.Dataquery().expr(stat_expr)
                                       .legend_format(f"{rule.stat} {format_duration(rule.window)} {legend}").ref_id("B"))
         board = board.with_panel(panel)

@@ -16,53 +16,10 @@ import re
 
 import promql_parser
 
+from rules_engine.promql.labels import output_labels
+
 COMPARISONS = {">": "gt", "<": "lt", ">=": "ge", "<=": "le", "==": "eq", "!=": "ne"}
 HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count", "_total")
-# Functions whose label set is that of their first (vector) argument.
-LABEL_PRESERVING_ARG = {"histogram_quantile": 1, "quantile_over_time": 1, "clamp": 0, "clamp_min": 0, "clamp_max": 0}
-
-
-def output_labels(expr: str | promql_parser.Expr) -> list[str] | None:
-    """The labels a signal's result series carry when the expression fixes them (aggregation `by`), else None."""
-    node = promql_parser.parse(expr) if isinstance(expr, str) else expr
-    return _labels(node)
-
-
-def _labels(node) -> list[str] | None:
-    if isinstance(node, promql_parser.AggregateExpr):
-        modifier = node.modifier
-        if modifier is None:
-            return []
-        if modifier.type == promql_parser.AggModifierType.By:
-            return list(modifier.labels)
-        return None
-    if isinstance(node, promql_parser.ParenExpr):
-        return _labels(node.expr)
-    if isinstance(node, promql_parser.UnaryExpr):
-        return _labels(node.expr)
-    if isinstance(node, promql_parser.BinaryExpr):
-        left, right = _labels(node.lhs), _labels(node.rhs)
-        if isinstance(node.lhs, promql_parser.NumberLiteral):
-            return right
-        if isinstance(node.rhs, promql_parser.NumberLiteral):
-            return left
-        if node.op and str(node.op) == "or" and left is not None and right is not None:
-            return sorted(set(left) | set(right), key=(left + right).index)
-        return left if left is not None else right
-    if isinstance(node, promql_parser.Call):
-        name = node.func.name
-        vectors = [arg for arg in node.args if not isinstance(arg, (promql_parser.NumberLiteral, promql_parser.StringLiteral))]
-        if name == "histogram_quantile":
-            inner = _labels(node.args[1])
-            return [label for label in inner if label != "le"] if inner is not None else None
-        if vectors:
-            return _labels(vectors[0])
-        return None
-    if isinstance(node, promql_parser.SubqueryExpr):
-        return _labels(node.expr)
-    return None
-
-
 def _metric_base(name: str) -> str:
     for suffix in HISTOGRAM_SUFFIXES:
         if name.endswith(suffix):
@@ -164,7 +121,7 @@ def _mean_of(node: promql_parser.BinaryExpr) -> str | None:
 def recording_name(expr: str, default_level: list[str]) -> str:
     """`level:metric:operations` for a signal expression (before any collision suffix)."""
     node = promql_parser.parse(expr)
-    labels = _labels(node)
+    labels = output_labels(node)
     if labels is None:
         labels = list(default_level)
     level = "_".join(labels) if labels else "all"

@@ -12,11 +12,13 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 import pandas as pd
 
-from rules_engine.compile.prometheus import AlertingRule, CompiledPack, number
-from rules_engine.evaluate.windows import QUANTILES
+from rules_engine.compile.prometheus import AlertingRule, CompiledPack
+from rules_engine.promql.kinds import RuleKind
+from rules_engine.promql.windows import QUANTILES
 from rules_engine.spec.models import format_duration
 
 
@@ -111,7 +113,7 @@ def _nice_between(low: float, high: float) -> float:
     return middle
 
 
-def _holds(value: float, alert: AlertingRule) -> bool:
+def holds(value: float, alert: AlertingRule) -> bool:
     """Whether `value` meets the alert's comparison."""
     return {"<": value < alert.bound, "<=": value <= alert.bound, ">": value > alert.bound,
             ">=": value >= alert.bound}[alert.comparison]
@@ -176,136 +178,50 @@ def _labels(alert: AlertingRule, pack: str, case: str) -> dict[str, str]:
     return {**labels, "rule_pack": pack}
 
 
-def _steps(rule, interval: pd.Timedelta) -> int:
-    """Evaluations until the check: `for` (after a trend's minimum samples) has elapsed and windows are full."""
-    if rule.type == "regression":
-        return _regression_schedule(rule, interval)[1]
-    warm = (getattr(rule, "min_samples", 1) - 1) * interval if rule.type == "trend" else pd.Timedelta(0)
+def check_step(rule, interval: pd.Timedelta, warm: pd.Timedelta = pd.Timedelta(0)) -> int:
+    """Evaluations until the check: `for` (after `warm`, e.g. a trend's minimum samples) has elapsed and the
+    rule's window is full."""
     return int(max(rule.for_ + interval + warm, getattr(rule, "window", None) or pd.Timedelta(0)) // interval) + 2
 
 
-def _pending_step(rule, interval: pd.Timedelta) -> int | None:
+def pending_step(rule, interval: pd.Timedelta) -> int | None:
     """An evaluation at which every case is active but still pending (None when `for` is shorter than 2 steps)."""
     if rule.for_ < 2 * interval:
         return None
-    if rule.type == "regression":
-        return None  # a partly filled window may pass the ratio early: when it turns active is not exact
     return int((rule.for_ - interval) // interval)
 
 
-def _ceil_steps(duration: pd.Timedelta, interval: pd.Timedelta) -> int:
-    return int(-(-duration // interval))
-
-
-def _regression_schedule(rule, interval: pd.Timedelta) -> tuple[int, int]:
-    """(switch step, check step) for a step input: the baseline level before `switch`, the current level from it.
-
-    The alert's condition holds while the current window sees only the new level and the baseline window only the
-    old one, from switch + window to switch + offset, and not before the offset window reaches the first sample
-    (an empty baseline gives no ratio): the switch comes late enough for that. The check comes `for` (and a step)
-    after the condition holds.
-    """
-    offset = _regression_offset(rule)
-    switch = max(1, _ceil_steps(offset - rule.window, interval) + 1)
-    check = switch + _ceil_steps(rule.window + rule.for_, interval) + 1
-    return switch, check
-
-
-def _regression_offset(rule) -> pd.Timedelta:
-    return rule.baseline.offset if rule.baseline.kind == "offset" else rule.window
-
-
-def _constant(value: float, samples: int) -> str:
-    return f"{number(value)}x{samples}"
-
-
-def _ramp(at_check: float, per_step: float, steps: int, samples: int) -> str:
-    """A straight line reaching `at_check` at evaluation `steps`."""
-    start = at_check - per_step * steps
-    sign = "+" if per_step >= 0 else "-"
-    return f"{number(start)}{sign}{number(abs(per_step))}x{samples}"
-
-
-def threshold_cases(rule, alerts: list[AlertingRule], interval: pd.Timedelta, steps: int, samples: int):
-    """(case, values, firing levels, $value) per severity band and the safe side, for constant inputs."""
-    cases = [(f"band{band}", value) for band, value in enumerate(firing_values(alerts))] + [("safe", safe_value(alerts[0]))]
-    return [(case, _constant(value, samples), tuple(a for a in alerts if _holds(value, a)),
-             window_value(value, rule.stat, rule.window, interval)) for case, value in cases]
-
-
-def trend_cases(rule, alerts: list[AlertingRule], interval: pd.Timedelta, steps: int, samples: int):
-    """Straight lines: a slope rule gets a slope per band; a crossing rule a line that reaches the limit within
-    each level's horizon but not the next's, early enough that the level has held for `for` at the check."""
-    seconds = interval.total_seconds()
-    if rule.mode == "slope":
-        per = rule.per.total_seconds()
-        values = [(f"band{band}", v) for band, v in enumerate(firing_values(alerts))] + [("safe", safe_value(alerts[0]))]
-        return [(case, _ramp(0.0, value / per * seconds, steps, samples), tuple(a for a in alerts if _holds(value, a)),
-                 math.nan) for case, value in values]
-    horizon = rule.horizon.total_seconds()
-    fractions = {alert.severity: _lead_fraction(rule, alert.severity) for alert in alerts}
-    ordered = sorted(alerts, key=lambda a: -fractions[a.severity])
-    sign = 1.0 if rule.direction == "above" else -1.0
-    slope = sign * max(abs(rule.threshold), 1.0) * 0.5 / horizon  # per second
-    cases = []
-    for band, alert in enumerate(ordered):
-        later = fractions[ordered[band + 1].severity] if band + 1 < len(ordered) else 0.0
-        # How far (in horizons) from the limit the line is at the check: just beyond the next level's reach.
-        distance = later + 0.1 * (fractions[alert.severity] - later)
-        held = horizon * (fractions[alert.severity] - distance)
-        if held < (rule.for_ + 2 * interval).total_seconds():
-            continue  # this level cannot have held for `for` on a line: no case for it
-        at_check = rule.threshold - slope * horizon * distance
-        cases.append((f"band{band}", _ramp(at_check, slope * seconds, steps, samples), tuple(ordered[: band + 1]), math.nan))
-    cases.append(("safe", _ramp(rule.threshold - slope * horizon * 1.5, slope * seconds, steps, samples), (), math.nan))
-    points = int(rule.window // interval) + 1
-    if points < rule.min_samples:  # the window can never hold min_samples points: the alert cannot fire
-        cases = [(case, values, (), observed) for case, values, _, observed in cases]
-    return cases
-
-
-def _lead_fraction(rule, severity: str) -> float:
-    from rules_engine.spec.trend import LeadTimeLadder
-    ladder = rule.severity if isinstance(rule.severity, LeadTimeLadder) else LeadTimeLadder(by="lead_time")
-    if isinstance(rule.severity, str):
-        return 1.0
-    return {"medium": 1.0, "high": ladder.high, "critical": ladder.critical}[severity]
-
-
-def regression_cases(rule, alerts: list[AlertingRule], interval: pd.Timedelta, steps: int, samples: int):
-    """A step from 1 (the baseline level) to the change ratio of each band, the safe side's ratio for the last."""
-    switch, check = _regression_schedule(rule, interval)
-    values = [(f"band{band}", v) for band, v in enumerate(firing_values(alerts))] + [("safe", safe_value(alerts[0]))]
-    baseline = window_value(1.0, rule.stat, rule.baseline_window, interval)
-    return [(case, f"1x{switch - 1} {number(value)}x{samples - switch - 1}", tuple(a for a in alerts if _holds(value, a)),
-             window_value(value, rule.stat, rule.window, interval) / baseline) for case, value in values]
-
-
-def regression_testable(rule, interval: pd.Timedelta) -> str | None:
-    """Why a step input cannot test the rule (None when it can)."""
-    if rule.baseline.kind == "at":
-        return "its baseline is pinned to a time (`at:`), which promtool's clock (starting at 0) cannot reach"
-    offset = _regression_offset(rule)
-    if offset <= rule.window + rule.for_ + 2 * interval:
-        return "its baseline overlaps the current window for `for`, so no step input holds it cleanly"
-    if offset > MAX_REGRESSION_OFFSET:
-        return f"its baseline lies {format_duration(offset)} back: promtool would evaluate the whole file that long"
+def _testable(rule, interval: pd.Timedelta) -> str | None:
     return None
 
 
-# A baseline a week back costs promtool ~2,000 evaluations of every rule in the file at a 5m step: still seconds.
-MAX_REGRESSION_OFFSET = pd.Timedelta(days=8)
-CASE_BUILDERS = {"threshold": threshold_cases, "trend": trend_cases, "regression": regression_cases}
+def _pack_interval(rule, pack_interval: pd.Timedelta) -> pd.Timedelta:
+    return pack_interval
 
 
-def add_rule_cases(tests: PackTests, rule, alerts: list[AlertingRule]) -> None:
+# (case name, promtool input values, levels firing at the check, $value at the check) per case of one rule.
+Cases = list[tuple[str, str, tuple[AlertingRule, ...], float]]
+
+
+@dataclass(frozen=True)
+class CaseBuilder:
+    """How a rule kind's compiled alerts are tested: the input series per case and when to check them."""
+
+    cases: Callable[..., Cases]  # (rule, alerts, interval, check step, samples) -> Cases
+    check_step: Callable[[object, pd.Timedelta], int] = check_step
+    pending_step: Callable[[object, pd.Timedelta], int | None] = pending_step
+    untestable: Callable[[object, pd.Timedelta], str | None] = _testable  # why no step input can test it
+    interval: Callable[[object, pd.Timedelta], pd.Timedelta] = _pack_interval  # the test's evaluation interval
+
+
+def add_rule_cases(tests: PackTests, rule, alerts: list[AlertingRule], builder: CaseBuilder) -> None:
     """The rule's cases: a series per severity band, one on the safe side, one without its guard."""
     first = alerts[0]
     guard_on = tuple(first.guard_on or ())
-    steps = _steps(rule, tests.interval)
+    steps = builder.check_step(rule, tests.interval)
     samples = steps + 2
     tests.samples = max(tests.samples, samples)
-    built = CASE_BUILDERS[rule.type](rule, alerts, tests.interval, steps, samples)
+    built = builder.cases(rule, alerts, tests.interval, steps, samples)
     if "guard" in first.inputs and guard_on:
         firing = [case for case in built if case[2]]
         if firing:
@@ -331,7 +247,7 @@ def _guarded(tests: PackTests, alert: AlertingRule, case: Case) -> bool:
                for record, labels in tests.guards)
 
 
-def add_rule_checks(tests: PackTests, rule, alerts: list[AlertingRule]) -> None:
+def add_rule_checks(tests: PackTests, rule, alerts: list[AlertingRule], builder: CaseBuilder) -> None:
     """What the rule's alert must show: at the check time, the levels each of its cases passes, with the level's
     labels and rendered annotations; before `for` has elapsed, nothing."""
     first = alerts[0]
@@ -350,11 +266,11 @@ def add_rule_checks(tests: PackTests, rule, alerts: list[AlertingRule]) -> None:
         tests.notes.append(f"{tests.pack}/{first.rule}: no promtool check: annotations use {error}, which the "
                            "generator cannot render as Prometheus would")
         return
-    pending = _pending_step(rule, tests.interval)
+    pending = builder.pending_step(rule, tests.interval)
     if pending is not None:
         tests.checks.append({"eval_time": format_duration(tests.interval * pending), "alertname": first.alert,
                              "exp_alerts": []})
-    tests.checks.append({"eval_time": format_duration(tests.interval * _steps(rule, tests.interval)),
+    tests.checks.append({"eval_time": format_duration(tests.interval * builder.check_step(rule, tests.interval)),
                          "alertname": first.alert, "exp_alerts": expected})
 
 
@@ -363,7 +279,7 @@ def _selector(name: str, labels: dict[str, str]) -> str:
     return f"{name}{{{inner}}}"
 
 
-def pack_tests(compiled: CompiledPack, rule_file: str) -> tuple[dict[str, dict], list[str]]:
+def pack_tests(compiled: CompiledPack, rule_file: str, kinds: Mapping[str, RuleKind]) -> tuple[dict[str, dict], list[str]]:
     """The promtool test documents for one compiled pack (`rule_file` as the test file names it), and notes.
 
     Returns {file suffix: document}: "" for threshold and trend alerts, evaluated at the pack's interval, and
@@ -383,16 +299,13 @@ def pack_tests(compiled: CompiledPack, rule_file: str) -> tuple[dict[str, dict],
     by_interval: dict[pd.Timedelta, list] = {}
     for name, alerts in by_rule.items():
         rule = rules[name]
-        interval = rule.every if rule.type == "regression" else compiled.interval
-        if alerts[0].kind not in CASE_BUILDERS:
-            notes.append(f"{compiled.pack.name}/{name}: no promtool test generated for {alerts[0].kind} alerts")
+        builder = kinds[rule.type].promtool
+        interval = builder.interval(rule, compiled.interval)
+        reason = builder.untestable(rule, interval)
+        if reason:
+            notes.append(f"{compiled.pack.name}/{name}: no promtool test: {reason}")
             continue
-        if rule.type == "regression":
-            reason = regression_testable(rule, interval)
-            if reason:
-                notes.append(f"{compiled.pack.name}/{name}: no promtool test: {reason}")
-                continue
-        by_interval.setdefault(interval, []).append((rule, alerts))
+        by_interval.setdefault(interval, []).append((rule, alerts, builder))
     others = [interval for interval in by_interval if interval != compiled.interval]
     documents = {}
     for interval, members in sorted(by_interval.items()):
@@ -407,22 +320,22 @@ def pack_tests(compiled: CompiledPack, rule_file: str) -> tuple[dict[str, dict],
 
 
 def _groups(compiled: CompiledPack, members: list, interval: pd.Timedelta, notes: list[str]) -> list[dict]:
-    partitions: list[tuple[set[str], list]] = []  # (signals used, [(rule, alerts)])
-    for rule, alerts in members:
+    partitions: list[tuple[set[str], list]] = []  # (signals used, [(rule, alerts, builder)])
+    for rule, alerts, builder in members:
         signal = alerts[0].inputs["signal"]
         target = next((p for p in partitions if signal not in p[0]), None)
         if target is None:
             target = (set(), [])
             partitions.append(target)
         target[0].add(signal)
-        target[1].append((rule, alerts))
+        target[1].append((rule, alerts, builder))
     groups = []
     for index, (_, part) in enumerate(partitions, start=1):
         tests = PackTests(compiled.pack.name, interval)
-        for rule, alerts in part:
-            add_rule_cases(tests, rule, alerts)
-        for rule, alerts in part:
-            add_rule_checks(tests, rule, alerts)
+        for rule, alerts, builder in part:
+            add_rule_cases(tests, rule, alerts, builder)
+        for rule, alerts, builder in part:
+            add_rule_checks(tests, rule, alerts, builder)
         notes.extend(tests.notes)
         if not tests.checks:
             continue
@@ -432,7 +345,7 @@ def _groups(compiled: CompiledPack, members: list, interval: pd.Timedelta, notes
             if (record, labels) not in unique_guards:
                 unique_guards.append((record, labels))
         series += [{"series": _selector(record, labels), "values": f"1x{tests.samples}"} for record, labels in unique_guards]
-        names = ", ".join(rule.name for rule, _ in part)
+        names = ", ".join(rule.name for rule, _, _ in part)
         groups.append({"name": f"{compiled.pack.name} #{index} ({names}): each alert fires at every severity band, "
                                "and stays silent on the safe side, without its guard and before `for` has elapsed",
                        "interval": format_duration(interval),

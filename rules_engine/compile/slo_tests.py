@@ -14,12 +14,12 @@ import pandas as pd
 import promql_parser
 
 from rules_engine.compile.alertmanager import SLO_PACK
-from rules_engine.compile.prometheus import number
 from rules_engine.compile.promtool_tests import Unrenderable, render_template
 from rules_engine.compile.slo import burn_factor, sloth_labels
-from rules_engine.evaluate.slo import AlertPair, WindowCatalog
+from rules_engine.promql.burn_windows import AlertPair, WindowCatalog
+from rules_engine.promql.levels import number
+from rules_engine.promql.selectors import inject_selector
 from rules_engine.spec.models import format_duration
-from rules_engine.spec.promql import inject_selector
 
 STEPS = 5  # evaluations before the check: enough samples for rate() in the traffic guard
 

@@ -1,21 +1,27 @@
-"""Backtest a RuleSet over a range: fetch every query once, evaluate every rule on the shared frames."""
+"""Backtest a RuleSet over a range: fetch every query once, evaluate every rule on the shared frames.
+
+The rule kinds come in as a registry (name -> promql.kinds.RuleKind, built in rules_engine/kinds.py): the engine
+asks a rule's kind for its queries, warm-up and evaluation and never switches on the type itself. Front ends call
+`rules_engine.backtest(...)`, which passes the shipped registry.
+"""
 from __future__ import annotations
 
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
-from types import ModuleType
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 import promql_parser
 
-from rules_engine.evaluate import regression, threshold, trend
 from rules_engine.evaluate.findings import Finding, severity_rank
 from rules_engine.evaluate.health import Health, health_scores
 from rules_engine.evaluate.series import EvaluationError, RangeWindow
-from rules_engine.evaluate.slo import SLOResult, evaluate_slos, slo_catalog, slo_fetch_start, slo_findings, slo_queries
+from rules_engine.evaluate.slo import SLOResult, evaluate_slos, slo_fetch_start, slo_findings
+from rules_engine.promql.burn_windows import slo_catalog
+from rules_engine.promql.kinds import RuleKind
+from rules_engine.promql.slo import slo_queries
 from rules_engine.source.base import Source, SourceError
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec.loader import RuleSet
@@ -23,9 +29,6 @@ from rules_engine.spec.loader import RuleSet
 # Queries in flight at once: enough to keep a few Prometheus cores busy, few enough not to crowd a shared server.
 DEFAULT_CONCURRENCY = 4
 
-# Each rule kind is a module with queries(rule, pack), warmup(rule) and evaluate(rule, pack, frames, window), and
-# optionally earliest_sample(rule) for history at an absolute time.
-RULE_KINDS: dict[str, ModuleType] = {"threshold": threshold, "trend": trend, "regression": regression}
 
 
 @dataclass
@@ -56,10 +59,19 @@ class Backtest:
     def health(self) -> Health:
         return health_scores(self.findings, self.slos, self.instances)
 
+    def sort_findings(self) -> None:
+        """Most severe first, then longest, then by rule and start: the order reports and exports show."""
+        self.findings.sort(key=lambda f: (-severity_rank(f.severity), -(f.duration(self.end) / self.step), f.rule,
+                                          f.start))
+
 
 def align(start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta) -> tuple[pd.Timestamp, pd.Timestamp]:
-    """Put the range on multiples of the step, where Prometheus evaluates subqueries, so windows agree with it."""
-    return start.floor(step), end.floor(step)
+    """Put the range on multiples of the step, where Prometheus evaluates subqueries, so windows agree with it;
+    a range with no evaluation left is an error."""
+    start, end = start.floor(step), end.floor(step)
+    if end <= start:
+        raise EvaluationError(f"empty range: start {start.isoformat()} is not before end {end.isoformat()}")
+    return start, end
 
 
 def select_rules(ruleset: RuleSet, names: Iterable[str] | None = None):
@@ -79,42 +91,44 @@ def select_slos(ruleset: RuleSet, names: Iterable[str] | None = None) -> list:
     return [slo for slo in ruleset.slos if not names or slo.name in set(names)]
 
 
-def rule_queries(pairs, step: pd.Timedelta, pushdown: bool = True) -> dict[str, dict[str, str]]:
-    """rule name -> its queries by role. With `pushdown`, a threshold rule's cheap window statistic is computed
-    inside Prometheus unless another rule needs the same raw signal anyway (then the window is free here).
-    Planned over the whole rule set, not a --rule selection, so a rule's queries (and a snapshot's) do not change
-    with what else is evaluated."""
-    planned = {rule.name: RULE_KINDS[rule.type].queries(rule, pack) for pack, rule in pairs}
+def rule_queries(pairs, step: pd.Timedelta, kinds: Mapping[str, RuleKind], pushdown: bool = True
+                 ) -> dict[str, dict[str, str]]:
+    """rule name -> its queries by role. With `pushdown`, a kind may compute part of a rule inside Prometheus (a
+    threshold rule's cheap window statistic) unless another rule needs the same raw signal anyway (then the window
+    is free here). Planned over the whole rule set, not a --rule selection, so a rule's queries (and a snapshot's)
+    do not change with what else is evaluated."""
+    planned = {rule.name: kinds[rule.type].queries(rule, pack) for pack, rule in pairs}
     if not pushdown:
         return planned
     every = [query for queries in planned.values() for query in queries.values()]
     needed = Counter(every) + Counter(comparison.base for comparison in filtered_queries(every).values())
     for pack, rule in pairs:
-        if rule.type == "threshold" and rule.stat in threshold.PUSHDOWN_STATS and needed[planned[rule.name]["signal"]] == 1:
-            planned[rule.name] = threshold.queries(rule, pack, pushdown_step=step)
+        if needed[planned[rule.name]["signal"]] == 1:
+            planned[rule.name] = kinds[rule.type].queries(rule, pack, step)
     return planned
 
 
-def fetch_plan(ruleset: RuleSet, start: pd.Timestamp, step: pd.Timedelta, names: Iterable[str] | None = None,
-               pushdown: bool = True):
+def fetch_plan(ruleset: RuleSet, start: pd.Timestamp, step: pd.Timedelta, kinds: Mapping[str, RuleKind],
+               names: Iterable[str] | None = None, pushdown: bool = True) -> tuple[list[str], pd.Timestamp]:
     """Every distinct query the selected rules need, and how early fetching must start for their warm-up."""
     pairs = select_rules(ruleset, names)
-    planned = rule_queries(ruleset.rules(), step, pushdown)
+    planned = rule_queries(ruleset.rules(), step, kinds, pushdown)
     queries = {q for _, rule in pairs for q in planned[rule.name].values()}
-    warmup = max((RULE_KINDS[rule.type].warmup(rule) for _, rule in pairs), default=pd.Timedelta(0))
+    warmup = max((kinds[rule.type].warmup(rule) for _, rule in pairs), default=pd.Timedelta(0))
     fetch_start = start - warmup
-    # A kind may also need history at an absolute time (a regression baseline at a deploy): earliest_sample(rule).
+    # A kind may also need history at an absolute time (a regression baseline at a deploy).
     for _, rule in pairs:
-        earliest = getattr(RULE_KINDS[rule.type], "earliest_sample", lambda _: None)(rule)
+        earliest = kinds[rule.type].earliest_sample(rule)
         if earliest is not None:
             fetch_start = min(fetch_start, earliest)
     return sorted(queries), fetch_start.floor(step)
 
 
 def recording_plan(ruleset: RuleSet, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
-                   names: Iterable[str] | None = None) -> tuple[list[str], pd.Timestamp]:
+                   kinds: Mapping[str, RuleKind], names: Iterable[str] | None = None
+                   ) -> tuple[list[str], pd.Timestamp]:
     """What a snapshot must hold to replay rules and SLOs over [start, end]: their queries from the earliest start."""
-    queries, fetch_start = fetch_plan(ruleset, start, step, names)
+    queries, fetch_start = fetch_plan(ruleset, start, step, kinds, names)
     derived = filtered_queries(queries)  # replay computes these from their base query, as a live run does
     queries = [query for query in queries if query not in derived]
     for slo in select_slos(ruleset, names):
@@ -147,7 +161,7 @@ class Filtered:
 
     def apply(self, frame: RangeFrame, query: str) -> RangeFrame:
         with np.errstate(invalid="ignore"):
-            kept = frame.values.where(COMPARISONS[self.op](frame.values, self.value))
+            kept = frame.values.where(NUMPY_COMPARISONS[self.op](frame.values, self.value))
         present = kept.notna().any().to_numpy()  # Prometheus returns only series with a sample
         values = kept.loc[:, present]
         values.columns = pd.RangeIndex(values.shape[1])
@@ -155,7 +169,7 @@ class Filtered:
         return RangeFrame(query=query, values=values, labels=labels)
 
 
-COMPARISONS = {">": np.greater, "<": np.less, ">=": np.greater_equal, "<=": np.less_equal, "==": np.equal,
+NUMPY_COMPARISONS = {">": np.greater, "<": np.less, ">=": np.greater_equal, "<=": np.less_equal, "==": np.equal,
                "!=": np.not_equal}
 
 
@@ -167,7 +181,7 @@ def filtered_queries(queries: Iterable[str]) -> dict[str, Filtered]:
     found = {}
     for query in queries:
         tree = promql_parser.parse(query)
-        if not (isinstance(tree, promql_parser.BinaryExpr) and str(tree.op) in COMPARISONS and tree.modifier is None
+        if not (isinstance(tree, promql_parser.BinaryExpr) and str(tree.op) in NUMPY_COMPARISONS and tree.modifier is None
                 and isinstance(tree.rhs, promql_parser.NumberLiteral)):
             continue
         lhs = tree.lhs
@@ -209,21 +223,19 @@ def fetch_all(source: Source, queries: list[str], start: pd.Timestamp, end: pd.T
 
 
 def run_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
-                 names: Iterable[str] | None = None,
+                 kinds: Mapping[str, RuleKind], names: Iterable[str] | None = None,
                  on_query: Callable[[str], None] | None = None, concurrency: int = DEFAULT_CONCURRENCY,
                  pushdown: bool = True) -> Backtest:
     start, end = align(start, end, step)
-    if end <= start:
-        raise EvaluationError(f"empty range: start {start.isoformat()} is not before end {end.isoformat()}")
-    queries, fetch_start = fetch_plan(ruleset, start, step, names, pushdown)
+    queries, fetch_start = fetch_plan(ruleset, start, step, kinds, names, pushdown)
     frames, errors = fetch_all(source, queries, fetch_start, end, step, concurrency, on_query)
 
     window = RangeWindow(start=start, end=end, step=step)
     backtest = Backtest(start=start, end=end, step=step)
     pairs = select_rules(ruleset, names)
-    planned = rule_queries(ruleset.rules(), step, pushdown)
+    planned = rule_queries(ruleset.rules(), step, kinds, pushdown)
     for pack, rule in pairs:
-        kind = RULE_KINDS[rule.type]
+        kind = kinds[rule.type]
         outcome = RuleOutcome(pack=pack.name, rule=rule.name, kind=rule.type, queries=planned[rule.name])
         backtest.outcomes.append(outcome)
         missing = [errors[q] for q in outcome.queries.values() if q in errors]
@@ -248,5 +260,5 @@ def run_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, end: pd.
         for result in backtest.slos:
             if result.labels.get("instance"):
                 backtest.instances.setdefault(result.labels["instance"], {})
-    backtest.findings.sort(key=lambda f: (-severity_rank(f.severity), -(f.duration(end) / step), f.rule, f.start))
+    backtest.sort_findings()
     return backtest

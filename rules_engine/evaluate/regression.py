@@ -20,72 +20,19 @@ from scipy.special import ndtr
 
 from rules_engine.evaluate.alerting import Episodes, firing_episodes, steps_for
 from rules_engine.evaluate.findings import Finding
-from rules_engine.evaluate.series import EvaluationError, RangeWindow, findings_from_episodes, guard_holds
-from rules_engine.evaluate.windows import QUANTILES
+from rules_engine.evaluate.series import (
+    EvaluationError,
+    RangeWindow,
+    findings_from_episodes,
+    guard_holds,
+)
+from rules_engine.promql.windows import QUANTILES
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec.models import RulePack, SeverityLadder, format_duration
-from rules_engine.spec.promql import inject_selector
 from rules_engine.spec.regression import RegressionRule
 
 # Candidates tested per chunk: bounds memory to ~chunk × (current + baseline samples) × 8 bytes × a few arrays.
 TEST_CHUNK = 8192
-
-
-def le_regex(boundary: float) -> str:
-    """A regex matching the `le` label of a bucket boundary however the client spelled it ("1", "1.0", "0.25")."""
-    text = repr(float(boundary))
-    if text.endswith(".0"):
-        return text[:-2] + "([.]0+)?"
-    return text.replace(".", "[.]") + "0*"
-
-
-def signal_query(rule: RegressionRule) -> str:
-    """The PromQL of the compared samples: the rule's signal, or one built from its histogram."""
-    if rule.signal is not None:
-        return rule.signal
-    hist = rule.histogram
-    assert hist is not None
-    by = ", ".join(hist.by)
-    rate = format_duration(hist.rate_window)
-    count = f"sum by ({by}) (rate({hist.metric}_count[{rate}]))"
-    if hist.measure == "mean":
-        return f"sum by ({by}) (rate({hist.metric}_sum[{rate}])) / {count}"
-    if hist.measure == "share_above":
-        bucket = f'sum by ({by}) (rate({hist.metric}_bucket{{le=~"{le_regex(hist.le)}"}}[{rate}]))'
-        return f"1 - {bucket} / {count}"
-    by_le = ", ".join(["le", *hist.by])
-    return f"histogram_quantile({hist.q!r}, sum by ({by_le}) (rate({hist.metric}_bucket[{rate}])))"
-
-
-def queries(rule: RegressionRule, pack: RulePack) -> dict[str, str]:
-    found = {"signal": inject_selector(signal_query(rule), pack.selector)}
-    if rule.guard:
-        found["guard"] = inject_selector(rule.guard, pack.selector)
-    return found
-
-
-def warmup(rule: RegressionRule) -> pd.Timedelta:
-    """History before the range start: the baseline's reach behind the current window, plus `for` and one interval.
-
-    An explicit-time baseline (`at:`) cannot be expressed relative to the range start; evaluate() says so when the
-    fetched range misses it.
-    """
-    reach = rule.window
-    if rule.baseline.kind == "offset":
-        reach = max(rule.window, rule.baseline.offset + rule.baseline_window)  # type: ignore[operator]
-    elif rule.baseline.kind == "preceding":
-        reach = rule.window + rule.baseline_window
-    return reach + rule.for_ + rule.every
-
-
-def earliest_sample(rule: RegressionRule) -> pd.Timestamp | None:
-    """For an explicit-time baseline, the earliest sample it needs (absolute, unlike warmup()); None otherwise.
-
-    The fetch must start at or before min(range start - warmup, this) for `baseline: {at: ...}` to be evaluable.
-    """
-    if rule.baseline.kind != "at":
-        return None
-    return pd.Timestamp(rule.baseline.at).tz_convert("UTC") - rule.baseline_window
 
 
 def rolling_stat(values: pd.DataFrame, stat: str, steps: int, min_samples: int) -> np.ndarray:

@@ -15,7 +15,8 @@ Attainment is 1 - error ratio over the period ending at the range end; the budge
 1 - (1 - attainment) / (1 - objective) (negative once overspent), and as time it is that fraction of the
 period's allowed bad time, (1 - objective) × period.
 
-The alert catalog (windows, budget percentages, severities) is data: rules_engine/data/burn_windows.yaml.
+The alert catalog (windows, budget percentages, severities) is data: rules_engine/data/burn_windows.yaml,
+read by rules_engine/promql/burn_windows.py.
 A pair fires while the burn rate over both its long and its short window exceeds
 factor = budget% / 100 × period / long window, and (ratio and latency SLIs) while at least `min_event_rate`
 events per second arrived over the long window.
@@ -24,103 +25,20 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Literal
+from typing import Any, Iterable
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rules_engine.evaluate.alerting import episode_extremes, firing_episodes
 from rules_engine.evaluate.findings import Finding
-from rules_engine.evaluate.regression import le_regex
 from rules_engine.evaluate.series import RangeWindow
+from rules_engine.promql.burn_windows import AlertPair, WindowCatalog, load_windows, slo_catalog
+from rules_engine.promql.slo import latency_series, slo_queries
 from rules_engine.source.base import Source, SourceError
 from rules_engine.source.frame import RangeFrame
-from rules_engine.spec.models import Duration, SeverityName, format_duration
-from rules_engine.spec.promql import inject_selector, parse_selector
+from rules_engine.spec.models import format_duration
 from rules_engine.spec.slo import SLO
-
-DEFAULT_WINDOWS = Path(__file__).resolve().parent.parent / "data" / "burn_windows.yaml"
-
-
-# -- the alert window catalog ------------------------------------------------------------------------------------
-
-class _Pair(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
-    error_budget_percent: float = Field(alias="errorBudgetPercent", gt=0, le=100)
-    short_window: Duration = Field(alias="shortWindow")
-    long_window: Duration = Field(alias="longWindow")
-    severity: SeverityName
-
-
-class _Speeds(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    quick: _Pair
-    slow: _Pair
-
-
-class _CatalogSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, arbitrary_types_allowed=True)
-    slo_period: Duration = Field(alias="sloPeriod")
-    burn_windows: list[Duration] = Field(alias="burnWindows", min_length=1)
-    page: _Speeds
-    ticket: _Speeds
-
-
-class _Catalog(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    kind: Literal["AlertWindows"]
-    spec: _CatalogSpec
-
-
-@dataclass(frozen=True)
-class AlertPair:
-    alert: str  # page | ticket
-    speed: str  # quick | slow
-    budget_percent: float
-    short: pd.Timedelta
-    long: pd.Timedelta
-    severity: str
-
-    def factor(self, period: pd.Timedelta) -> float:
-        """The burn rate that spends `budget_percent` of the period's budget within the long window."""
-        return self.budget_percent / 100.0 * (period / self.long)
-
-
-@dataclass(frozen=True)
-class WindowCatalog:
-    period: pd.Timedelta  # the period the catalog was written for (factors are recomputed for others)
-    burn_windows: tuple[pd.Timedelta, ...]
-    pairs: tuple[AlertPair, ...]
-
-    @property
-    def windows(self) -> list[pd.Timedelta]:
-        """Every window burn rates are needed for: the reported ones and those of the alert pairs."""
-        found = set(self.burn_windows) | {p.short for p in self.pairs} | {p.long for p in self.pairs}
-        return sorted(found)
-
-
-def load_windows(path: str | Path | None = None) -> WindowCatalog:
-    """Read an AlertWindows catalog; a bad file raises ValueError naming the file and the field."""
-    where = Path(path) if path is not None else DEFAULT_WINDOWS
-    try:
-        document = yaml.safe_load(where.read_text())
-        spec = _Catalog.model_validate(document).spec
-    except (OSError, yaml.YAMLError) as error:
-        raise ValueError(f"{where}: cannot read the alert window catalog: {error}") from None
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in error.errors())
-        raise ValueError(f"{where}: invalid alert window catalog: {problems}") from None
-    pairs = tuple(AlertPair(alert, speed, pair.error_budget_percent, pair.short_window, pair.long_window, pair.severity)
-                  for alert, speeds in (("page", spec.page), ("ticket", spec.ticket))
-                  for speed, pair in (("quick", speeds.quick), ("slow", speeds.slow)))
-    for pair in pairs:
-        if pair.short >= pair.long:
-            raise ValueError(f"{where}: spec.{pair.alert}.{pair.speed}: shortWindow must be shorter than longWindow")
-    return WindowCatalog(spec.slo_period, tuple(spec.burn_windows), pairs)
-
 
 # -- results -------------------------------------------------------------------------------------------------------
 
@@ -213,46 +131,12 @@ def _number(value: float | None) -> float | None:
     return value if math.isfinite(value) else None
 
 
-# -- queries ---------------------------------------------------------------------------------------------------------
-
-def slo_queries(slo: SLO) -> dict[str, str]:
-    """The range queries an SLO needs, by role: `good` or `errors` plus `total` (counters), or `signal`."""
-    sli = slo.sli
-    if sli.ratio is not None:
-        role = "good" if sli.ratio.good is not None else "errors"
-        return {role: inject_selector(sli.ratio.good or sli.ratio.errors, slo.selector),  # type: ignore[arg-type]
-                "total": inject_selector(sli.ratio.total, slo.selector)}
-    if sli.latency is not None:
-        latency = sli.latency
-        matchers = _matchers(slo.selector, latency.selector)
-        bucket = f'{latency.histogram}_bucket{{{", ".join(matchers + [f"le=~{_quote(le_regex(latency.threshold))}"])}}}'
-        count = f"{latency.histogram}_count{{{', '.join(matchers)}}}" if matchers else f"{latency.histogram}_count"
-        return {"good": inject_selector(bucket, ""), "total": inject_selector(count, "")}
-    return {"signal": inject_selector(sli.timeslices.signal, slo.selector)}  # type: ignore[union-attr]
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def _matchers(*selectors: str) -> list[str]:
-    found: list[str] = []
-    for selector in selectors:
-        if selector.strip():
-            found.extend(str(m) for m in parse_selector(selector))
-    return found
-
-
 # -- evaluation --------------------------------------------------------------------------------------------------------
 
 def slo_fetch_start(slo: SLO, catalog: WindowCatalog, start: pd.Timestamp, end: pd.Timestamp,
                     step: pd.Timedelta) -> pd.Timestamp:
     """How early an SLO's queries start: the whole period before `end`, and the longest burn window before `start`."""
     return (min(start - max(catalog.windows), end - slo.period) - step).floor(step)
-
-
-def slo_catalog(slo: SLO, default: WindowCatalog | None = None) -> WindowCatalog:
-    return load_windows(slo.alerting.windows) if slo.alerting.windows else (default or load_windows())
 
 
 def evaluate_slos(slos: Iterable[SLO], source: Source, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
@@ -267,7 +151,7 @@ def evaluate_slos(slos: Iterable[SLO], source: Source, start: pd.Timestamp, end:
     default_catalog = windows or load_windows()
     results: list[SLOResult] = []
     for slo in slos:
-        catalog = load_windows(slo.alerting.windows) if slo.alerting.windows else default_catalog
+        catalog = slo_catalog(slo, default_catalog)
         fetch_start = slo_fetch_start(slo, catalog, start, end, step)
         bucket_warning = None
         if slo.sli.latency is not None and check_buckets:
@@ -299,8 +183,7 @@ def check_latency_bucket(slo: SLO, source: Source) -> str | None:
     lookup = getattr(source, "label_values", None)
     if lookup is None:  # a recorded snapshot: evaluate_slo still refuses a threshold no bucket series matched
         return None
-    matchers = _matchers(slo.selector, latency.selector)
-    match = f"{latency.histogram}_bucket{{{', '.join(matchers)}}}" if matchers else f"{latency.histogram}_bucket"
+    match = latency_series(slo, "_bucket")
     try:
         values = lookup("le", match=match)
     except SourceError as error:

@@ -1,52 +1,24 @@
-"""Threshold rules: a signal, or a window statistic of it, above or below a threshold for a duration."""
+"""Threshold rules in pandas: a signal, or a window statistic of it, above or below a threshold for a duration.
+
+Its queries and PromQL meaning: rules_engine/promql/threshold.py."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 
 from rules_engine.evaluate.alerting import episode_extremes, firing_episodes, steps_for
 from rules_engine.evaluate.findings import Finding
-from rules_engine.evaluate.series import RangeWindow, findings_from_episodes, guard_holds
-from rules_engine.evaluate.windows import promql_window_stat, window_stat
+from rules_engine.evaluate.series import (
+    RangeWindow,
+    findings_from_episodes,
+    guard_holds,
+)
+from rules_engine.evaluate.windows import window_stat
 from rules_engine.source.frame import RangeFrame
-from rules_engine.spec.models import RulePack, SeverityLadder, ThresholdRule, format_duration
-from rules_engine.spec.promql import inject_selector
-
-COMPARISONS = {"above": ">", "below": "<"}
-
-
-# Window statistics Prometheus computes about as cheaply as the signal itself (quantiles sort every window).
-PUSHDOWN_STATS = frozenset({"mean", "min", "max", "last"})
-
-
-def queries(rule: ThresholdRule, pack: RulePack, pushdown_step: pd.Timedelta | None = None) -> dict[str, str]:
-    """The range queries the rule needs, by role.
-
-    A rule without a window statistic pushes its comparison, and its guard, down into the query, so Prometheus
-    returns only the samples past the threshold (a filtering comparison keeps its value, which the severity ladder
-    still needs). With `pushdown_step`, a mean/min/max/last window goes down too, as a subquery at that step
-    (role `windowed`): the engine asks for that when no other rule needs the raw signal, since sending the whole
-    signal costs more than Prometheus computing such a window.
-    """
-    signal = inject_selector(rule.signal, pack.selector)
-    guard = inject_selector(rule.guard, pack.selector) if rule.guard else None
-    if rule.stat is None:
-        role = "signal"
-    elif pushdown_step is not None and rule.stat in PUSHDOWN_STATS:
-        role = "windowed"
-        signal = promql_window_stat(signal, rule.stat, format_duration(rule.window), format_duration(pushdown_step))
-    else:
-        return {"signal": signal, "guard": guard} if guard else {"signal": signal}
-    condition = f"({signal}) {COMPARISONS[rule.direction]} {rule.threshold!r}"
-    if guard:
-        # `and on(kept labels)` is what guard_holds computes for a separate guard frame.
-        condition = f"{condition} and on ({', '.join(pack.keep_labels)}) ({guard})"
-    return {role: condition}
-
-
-def warmup(rule: ThresholdRule) -> pd.Timedelta:
-    """History needed before the range start so the first evaluations see full windows and `for` durations."""
-    return (rule.window or pd.Timedelta(0)) + rule.for_
+from rules_engine.spec.models import (
+    RulePack,
+    SeverityLadder,
+    ThresholdRule,
+)
 
 
 def evaluate(rule: ThresholdRule, pack: RulePack, frames: dict[str, RangeFrame], window: RangeWindow) -> list[Finding]:

@@ -15,22 +15,14 @@ import pandas as pd
 
 from rules_engine.evaluate.alerting import episode_extremes, firing_episodes, steps_for
 from rules_engine.evaluate.findings import Finding
-from rules_engine.evaluate.series import RangeWindow, findings_from_episodes, guard_holds
+from rules_engine.evaluate.series import (
+    RangeWindow,
+    findings_from_episodes,
+    guard_holds,
+)
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec.models import RulePack, SeverityLadder
-from rules_engine.spec.promql import inject_selector
 from rules_engine.spec.trend import LeadTimeLadder, TrendRule
-
-
-def queries(rule: TrendRule, pack: RulePack) -> dict[str, str]:
-    found = {"signal": inject_selector(rule.signal, pack.selector)}
-    if rule.guard:
-        found["guard"] = inject_selector(rule.guard, pack.selector)
-    return found
-
-
-def warmup(rule: TrendRule) -> pd.Timedelta:
-    return rule.window + rule.for_
 
 
 def rolling_fit(values: np.ndarray, window_steps: int) -> dict[str, np.ndarray]:

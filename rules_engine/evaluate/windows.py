@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-QUANTILES = {"p50": 0.5, "p90": 0.9, "p95": 0.95, "p99": 0.99}
-PROMQL_FUNCTIONS = {"mean": "avg_over_time", "min": "min_over_time", "max": "max_over_time", "last": "last_over_time"}
+from rules_engine.promql.windows import QUANTILES
 
 
 def window_stat(values: pd.DataFrame, stat: str, window: pd.Timedelta, step: pd.Timedelta) -> pd.DataFrame:
@@ -25,11 +24,3 @@ def window_stat(values: pd.DataFrame, stat: str, window: pd.Timedelta, step: pd.
     if stat == "max":
         return rolling.max()
     raise ValueError(f"unknown window statistic {stat!r}")
-
-
-def promql_window_stat(expr: str, stat: str, window: str, step: str) -> str:
-    """The PromQL that computes the same statistic inside Prometheus (what the compile stage and the peer use)."""
-    subquery = f"({expr})[{window}:{step}]"
-    if stat in QUANTILES:
-        return f"quantile_over_time({QUANTILES[stat]}, {subquery})"
-    return f"{PROMQL_FUNCTIONS[stat]}({subquery})"

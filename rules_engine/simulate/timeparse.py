@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 
 import pandas as pd
 
-from rules_engine.evaluate.timerange import parse_time as parse_timestamp
+from rules_engine.spec.timerange import parse_time as parse_timestamp
 from rules_engine.spec.models import parse_duration as parse_timedelta
 
 

@@ -1,6 +1,6 @@
 """Regenerate the generated files the repository ships, from the shipped rules in rules/:
 
-    python -m rules_engine.compile.shipped
+    python scripts/regenerate_shipped.py
 
 writes grafana/dashboards/*.json, grafana/provisioning/** and alertmanager/generated/rules-engine.yml (the
 Alertmanager fragment; alertmanager/alertmanager.yml is hand-written and already routes every `rule_pack` alert
@@ -11,17 +11,17 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from rules_engine.compile.generate import GenerateOptions, generate
+from rules_engine.api import generate
 from rules_engine.spec.loader import load_ruleset
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+ROOT = Path(__file__).resolve().parent.parent
 # generated path -> where the repository keeps it
 SHIPPED_PREFIXES = {"grafana/": "grafana/", "alertmanager/rules-engine.yml": "alertmanager/generated/rules-engine.yml"}
 
 
 def shipped_files(root: Path = ROOT) -> dict[str, str]:
     """repository path -> text, for every shipped generated file."""
-    generated = generate(load_ruleset(root / "rules"), GenerateOptions())
+    generated = generate(load_ruleset(root / "rules"))
     files = {}
     for path, text in generated.files.items():
         for prefix, target in SHIPPED_PREFIXES.items():

@@ -1,0 +1,75 @@
+"""The engine's Python API: what the CLI, the live monitor and the analysis API call.
+
+    import rules_engine
+    ruleset = rules_engine.load_ruleset(["rules/"])
+    with rules_engine.PrometheusSource("http://prometheus:9090") as source:
+        result = rules_engine.backtest(ruleset, source, "2026-11-18T00:00:00Z", "2026-11-20T00:00:00Z", "30s")
+    result.findings            # [Finding]: rule, kind, category, severity, labels, start, end, value, ...
+    result.slos, result.health(), result.failed
+
+    files = rules_engine.generate(ruleset).files   # path -> text of every compiled file
+
+Every function passes the shipped rule-kind registry (rules_engine.kinds.RULE_KINDS) to the engine or the
+compiler, which take it as an argument and never switch on a rule's type themselves.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable, Literal
+
+import pandas as pd
+
+from rules_engine.compile.generate import Generated, GenerateOptions
+from rules_engine.compile.generate import generate as generate_files
+from rules_engine.evaluate import engine as pandas_engine
+from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, Backtest
+from rules_engine.evaluate.promql_engine import run_promql_backtest
+from rules_engine.kinds import RULE_KINDS
+from rules_engine.source.base import Source
+from rules_engine.spec.loader import RuleSet
+from rules_engine.spec.models import parse_duration
+
+Time = pd.Timestamp | str | float
+Step = pd.Timedelta | str | float
+
+
+def backtest(ruleset: RuleSet, source: Source, start: Time, end: Time, step: Step = "30s", *,
+             rules: Iterable[str] | None = None, engine: Literal["pandas", "promql"] = "pandas",
+             concurrency: int = DEFAULT_CONCURRENCY, pushdown: bool = True,
+             on_query: Callable[[str], None] | None = None) -> Backtest:
+    """What the rules (and SLOs) would have fired over [start, end] evaluated every `step`.
+
+    `rules` selects rules or SLOs by name. `engine="promql"` range-queries the compiled alert conditions in
+    Prometheus instead of evaluating in pandas (what the live path in Prometheus would do). Times are pandas
+    Timestamps, RFC 3339 text or unix seconds; `step` a Timedelta, a Prometheus duration or seconds.
+    Raises EvaluationError for an empty range or unknown rule names; a rule whose data cannot be fetched or
+    evaluated is reported in `Backtest.failed`, not raised.
+    """
+    start_at, end_at, step_at = _timestamp(start), _timestamp(end), parse_duration(step)
+    if engine == "promql":
+        return run_promql_backtest(ruleset, source, start_at, end_at, step_at, RULE_KINDS, rules)
+    return pandas_engine.run_backtest(ruleset, source, start_at, end_at, step_at, RULE_KINDS, rules, on_query=on_query,
+                               concurrency=concurrency, pushdown=pushdown)
+
+
+def fetch_plan(ruleset: RuleSet, start: Time, step: Step, rules: Iterable[str] | None = None
+               ) -> tuple[list[str], pd.Timestamp]:
+    """The distinct range queries a backtest from `start` sends, and how early they start (warm-up)."""
+    return pandas_engine.fetch_plan(ruleset, _timestamp(start), parse_duration(step), RULE_KINDS, rules)
+
+
+def recording_plan(ruleset: RuleSet, start: Time, end: Time, step: Step, rules: Iterable[str] | None = None
+                   ) -> tuple[list[str], pd.Timestamp]:
+    """What a snapshot must hold to replay the rules and SLOs over [start, end]."""
+    return pandas_engine.recording_plan(ruleset, _timestamp(start), _timestamp(end), parse_duration(step), RULE_KINDS, rules)
+
+
+def generate(ruleset: RuleSet, options: GenerateOptions = GenerateOptions()) -> Generated:
+    """Every compiled file (Prometheus rules, promtool tests, Alertmanager fragment, dashboards) as text."""
+    return generate_files(ruleset, RULE_KINDS, options)
+
+
+def _timestamp(value: Time) -> pd.Timestamp:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return pd.Timestamp(value, unit="s", tz="UTC")
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")

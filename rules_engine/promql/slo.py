@@ -1,0 +1,46 @@
+"""The range queries of an SLO's SLI: raw counters (good or errors, and total) or a timeslice signal."""
+from __future__ import annotations
+
+from rules_engine.promql.histograms import le_regex
+from rules_engine.promql.selectors import inject_selector
+from rules_engine.spec.promql import parse_selector
+from rules_engine.spec.slo import SLO
+
+
+def slo_queries(slo: SLO) -> dict[str, str]:
+    """The range queries an SLO needs, by role: `good` or `errors` plus `total` (counters), or `signal`."""
+    sli = slo.sli
+    if sli.ratio is not None:
+        role = "good" if sli.ratio.good is not None else "errors"
+        return {role: inject_selector(sli.ratio.good or sli.ratio.errors, slo.selector),  # type: ignore[arg-type]
+                "total": inject_selector(sli.ratio.total, slo.selector)}
+    if sli.latency is not None:
+        return {"good": inject_selector(latency_bucket(slo, sli.latency.threshold), ""),
+                "total": inject_selector(latency_series(slo, "_count"), "")}
+    return {"signal": inject_selector(sli.timeslices.signal, slo.selector)}  # type: ignore[union-attr]
+
+
+def latency_series(slo: SLO, suffix: str, *extra_matchers: str) -> str:
+    """`<histogram><suffix>{...}` of a latency SLI, with the SLO's and the SLI's selector matchers."""
+    latency = slo.sli.latency
+    assert latency is not None
+    matchers = [*_matchers(slo.selector, latency.selector), *extra_matchers]
+    name = f"{latency.histogram}{suffix}"
+    return f"{name}{{{', '.join(matchers)}}}" if matchers else name
+
+
+def latency_bucket(slo: SLO, boundary: float) -> str:
+    """The bucket series of a latency SLI at `boundary` (the requests at most that slow), however `le` is spelled."""
+    return latency_series(slo, "_bucket", f"le=~{_quote(le_regex(boundary))}")
+
+
+def _quote(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _matchers(*selectors: str) -> list[str]:
+    found: list[str] = []
+    for selector in selectors:
+        if selector.strip():
+            found.extend(str(m) for m in parse_selector(selector))
+    return found
