@@ -2,6 +2,7 @@
 misbehave on purpose (5xx then success, 4xx, 429, slow, HTML login pages)."""
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.server
 import json
@@ -487,7 +488,10 @@ def test_config_mapping_rejects_unknown_settings_and_reads_password_files(tmp_pa
     source = PrometheusSource.from_config({"url": "http://bob:pw@localhost:9090/prometheus",
                                            "basic_auth": {"username": "u", "password_file": str(tmp_path / "pw")}})
     assert source.url == "http://localhost:9090/prometheus"  # credentials never reach messages or snapshots
-    assert source._client.auth == ("u", "hunter2")
+    with fake_prometheus(lambda attempt, seen: (200, "application/json", b'{"status":"success","data":[]}')) as server:
+        PrometheusSource.from_config({"url": server.url, "max_points_per_query": 100, "basic_auth": {
+            "username": "u", "password_file": str(tmp_path / "pw")}}).label_values("instance")
+    assert server.requests[0].headers["Authorization"] == "Basic " + base64.b64encode(b"u:hunter2").decode()
     with pytest.raises(SourceError, match="cannot read bearer token file /nonexistent"):
         PrometheusSource("http://localhost:9090", bearer_token_file="/nonexistent")
     with pytest.raises(SourceError, match="must look like http"):
