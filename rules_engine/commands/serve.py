@@ -14,6 +14,7 @@ import click
 
 from rules_engine.server.config import ConfigError, ServerConfig, load_config
 from rules_engine.server.gunicorn import run_gunicorn
+from rules_engine.urls import redacted_url
 
 
 @click.command("serve")
@@ -43,7 +44,7 @@ def serve(config_path, listen, database_url, playbooks, prometheus_url, dry_run,
         metrics_dir = tempfile.mkdtemp(prefix="rules-engine-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         atexit.register(shutil.rmtree, metrics_dir, True)
-    click.echo(f"rules-engine serve: listening on {config.listen}, store {_redacted(config.database_url)}, "
+    click.echo(f"rules-engine serve: listening on {config.listen}, store {redacted_url(config.database_url)}, "
                f"{config.workers} worker(s) x {config.threads} thread(s)"
                f"{', dry run' if config.dry_run else ''}{', receive only' if not config.process else ''}", err=True)
     run_gunicorn(config)
@@ -66,14 +67,6 @@ def _check(config: ServerConfig) -> None:
         raise ConfigError("playbooks do not load:\n" + "\n".join(str(p) for p in error.problems)) from None
     Credentials.from_config(config)
     open_store(config.database_url, synchronous=config.sqlite_synchronous).dispose()
-
-
-def _redacted(url: str) -> str:
-    # A PostgreSQL URL may carry a password; never print it.
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 # --- workflows ----------------------------------------------------------------------------------------------------
