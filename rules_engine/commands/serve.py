@@ -12,7 +12,7 @@ import tempfile
 
 import click
 
-from rules_engine.server.config import ConfigError, ServerConfig, load_config
+from rules_engine.server.config import ConfigError, ServerConfig, load_config, prometheus_client
 from rules_engine.server.gunicorn import run_gunicorn
 from rules_engine.urls import redacted_url
 
@@ -24,7 +24,9 @@ from rules_engine.urls import redacted_url
 @click.option("--database", "database_url", help="SQLAlchemy URL (default sqlite:///rules-engine.db; "
                                                   "postgresql://... accepted).")
 @click.option("--playbooks", multiple=True, help="Playbook files or folders (repeatable; default rules/).")
-@click.option("--prometheus", "prometheus_url", help="Prometheus URL for verify steps and current settings.")
+@click.option("--prometheus", "prometheus_url",
+              help="Prometheus URL for verify steps and current settings (replaces the url of the config's "
+                   "`prometheus:` section; its credentials, CA and headers still apply).")
 @click.option("--dry-run", is_flag=True, default=None, help="Record what every workflow would do; send nothing.")
 @click.option("--workers", type=int, help="WSGI worker processes (default 1: SQLite has one writer).")
 @click.option("--threads", type=int, help="Threads per worker (default 16).")
@@ -66,6 +68,9 @@ def _check(config: ServerConfig) -> None:
     except SpecError as error:
         raise ConfigError("playbooks do not load:\n" + "\n".join(str(p) for p in error.problems)) from None
     Credentials.from_config(config)
+    client = prometheus_client(config)
+    if client is not None:
+        client.close()
     open_store(config.database_url, synchronous=config.sqlite_synchronous).dispose()
 
 
