@@ -80,6 +80,14 @@ class ServerPrometheus(PrometheusSettings):
     # A verify step holds an executor thread while it waits: give up sooner than a backtest's 60 s.
     timeout: float | None = 10.0
 
+    @model_validator(mode="after")
+    def _secrets_in_files(self) -> "ServerPrometheus":
+        if self.bearer_token is not None:
+            raise ValueError("bearer_token: secrets are not written in the config; use bearer_token_file")
+        if self.basic_auth is not None and self.basic_auth.password is not None:
+            raise ValueError("basic_auth.password: secrets are not written in the config; use password_file")
+        return self
+
 
 class Operator(BaseModel):
     model_config = ConfigDict(extra="forbid")
