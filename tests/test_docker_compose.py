@@ -67,7 +67,7 @@ def test_wiring_between_services():
     urls = [hook["url"] for receiver in alertmanager["receivers"] for hook in receiver.get("webhook_configs", [])]
     assert "http://rules-engine:8080/alertmanager/webhook" in urls
     serve = ServerConfig.model_validate(yaml.safe_load((ROOT / "docker" / "serve.yaml").read_text()))
-    assert serve.listen.endswith(":8080") and serve.prometheus_url == "http://prometheus:9090"
+    assert serve.listen.endswith(":8080") and serve.prometheus.url == "http://prometheus:9090"
     assert "8080:8080" in SERVICES["rules-engine"]["ports"]
     token_mount = [v for v in SERVICES["alertmanager"]["volumes"] if "rules-engine-token" in v]
     assert token_mount and token_mount[0].split(":")[1] == \

@@ -26,6 +26,7 @@ from rules_engine.playbooks.payload import Alert, PayloadError, canonical_time, 
 from rules_engine.playbooks.recommend import recommend
 from rules_engine.playbooks.runtime import Runtime, load_playbooks
 from rules_engine.playbooks.templates import RenderError, render_promql, render_structure, render_text
+from rules_engine.source import PrometheusClient
 from rules_engine.spec import SpecError, load_ruleset
 from rules_engine.spec.playbook import LabelMatcher, Playbook
 from tests.test_playbooks_orchestrator import running_orchestrator
@@ -353,16 +354,16 @@ def verify_playbook(condition: dict, query: str = "vector(0.5)") -> Playbook:
 def test_verify_against_prometheus_passes_or_rolls_back(store, prometheus):
     with running_orchestrator() as orch:
         passing = runtime(store, verify_playbook({"below": 1}), variables={"orchestrator_url": orch.url},
-                          prometheus_url=prometheus.url)
+                          prometheus=PrometheusClient(prometheus.url))
         ok_id = ingest(passing, alert(instance="a")).created[0]
         assert run_claimed(passing) == wf.COMPLETED
         failing = runtime(store, verify_playbook({"below": 0.1}), variables={"orchestrator_url": orch.url},
-                          prometheus_url=prometheus.url)
+                          prometheus=PrometheusClient(prometheus.url))
         bad_id = ingest(failing, alert(instance="b")).created[0]
         assert run_claimed(failing) == wf.ROLLED_BACK
         # Improvement against the pre-change baseline: a constant query never improves.
         flat = runtime(store, verify_playbook({"improvement": {"percent": 10}}),
-                       variables={"orchestrator_url": orch.url}, prometheus_url=prometheus.url)
+                       variables={"orchestrator_url": orch.url}, prometheus=PrometheusClient(prometheus.url))
         flat_id = ingest(flat, alert(instance="c")).created[0]
         assert run_claimed(flat) == wf.ROLLED_BACK
     assert get(passing, ok_id).steps[2].output["value"] == 0.5
@@ -384,7 +385,7 @@ def test_recommend_reads_current_settings_from_prometheus(store, start_prometheu
         while not prom.query("vllm:cache_config_info") and time.time() < deadline:
             time.sleep(0.2)
         pb = playbook(dry_run=True, steps=[{"name": "r", "type": "recommend", "bottleneck": "kv_cache_pressure"}])
-        rt = runtime(store, pb, prometheus_url=prom.url)
+        rt = runtime(store, pb, prometheus=PrometheusClient(prom.url))
         workflow_id = ingest(rt, alert(instance="vllm-1:8000")).created[0]
         assert run_claimed(rt) == wf.COMPLETED
     output = get(rt, workflow_id).steps[0].output
@@ -428,7 +429,7 @@ def test_crash_resume_does_not_rerun_a_change_of_unknown_outcome(store):
 def test_crash_resume_reruns_a_read_only_step_with_a_recorded_reason(store, prometheus):
     with running_orchestrator() as orch:
         pb = verify_playbook({"below": 1})
-        rt = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus_url=prometheus.url)
+        rt = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus=PrometheusClient(prometheus.url))
         workflow_id = ingest(rt, alert()).created[0]
         claim_next(rt)
         with store.write() as conn:
@@ -436,7 +437,8 @@ def test_crash_resume_reruns_a_read_only_step_with_a_recorded_reason(store, prom
             st.update_step(conn, workflow_id, 1, state=wf.STEP_SUCCEEDED, output={"status": 200})
             st.update_step(conn, workflow_id, 2, state=wf.STEP_RUNNING, started_at=time.time())
             conn.execute(update(st.workflows).values(lease_until=time.time() - 1))
-        survivor = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus_url=prometheus.url)
+        survivor = runtime(store, pb, variables={"orchestrator_url": orch.url},
+                           prometheus=PrometheusClient(prometheus.url))
         assert claim_next(survivor) == workflow_id
         assert run_workflow(survivor, workflow_id) == wf.COMPLETED
     assert orch.calls == []
@@ -506,9 +508,10 @@ def test_a_step_longer_than_the_lease_keeps_its_workflow(store, prometheus):
     pb = verify_playbook({"below": 1})
     pb.steps[2].delay = 1.5
     with running_orchestrator() as orch:
-        rt = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus_url=prometheus.url)
+        rt = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus=PrometheusClient(prometheus.url))
         rt.lease_seconds = 0.5
-        other = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus_url=prometheus.url)
+        other = runtime(store, pb, variables={"orchestrator_url": orch.url},
+                        prometheus=PrometheusClient(prometheus.url))
         workflow_id = ingest(rt, alert()).created[0]
         assert claim_next(rt) == workflow_id
         thief: list = []
@@ -526,7 +529,7 @@ def test_shutdown_mid_verify_leaves_the_workflow_resumable_at_once(store, promet
     pb = verify_playbook({"below": 1})
     pb.steps[2].delay = 30
     with running_orchestrator() as orch:
-        rt = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus_url=prometheus.url)
+        rt = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus=PrometheusClient(prometheus.url))
         workflow_id = ingest(rt, alert()).created[0]
         runner = Runner(rt, executor_threads=1, poll_interval=0.05).start()
         deadline = time.time() + 10
@@ -535,7 +538,8 @@ def test_shutdown_mid_verify_leaves_the_workflow_resumable_at_once(store, promet
         runner.stop()
         assert get(rt, workflow_id).state == wf.IN_PROGRESS
         pb.steps[2].delay = 0
-        restarted = runtime(store, pb, variables={"orchestrator_url": orch.url}, prometheus_url=prometheus.url)
+        restarted = runtime(store, pb, variables={"orchestrator_url": orch.url},
+                            prometheus=PrometheusClient(prometheus.url))
         assert claim_next(restarted) == workflow_id  # no wait for the old lease to expire
         assert run_workflow(restarted, workflow_id) == wf.COMPLETED
     assert len(orch.calls_to("/v1/scale")) == 1  # the change was not made twice

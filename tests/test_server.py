@@ -20,7 +20,7 @@ from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.intake import process_next_event
 from rules_engine.server.app import create_app, shutdown
-from rules_engine.server.config import ConfigError, ServerConfig, load_config
+from rules_engine.server.config import ConfigError, ServerConfig, load_config, prometheus_client
 from tests.test_playbooks import alert, payload, playbook
 
 AM_TOKEN = "am-secret-token-123"
@@ -342,3 +342,44 @@ def test_oversized_payloads_get_413_and_alertname_filter(tmp_path):
     assert len(client.get("/api/v1/workflows?alertname=QueueBuildup", headers=op("viewer-token")).json["workflows"]) == 1
     assert client.get("/api/v1/workflows?alertname=Other", headers=op("viewer-token")).json["workflows"] == []
     shutdown(application)
+
+
+# --- the prometheus: section --------------------------------------------------------------------------------------
+def test_prometheus_section_its_shorthand_and_the_command_line_url(tmp_path):
+    (tmp_path / "token").write_text("t0k\n")
+    path = tmp_path / "serve.yaml"
+    path.write_text(json.dumps({"prometheus": {"url": "http://mimir/prometheus", "bearer_token_file": str(
+        tmp_path / "token"), "headers": {"X-Scope-OrgID": "t1"}}}))
+    assert load_config(path).prometheus.timeout == 10  # a verify step gives up sooner than a backtest
+    # `serve --prometheus URL` replaces the URL only: the file's token and tenant still apply.
+    overridden = load_config(path, prometheus_url="http://other:9090")
+    assert overridden.prometheus.url == "http://other:9090"
+    assert overridden.prometheus.headers == {"X-Scope-OrgID": "t1"}
+    assert prometheus_client(overridden).url == "http://other:9090"
+    short = load_config(None, prometheus_url="http://prometheus:9090")
+    assert short.prometheus.url == "http://prometheus:9090"
+    older = ServerConfig.model_validate({"prometheus_url": "http://p:9090", "prometheus_timeout": 3})
+    assert older.prometheus.timeout == 3
+    assert prometheus_client(ServerConfig()) is None
+
+
+@pytest.mark.parametrize("section, message", [
+    ({"prometheus": {"url": "http://p", "timeout": "soon"}}, "prometheus.timeout: Input should be a valid number"),
+    ({"prometheus": {"url": "http://p", "tenant": "t1"}}, "prometheus.tenant: Extra inputs are not permitted"),
+    ({"prometheus": {"url": "http://p", "bearer_token": "x"}}, "bearer_token: secrets are not written in the config"),
+    ({"prometheus": {"url": "http://p", "basic_auth": "bob"}}, r"prometheus.basic_auth: .*must be \[user, password\]"),
+    ({"prometheus": {"url": "http://p"}, "prometheus_url": "http://q"}, "give `prometheus` or its shorthand"),
+])
+def test_bad_prometheus_settings_name_the_field(tmp_path, section, message):
+    path = tmp_path / "serve.yaml"
+    path.write_text(json.dumps(section))
+    with pytest.raises(ConfigError, match=message):
+        load_config(path)
+
+
+def test_prometheus_settings_checked_when_the_client_is_built_name_the_field():
+    for section, message in [({"url": "http://p", "timeout": 0}, "prometheus: timeout must be positive"),
+                             ({"url": "http://p", "bearer_token_file": "/nonexistent"},
+                              "prometheus: cannot read bearer token file /nonexistent")]:
+        with pytest.raises(ConfigError, match=message):
+            prometheus_client(ServerConfig.model_validate({"prometheus": section}))

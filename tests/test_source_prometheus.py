@@ -2,6 +2,7 @@
 misbehave on purpose (5xx then success, 4xx, 429, slow, HTML login pages)."""
 from __future__ import annotations
 
+import base64
 import contextlib
 import http.server
 import json
@@ -19,7 +20,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from rules_engine.source import PrometheusSource, SourceError
+from rules_engine.source import PrometheusClient, PrometheusSource, SourceError
 from rules_engine.source.frame import evaluation_grid
 from rules_engine.commands.options import prometheus_options, source_from_options
 from rules_engine.source.prometheus import MAX_POINTS_PER_QUERY, decode_matrix, frame_from_chunks
@@ -487,8 +488,51 @@ def test_config_mapping_rejects_unknown_settings_and_reads_password_files(tmp_pa
     source = PrometheusSource.from_config({"url": "http://bob:pw@localhost:9090/prometheus",
                                            "basic_auth": {"username": "u", "password_file": str(tmp_path / "pw")}})
     assert source.url == "http://localhost:9090/prometheus"  # credentials never reach messages or snapshots
-    assert source._client.auth == ("u", "hunter2")
+    with fake_prometheus(lambda attempt, seen: (200, "application/json", b'{"status":"success","data":[]}')) as server:
+        PrometheusSource.from_config({"url": server.url, "max_points_per_query": 100, "basic_auth": {
+            "username": "u", "password_file": str(tmp_path / "pw")}}).label_values("instance")
+    assert server.requests[0].headers["Authorization"] == "Basic " + base64.b64encode(b"u:hunter2").decode()
     with pytest.raises(SourceError, match="cannot read bearer token file /nonexistent"):
         PrometheusSource("http://localhost:9090", bearer_token_file="/nonexistent")
     with pytest.raises(SourceError, match="must look like http"):
         PrometheusSource("localhost:9090")
+
+
+# -- instant queries (playbook verify steps, baselines, current settings) ---------------------------------------
+
+def _instant_body(result_type: str, result: object) -> bytes:
+    return json.dumps({"status": "success", "data": {"resultType": result_type, "result": result}}).encode()
+
+
+def test_instant_query_sends_the_tenant_header_and_basic_auth():
+    vector = [{"metric": {"instance": "a"}, "value": [1.0, "0.25"]},
+              {"metric": {"instance": "b"}, "value": [1.0, "NaN"]}]
+    with fake_prometheus(lambda attempt, seen: (200, "application/json", _instant_body("vector", vector)),
+                         prefix="/prometheus") as server:
+        client = PrometheusClient.from_config({"url": server.url, "headers": {"X-Scope-OrgID": "tenant-1"},
+                                               "basic_auth": ["alice", "pw"]})
+        series = client.instant_query("up", time=pd.Timestamp("2026-10-01T00:00:00Z"))
+    seen = server.requests[0]
+    assert seen.path == "/prometheus/api/v1/query"
+    assert seen.headers["X-Scope-OrgID"] == "tenant-1"
+    assert seen.headers["Authorization"] == "Basic " + base64.b64encode(b"alice:pw").decode()
+    assert b"query=up" in seen.body and b"time=1790812800.000" in seen.body
+    assert series[0] == ({"instance": "a"}, 0.25) and np.isnan(series[1][1])  # NaN is the caller's to judge
+
+
+def test_instant_query_reads_a_scalar_and_refuses_a_range_vector_by_name():
+    answers = iter([_instant_body("scalar", [1.0, "2"]), _instant_body("matrix", [])])
+    with fake_prometheus(lambda attempt, seen: (200, "application/json", next(answers))) as server:
+        client = PrometheusClient(server.url)
+        assert client.instant_query("scalar(up)") == [({}, 2.0)]
+        with pytest.raises(SourceError) as error:
+            client.instant_query("up[5m]")
+    assert str(error.value) == (f"Prometheus at {server.url} gave an unusable answer to query up[5m]: "
+                                f"expected an instant vector or a scalar, got matrix")
+
+
+def test_instant_query_errors_read_like_range_query_errors():
+    with fake_prometheus(lambda attempt, seen: (400, "application/json",
+                                                _json_error("bad_data", "parse error"))) as server:
+        with pytest.raises(SourceError, match=r"rejected query up\{ \(HTTP 400\): bad_data: parse error"):
+            PrometheusClient(server.url).instant_query("up{")

@@ -15,6 +15,8 @@ from rules_engine.evaluate.series import EvaluationError
 from rules_engine.report.export import backtest_record, write_export
 from rules_engine.report.text import render_text
 from rules_engine.source.base import SourceError
+from rules_engine.source.client import PrometheusClient
+from rules_engine.source.prometheus import PrometheusSource
 from rules_engine.source.snapshot import SnapshotSource, record_snapshot
 from rules_engine.spec import RuleSet, SpecError, load_ruleset, parse_duration
 from rules_engine.spec.timerange import resolve_range
@@ -100,7 +102,9 @@ def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min
         click.echo(f"\nexported {len(backtest.findings)} finding(s) to {export_path}")
 
     if fix:
-        _fix(backtest, ruleset, dry_run, database_url, prometheus.get("prometheus_url"), _variables(variables))
+        # Verify steps query the Prometheus the backtest read, with the same credentials and tenant.
+        client = source.client if isinstance(source, PrometheusSource) else None
+        _fix(backtest, ruleset, dry_run, database_url, client, _variables(variables))
     elif dry_run:
         _fail("--dry-run goes with --fix")
 
@@ -195,8 +199,8 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
-def _fix(backtest: Backtest, ruleset: RuleSet, dry_run: bool, database_url: str, prometheus_url: str | None,
-         variables: dict[str, str]) -> None:
+def _fix(backtest: Backtest, ruleset: RuleSet, dry_run: bool, database_url: str,
+         prometheus: PrometheusClient | None, variables: dict[str, str]) -> None:
     """The seeds' --fix: each finding becomes the alert the live rule would send, through the webhook's own path."""
     from rules_engine.playbooks.fix import run_findings
     from rules_engine.playbooks.store import open_store
@@ -206,7 +210,7 @@ def _fix(backtest: Backtest, ruleset: RuleSet, dry_run: bool, database_url: str,
     store = open_store(database_url)
     try:
         workflows = run_findings(backtest.findings, ruleset.playbooks, store, dry_run=dry_run,
-                                 prometheus_url=prometheus_url, variables=variables)
+                                 prometheus=prometheus, variables=variables)
     finally:
         store.dispose()
     click.echo(f"\n{'Dry run' if dry_run else 'Fix'}: {len(workflows)} workflow(s) from {len(backtest.findings)} "

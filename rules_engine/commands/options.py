@@ -6,7 +6,8 @@ from typing import Callable
 import click
 
 from rules_engine.source.base import SourceError
-from rules_engine.source.prometheus import PrometheusSource, read_secret
+from rules_engine.source.client import read_secret
+from rules_engine.source.prometheus import PrometheusSource
 
 
 def prometheus_options(command: Callable) -> Callable:

@@ -12,8 +12,9 @@ import tempfile
 
 import click
 
-from rules_engine.server.config import ConfigError, ServerConfig, load_config
+from rules_engine.server.config import ConfigError, ServerConfig, load_config, prometheus_client
 from rules_engine.server.gunicorn import run_gunicorn
+from rules_engine.urls import redacted_url
 
 
 @click.command("serve")
@@ -23,7 +24,9 @@ from rules_engine.server.gunicorn import run_gunicorn
 @click.option("--database", "database_url", help="SQLAlchemy URL (default sqlite:///rules-engine.db; "
                                                   "postgresql://... accepted).")
 @click.option("--playbooks", multiple=True, help="Playbook files or folders (repeatable; default rules/).")
-@click.option("--prometheus", "prometheus_url", help="Prometheus URL for verify steps and current settings.")
+@click.option("--prometheus", "prometheus_url",
+              help="Prometheus URL for verify steps and current settings (replaces the url of the config's "
+                   "`prometheus:` section; its credentials, CA and headers still apply).")
 @click.option("--dry-run", is_flag=True, default=None, help="Record what every workflow would do; send nothing.")
 @click.option("--workers", type=int, help="WSGI worker processes (default 1: SQLite has one writer).")
 @click.option("--threads", type=int, help="Threads per worker (default 16).")
@@ -43,7 +46,7 @@ def serve(config_path, listen, database_url, playbooks, prometheus_url, dry_run,
         metrics_dir = tempfile.mkdtemp(prefix="rules-engine-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         atexit.register(shutil.rmtree, metrics_dir, True)
-    click.echo(f"rules-engine serve: listening on {config.listen}, store {_redacted(config.database_url)}, "
+    click.echo(f"rules-engine serve: listening on {config.listen}, store {redacted_url(config.database_url)}, "
                f"{config.workers} worker(s) x {config.threads} thread(s)"
                f"{', dry run' if config.dry_run else ''}{', receive only' if not config.process else ''}", err=True)
     run_gunicorn(config)
@@ -65,15 +68,10 @@ def _check(config: ServerConfig) -> None:
     except SpecError as error:
         raise ConfigError("playbooks do not load:\n" + "\n".join(str(p) for p in error.problems)) from None
     Credentials.from_config(config)
+    client = prometheus_client(config)
+    if client is not None:
+        client.close()
     open_store(config.database_url, synchronous=config.sqlite_synchronous).dispose()
-
-
-def _redacted(url: str) -> str:
-    # A PostgreSQL URL may carry a password; never print it.
-    if "@" in url and "://" in url:
-        scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return url
 
 
 # --- workflows ----------------------------------------------------------------------------------------------------

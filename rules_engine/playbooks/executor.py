@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import statistics
 import threading
 import time
@@ -20,10 +21,10 @@ from sqlalchemy import and_, func, or_, select, update
 
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
-from rules_engine.playbooks.prometheus import PrometheusError, instant_query
 from rules_engine.playbooks.recommend import current_settings, recommend
 from rules_engine.playbooks.runtime import Runtime
 from rules_engine.playbooks.templates import RenderError, render_promql, render_structure, render_text
+from rules_engine.source.base import SourceError
 from rules_engine.spec.playbook import (MUTATING_STEP_TYPES, HttpStep, Playbook, RecommendStep, RollbackStep,
                                         VerifyStep)
 
@@ -319,21 +320,25 @@ def _capture_baselines(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -
     context = template_context(rt, workflow, playbook)
     for step in missing:
         query = render_promql(step.query, context, f"steps.{step.name}.query")
-        if workflow.dry_run or not rt.prometheus_url:
+        if workflow.dry_run or rt.prometheus is None:
             baselines[step.name] = {"query": query, "value": None,
                                     "note": "dry run" if workflow.dry_run else "no Prometheus configured"}
             continue
         try:
-            series = instant_query(rt.prometheus_url, query, timeout=rt.prometheus_timeout, session=None)
-            value = _reduce([v for _, v in series], step.reduce)
+            value = _reduce(_values_now(rt, query), step.reduce)
             baselines[step.name] = {"query": query, "value": value, "at": st._rfc3339(time.time())}
-        except PrometheusError as error:
+        except SourceError as error:
             baselines[step.name] = {"query": query, "value": None, "note": str(error)}
     workflow.context["baselines"] = baselines
     with rt.store.write() as conn:
         conn.execute(update(st.workflows).where(st.workflows.c.id == workflow.id)
                      .values(context=st.dumps(workflow.context)))
         st.record_audit(conn, f"executor:{rt.owner}", "baselines_captured", workflow.id, baselines=baselines)
+
+
+def _values_now(rt: Runtime, query: str) -> list[float]:
+    """The query's values now. NaN (a ratio over no traffic: 0/0) counts as no data, like a missing series."""
+    return [value for _, value in rt.prometheus.instant_query(query) if not math.isnan(value)]
 
 
 def _reduce(values: list[float], how: str) -> float | None:
@@ -356,7 +361,7 @@ def run_step(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step, conte
 
 def _recommend(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step: RecommendStep) -> tuple[bool, dict, str]:
     kind = step.server_kind or playbook.server_kind
-    exposed, source = current_settings(rt.prometheus_url, kind, workflow.instance, timeout=rt.prometheus_timeout)
+    exposed, source = current_settings(rt.prometheus, kind, workflow.instance)
     current = {**step.current, **exposed}
     bottleneck = step.bottleneck_by_alertname.get(workflow.alertname, step.bottleneck)
     output = recommend(kind, bottleneck, playbook.optimization_level, current)
@@ -418,15 +423,15 @@ def _verify(rt: Runtime, workflow: st.Workflow, step: VerifyStep, context: dict)
     if workflow.dry_run:
         return True, {"dry_run": True, "would_query": query, "after_seconds": step.delay, "condition": condition}, \
             f"dry run: would check {query} after {step.delay:.0f}s"
-    if not rt.prometheus_url:
-        return False, {"query": query}, "no Prometheus URL configured: cannot verify"
+    if rt.prometheus is None:
+        return False, {"query": query}, "no Prometheus configured: cannot verify"
     _wait(rt, workflow.id, step.delay)
     try:
-        series = instant_query(rt.prometheus_url, query, timeout=rt.prometheus_timeout)
-    except PrometheusError as error:
+        values = _values_now(rt, query)
+    except SourceError as error:
         return False, {"query": query, "error": str(error)}, str(error)
-    value = _reduce([v for _, v in series], step.reduce)
-    output: dict[str, Any] = {"query": query, "value": value, "series": len(series), "condition": condition}
+    value = _reduce(values, step.reduce)
+    output: dict[str, Any] = {"query": query, "value": value, "series": len(values), "condition": condition}
     if value is None:
         passed = step.on_no_data == "pass"
         return passed, output, f"no data for {query}; on_no_data={step.on_no_data}"

@@ -19,6 +19,7 @@ from rules_engine.playbooks.executor import run_workflow
 from rules_engine.playbooks.intake import process_alerts
 from rules_engine.playbooks.payload import Alert, canonical_time, label_fingerprint
 from rules_engine.playbooks.runtime import Runtime
+from rules_engine.source.client import PrometheusClient
 from rules_engine.spec.playbook import Playbook
 
 
@@ -40,10 +41,13 @@ def finding_alert(finding: Finding) -> Alert:
 
 
 def run_findings(findings: Iterable[Finding], playbooks: Iterable[Playbook], store: st.Store, dry_run: bool = True,
-                 prometheus_url: str | None = None, variables: dict | None = None) -> list[st.Workflow]:
-    """Start the matching playbooks for each finding; returns the workflows created (already run when dry_run)."""
+                 prometheus: PrometheusClient | None = None, variables: dict | None = None) -> list[st.Workflow]:
+    """Start the matching playbooks for each finding; returns the workflows created (already run when dry_run).
+
+    `prometheus` is what verify steps and current settings query: the client the backtest read from, so they
+    reach the same server with the same credentials and tenant."""
     rt = Runtime(store=store, playbooks={p.name: p for p in playbooks}, dry_run=dry_run,
-                 prometheus_url=prometheus_url, variables=dict(variables or {}), owner="evaluate --fix")
+                 prometheus=prometheus, variables=dict(variables or {}), owner="evaluate --fix")
     alerts = [finding_alert(f) for f in findings]
     with store.write() as conn:
         result = process_alerts(conn, rt, alerts, actor="cli:evaluate --fix", origin="evaluate --fix")

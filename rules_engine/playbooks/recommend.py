@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from rules_engine.playbooks.prometheus import PrometheusError, instant_query
+from rules_engine.source.base import SourceError
+from rules_engine.source.client import PrometheusClient
 
 LEVEL_INDEX = {"conservative": 0, "moderate": 1, "aggressive": 2}
 
@@ -158,16 +159,16 @@ def _coerce(value: str) -> Any:
     return value
 
 
-def current_settings(prometheus_url: str | None, server_kind: str, instance: str, timeout: float = 5.0
+def current_settings(prometheus: PrometheusClient | None, server_kind: str, instance: str
                      ) -> tuple[dict[str, Any], str]:
     """The server's exposed configuration (labels of its config-info gauge) and where it came from."""
     metric = CONFIG_INFO_METRIC.get(server_kind)
-    if not prometheus_url or not metric or not instance:
+    if prometheus is None or not metric or not instance:
         return {}, "not available"
     selector = instance.replace("\\", "\\\\").replace('"', '\\"')
     try:
-        series = instant_query(prometheus_url, f'{metric}{{instance="{selector}"}}', timeout=timeout)
-    except PrometheusError as error:
+        series = prometheus.instant_query(f'{metric}{{instance="{selector}"}}')
+    except SourceError as error:
         return {}, f"prometheus error: {error}"
     if not series:
         return {}, f"{metric} not found for instance {instance!r}"

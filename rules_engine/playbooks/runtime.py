@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import requests
 
 from rules_engine.playbooks.store import Store
+from rules_engine.source.client import PrometheusClient
 from rules_engine.spec.playbook import Playbook
 
 
@@ -20,8 +21,8 @@ class Runtime:
     store: Store
     playbooks: dict[str, Playbook]
     dry_run: bool = False  # global: every workflow records what it would do, nothing is sent
-    prometheus_url: str | None = None
-    prometheus_timeout: float = 10.0
+    # Verify steps, baselines and current settings query it; None: verify steps fail, recommend uses defaults.
+    prometheus: PrometheusClient | None = None
     variables: dict = field(default_factory=dict)  # `vars` in templates, e.g. the orchestrator's URL
     lease_seconds: float = 60.0  # an IN_PROGRESS workflow whose owner stops renewing is resumed after this
     notify_urls: list[str] = field(default_factory=list)  # outbound webhooks on workflow state changes

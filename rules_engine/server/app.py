@@ -18,7 +18,7 @@ from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.payload import PayloadError, parse_payload
 from rules_engine.playbooks.runner import Runner
 from rules_engine.playbooks.runtime import Runtime, load_playbooks
-from rules_engine.server.config import Credentials, Principal, ServerConfig
+from rules_engine.server.config import Credentials, Principal, ServerConfig, prometheus_client
 from rules_engine.server.metrics import EngineMetrics, engine_metrics
 from rules_engine.server.openapi import openapi_document
 
@@ -45,8 +45,8 @@ def create_app(config: ServerConfig, playbooks: dict | None = None, start_runner
     store = st.open_store(config.database_url, synchronous=config.sqlite_synchronous)
     loaded = playbooks if playbooks is not None else load_playbooks(config.playbooks)
     metrics = engine_metrics(store)
-    runtime = Runtime(store=store, playbooks=loaded, dry_run=config.dry_run, prometheus_url=config.prometheus_url,
-                      prometheus_timeout=config.prometheus_timeout, variables=dict(config.variables),
+    runtime = Runtime(store=store, playbooks=loaded, dry_run=config.dry_run, prometheus=prometheus_client(config),
+                      variables=dict(config.variables),
                       lease_seconds=config.lease_seconds, notify_urls=list(config.notify_urls),
                       observe_step=metrics.observe_step)
     start = config.process if start_runner is None else start_runner
@@ -72,6 +72,8 @@ def shutdown(app: Flask) -> None:
         found.runner.stop()
     found.events.stop()
     found.runtime.store.dispose()
+    if found.runtime.prometheus is not None:
+        found.runtime.prometheus.close()
 
 
 # --- webhook ----------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from rules_engine.source.base import SourceError
+from rules_engine.source.client import PrometheusClient, PrometheusSettings
 from rules_engine.spec.playbook import OPTIMIZATION_LEVELS, OptimizationLevel
 
 
@@ -70,6 +72,23 @@ class AlertmanagerAuth(BaseModel):
         return self
 
 
+class ServerPrometheus(PrometheusSettings):
+    """`prometheus:`: where verify steps, baselines and current settings query (the settings of `evaluate`'s
+    Prometheus options: url, bearer_token_file, basic_auth, ca_file, insecure_skip_verify, headers such as
+    X-Scope-OrgID for a Mimir tenant, timeout, retries, backoff)."""
+
+    # A verify step holds an executor thread while it waits: give up sooner than a backtest's 60 s.
+    timeout: float | None = 10.0
+
+    @model_validator(mode="after")
+    def _secrets_in_files(self) -> "ServerPrometheus":
+        if self.bearer_token is not None:
+            raise ValueError("bearer_token: secrets are not written in the config; use bearer_token_file")
+        if self.basic_auth is not None and self.basic_auth.password is not None:
+            raise ValueError("basic_auth.password: secrets are not written in the config; use password_file")
+        return self
+
+
 class Operator(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(min_length=1)
@@ -91,8 +110,7 @@ class ServerConfig(BaseModel):
     database_url: str = "sqlite:///rules-engine.db"
     sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL"
     playbooks: list[str] = Field(default_factory=lambda: ["rules"])
-    prometheus_url: str | None = None
-    prometheus_timeout: float = 10.0
+    prometheus: ServerPrometheus | None = None  # shorthand: prometheus_url (+ prometheus_timeout)
     dry_run: bool = False
     variables: dict = Field(default_factory=dict)
     alertmanager_auth: AlertmanagerAuth | None = None
@@ -112,6 +130,22 @@ class ServerConfig(BaseModel):
     max_payload_bytes: int = 16 * 1024 * 1024
     access_log: bool = False
 
+    @model_validator(mode="before")
+    @classmethod
+    def _prometheus_shorthand(cls, raw: object) -> object:
+        """`prometheus_url: URL` (and `prometheus_timeout`), the older form, is `prometheus: {url, timeout}`."""
+        if not isinstance(raw, dict) or not {"prometheus_url", "prometheus_timeout"} & set(raw):
+            return raw
+        raw = dict(raw)
+        url, timeout = raw.pop("prometheus_url", None), raw.pop("prometheus_timeout", None)
+        if raw.get("prometheus") is not None:
+            raise ValueError("give `prometheus` or its shorthand `prometheus_url` / `prometheus_timeout`, not both")
+        if url is None and timeout is not None:
+            raise ValueError("prometheus_timeout: there is no prometheus_url to query")
+        if url is not None:
+            raw["prometheus"] = {"url": url, **({"timeout": timeout} if timeout is not None else {})}
+        return raw
+
     @model_validator(mode="after")
     def _roles(self) -> "ServerConfig":
         for operator in self.operators:
@@ -129,6 +163,8 @@ class ConfigError(ValueError):
 
 
 def load_config(path: str | os.PathLike | None, **overrides) -> ServerConfig:
+    """The config file with command-line overrides (None: not given). A `prometheus_url` override replaces only
+    the URL of the file's `prometheus:` section: its credentials, CA and tenant still apply."""
     raw: dict = {}
     if path:
         try:
@@ -137,13 +173,32 @@ def load_config(path: str | os.PathLike | None, **overrides) -> ServerConfig:
             raise ConfigError(f"{path}: {error}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: the config must be a mapping")
+    prometheus_url = overrides.pop("prometheus_url", None)
     raw.update({k: v for k, v in overrides.items() if v is not None})
+    if prometheus_url is not None and isinstance(raw.get("prometheus"), dict):
+        raw["prometheus"] = {**raw["prometheus"], "url": prometheus_url}
+    elif prometheus_url is not None:
+        raw["prometheus_url"] = prometheus_url
     try:
         return ServerConfig.model_validate(raw)
     except ValidationError as error:
-        problems = [f"{path or 'config'}: {'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
-                    for e in error.errors(include_url=False)]
+        problems = [_problem(path, e) for e in error.errors(include_url=False)]
         raise ConfigError("\n".join(problems)) from None
+
+
+def _problem(path: str | os.PathLike | None, error: dict) -> str:
+    field = ".".join(str(part) for part in error["loc"])  # empty for a check across fields
+    return f"{path or 'config'}: {field + ': ' if field else ''}{error['msg']}"
+
+
+def prometheus_client(config: ServerConfig) -> PrometheusClient | None:
+    """The client of the `prometheus:` section (secret files read now), or None without one."""
+    if config.prometheus is None:
+        return None
+    try:
+        return PrometheusClient.from_config(config.prometheus)
+    except SourceError as error:
+        raise ConfigError(f"prometheus: {error}") from None
 
 
 @dataclass(frozen=True)
