@@ -20,12 +20,7 @@ from typing import Mapping
 import pandas as pd
 
 from rules_engine.compile import alertmanager, grafana
-from rules_engine.compile.prometheus import (
-    DEFAULT_INTERVAL,
-    HEADER,
-    CompiledPack,
-    compile_pack,
-)
+from rules_engine.compile.prometheus import DEFAULT_INTERVAL, HEADER, CompiledPack, compile_pack
 from rules_engine.compile.promtool_tests import pack_tests
 from rules_engine.compile.render import dump_json, dump_yaml
 from rules_engine.promql.kinds import RuleKind

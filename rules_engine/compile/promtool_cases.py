@@ -6,15 +6,8 @@ import math
 
 import pandas as pd
 
-from rules_engine.compile.promtool_tests import (
-    CaseBuilder,
-    Cases,
-    check_step,
-    firing_values,
-    holds,
-    safe_value,
-    window_value,
-)
+from rules_engine.compile.promtool_tests import (CaseBuilder, Cases, check_step, firing_values, holds, safe_value,
+                                                 window_value)
 from rules_engine.promql.levels import number
 from rules_engine.promql.regression import baseline_offset
 from rules_engine.promql.trend import lead_fractions

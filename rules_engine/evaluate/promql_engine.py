@@ -73,7 +73,7 @@ def run_promql_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, e
         active = ~np.isnan(values)
         episodes = firing_episodes(active, steps_for(rule.for_, step), steps_for(rule.keep_firing_for, step))
         episodes = window.overlapping(episodes, frame.values.index)
-        above = getattr(rule, "direction", "above") == "above"
+        above = rule.direction == "above"
         peaks = episode_extremes(values, episodes, largest=above)
         try:
             if kind.grade_peaks is not None:

@@ -20,12 +20,7 @@ from scipy.special import ndtr
 
 from rules_engine.evaluate.alerting import Episodes, firing_episodes, steps_for
 from rules_engine.evaluate.findings import Finding
-from rules_engine.evaluate.series import (
-    EvaluationError,
-    RangeWindow,
-    findings_from_episodes,
-    guard_holds,
-)
+from rules_engine.evaluate.series import EvaluationError, RangeWindow, findings_from_episodes, guard_holds
 from rules_engine.promql.windows import QUANTILES
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec.models import RulePack, SeverityLadder, format_duration

@@ -7,18 +7,10 @@ import numpy as np
 
 from rules_engine.evaluate.alerting import episode_extremes, firing_episodes, steps_for
 from rules_engine.evaluate.findings import Finding
-from rules_engine.evaluate.series import (
-    RangeWindow,
-    findings_from_episodes,
-    guard_holds,
-)
+from rules_engine.evaluate.series import RangeWindow, findings_from_episodes, guard_holds
 from rules_engine.evaluate.windows import window_stat
 from rules_engine.source.frame import RangeFrame
-from rules_engine.spec.models import (
-    RulePack,
-    SeverityLadder,
-    ThresholdRule,
-)
+from rules_engine.spec.models import RulePack, SeverityLadder, ThresholdRule
 
 
 def evaluate(rule: ThresholdRule, pack: RulePack, frames: dict[str, RangeFrame], window: RangeWindow) -> list[Finding]:

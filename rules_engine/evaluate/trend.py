@@ -15,11 +15,7 @@ import pandas as pd
 
 from rules_engine.evaluate.alerting import episode_extremes, firing_episodes, steps_for
 from rules_engine.evaluate.findings import Finding
-from rules_engine.evaluate.series import (
-    RangeWindow,
-    findings_from_episodes,
-    guard_holds,
-)
+from rules_engine.evaluate.series import RangeWindow, findings_from_episodes, guard_holds
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec.models import RulePack, SeverityLadder
 from rules_engine.spec.trend import LeadTimeLadder, TrendRule

@@ -3,12 +3,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from rules_engine.promql.levels import (
-    DIRECTION_OPERATORS,
-    AlertCondition,
-    Level,
-    ladder_levels,
-)
+from rules_engine.promql.levels import DIRECTION_OPERATORS, AlertCondition, Level, ladder_levels
 from rules_engine.promql.selectors import signal_and_guard
 from rules_engine.promql.windows import CHEAP_STATS, window_stat_query
 from rules_engine.spec.models import RulePack, ThresholdRule, format_duration

@@ -9,13 +9,7 @@ from __future__ import annotations
 
 import pandas as pd
 
-from rules_engine.promql.levels import (
-    DIRECTION_OPERATORS,
-    AlertCondition,
-    Level,
-    ladder_levels,
-    number,
-)
+from rules_engine.promql.levels import DIRECTION_OPERATORS, AlertCondition, Level, ladder_levels, number
 from rules_engine.promql.selectors import signal_and_guard
 from rules_engine.spec.models import RulePack, SeverityLadder, format_duration
 from rules_engine.spec.trend import LeadTimeLadder, TrendRule
