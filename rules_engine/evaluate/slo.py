@@ -41,6 +41,7 @@ from rules_engine.source.frame import RangeFrame
 from rules_engine.spec.models import Duration, SeverityName, format_duration
 from rules_engine.spec.promql import inject_selector, parse_selector
 from rules_engine.spec.slo import SLO
+from rules_engine.spec.times import rfc3339
 
 DEFAULT_WINDOWS = Path(__file__).resolve().parent.parent / "data" / "burn_windows.yaml"
 
@@ -203,7 +204,7 @@ def slo_findings(results: Iterable[SLOResult]) -> list[Finding]:
 
 
 def _iso(value: pd.Timestamp | None) -> str | None:
-    return None if value is None else value.isoformat()
+    return rfc3339(value, "auto")
 
 
 def _number(value: float | None) -> float | None:

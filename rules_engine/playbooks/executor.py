@@ -26,6 +26,7 @@ from rules_engine.playbooks.runtime import Runtime
 from rules_engine.playbooks.templates import RenderError, render_promql, render_structure, render_text
 from rules_engine.spec.playbook import (MUTATING_STEP_TYPES, HttpStep, Playbook, RecommendStep, RollbackStep,
                                         VerifyStep)
+from rules_engine.spec.times import rfc3339
 
 RESPONSE_KEEP = 2000  # characters of a response body kept in the step output
 
@@ -326,7 +327,7 @@ def _capture_baselines(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -
         try:
             series = instant_query(rt.prometheus_url, query, timeout=rt.prometheus_timeout, session=None)
             value = _reduce([v for _, v in series], step.reduce)
-            baselines[step.name] = {"query": query, "value": value, "at": st._rfc3339(time.time())}
+            baselines[step.name] = {"query": query, "value": value, "at": rfc3339(time.time(), "us")}
         except PrometheusError as error:
             baselines[step.name] = {"query": query, "value": None, "note": str(error)}
     workflow.context["baselines"] = baselines

@@ -134,7 +134,7 @@ def humanize_timestamp(value: float) -> str:
     if not 1 <= moment.year <= 9999:
         raise Unrenderable(f"humanizeTimestamp of {go_float(value)} (year outside 1..9999)")
     fraction = f".{moment.microsecond // 1000:03d}".rstrip("0").rstrip(".")
-    return moment.strftime("%Y-%m-%d %H:%M:%S") + fraction + " +0000 UTC"
+    return moment.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds") + fraction + " +0000 UTC"
 
 
 def _ascii(function: Callable[[str], str], name: str) -> Callable[[str], str]:

@@ -12,8 +12,8 @@ from rules_engine.evaluate.findings import SEVERITIES, Finding
 from rules_engine.evaluate.health import Health
 from rules_engine.evaluate.slo import SLOResult
 from rules_engine.promql.templates import Unrenderable, render_template
-from rules_engine.report.export import rfc3339
 from rules_engine.spec.models import format_duration
+from rules_engine.spec.times import rfc3339
 
 SEVERITY_COLOURS = {"critical": "red", "high": "magenta", "medium": "yellow", "low": "cyan"}
 
