@@ -57,14 +57,14 @@ def go_float(value: float, verb: str = "v", precision: int | None = None) -> str
     return f"{'-' if sign else ''}{mantissa}e{'-' if decimal_exponent < 0 else '+'}{abs(decimal_exponent):02d}"
 
 
-def _scaled(value: float, prefixes: tuple[str, ...], factor: float, suffix: str = "") -> str:
+def _scaled(value: float, prefixes: tuple[str, ...], factor: float) -> str:
     """Prometheus' humanize loops: scale by `factor` until the magnitude is in range, 4 significant digits."""
     prefix = ""
     for candidate in prefixes:
         if abs(value) < factor:
             break
         prefix, value = candidate, value / factor
-    return f"{go_float(value, 'g', 4)}{prefix}{suffix}"
+    return f"{go_float(value, 'g', 4)}{prefix}"
 
 
 def _scaled_down(value: float, suffix: str = "") -> str:
