@@ -11,8 +11,8 @@ from rules_engine.kinds import RULE_KINDS
 from rules_engine.promql.burn_windows import load_windows
 from rules_engine.compile.naming import output_labels, recording_name, unique_names
 from rules_engine.compile.prometheus import compile_pack
+from rules_engine.compile.promtool_tests import window_value
 from rules_engine.promql.levels import ladder_levels, number
-from rules_engine.compile.promtool_tests import Unrenderable, go_value, humanize, render_template, window_value
 from rules_engine.spec.models import RulePack, SeverityLadder
 from rules_engine.spec.slo import SLO
 
@@ -80,33 +80,6 @@ def test_compiled_alert_reads_the_recorded_signal_and_expands_to_the_engine_quer
     rule = alert.as_dict()
     assert (rule["for"], rule["keep_firing_for"]) == ("5m", "1m")
     assert rule["labels"] == {"severity": "high", "category": "queue_buildup", "rule_pack": "p"}
-
-
-def test_go_value_prints_like_go():
-    assert go_value(2.5) == "2.5"
-    assert go_value(3.0) == "3"
-    assert go_value(100000.0) == "100000"
-    assert go_value(1e21) == "1e+21"
-    assert go_value(0.00001) == "1e-05"
-    assert go_value(0.97) == "0.97"
-    assert go_value(float("nan")) == "NaN"
-
-
-def test_humanize_like_prometheus():
-    assert humanize(1234.0) == "1.234k"
-    assert humanize(0.0123) == "12.3m"
-    assert humanize(2.5) == "2.5"
-    assert humanize(0) == "0"
-
-
-def test_templates_render_labels_value_and_filters():
-    labels = {"instance": "a:1"}
-    text = "{{ $labels.instance }} at {{ $value }} / {{ $value | humanizePercentage }} / {{$labels.missing}}."
-    assert render_template(text, labels, 0.975) == "a:1 at 0.975 / 97.5% / ."
-    with pytest.raises(Unrenderable):
-        render_template("{{ range $x := .Y }}{{ end }}", labels, 1.0)
-    with pytest.raises(Unrenderable):
-        render_template("{{ $value | printf \"%.2f\" }}", labels, 1.0)
 
 
 def test_quantile_of_a_constant_window_is_replayed_with_prometheus_arithmetic():

@@ -15,6 +15,7 @@ import click
 from rules_engine.server.config import ConfigError, ServerConfig, load_config, prometheus_client
 from rules_engine.server.gunicorn import run_gunicorn
 from rules_engine.urls import redacted_url
+from rules_engine.spec.times import rfc3339
 
 
 @click.command("serve")
@@ -125,7 +126,7 @@ def list_command(config_path, database_url, state, instance, alertname, playbook
     click.echo(f"{'ID':12}  {'STATE':16}  {'PLAYBOOK':32}  {'ALERT':28}  {'INSTANCE':24}  CREATED")
     for w in found:
         click.echo(f"{w.id:12}  {w.state + (' (dry)' if w.dry_run else ''):16}  {w.playbook[:32]:32}  "
-                   f"{w.alertname[:28]:28}  {w.instance[:24]:24}  {st._rfc3339(w.created_at)[:19]}")
+                   f"{w.alertname[:28]:28}  {w.instance[:24]:24}  {rfc3339(w.created_at)[:19]}")
 
 
 @workflows.command("show")

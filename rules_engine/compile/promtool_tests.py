@@ -4,13 +4,12 @@
 Inputs are the recorded series the alerts read (constant values; straight lines for trend rules), so a test judges
 the alert — window statistic, comparison, severity ladder, `for`, guard matching, labels and annotations —
 independently of the raw metrics a signal is recorded from. Expected annotations are rendered from the templates
-the way Prometheus renders them; supported: `$labels.<name>`, `$value`, and `$value | f` for the functions in
-TEMPLATE_FILTERS. An alert whose annotations use anything else gets no firing check, and the generator says so.
+the way Prometheus renders them (rules_engine/promql/templates.py); an alert whose annotations use anything that
+renderer cannot render exactly gets no firing check, and the generator says so.
 """
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping
 
@@ -19,77 +18,8 @@ import pandas as pd
 from rules_engine.compile.prometheus import AlertingRule, CompiledPack
 from rules_engine.promql.kinds import RuleKind
 from rules_engine.promql.windows import QUANTILES
+from rules_engine.promql.templates import Unrenderable, render_template
 from rules_engine.spec.models import format_duration
-
-
-class Unrenderable(ValueError):
-    """An annotation template the generator cannot render the way Prometheus would."""
-
-
-def go_value(value: float) -> str:
-    """Go's `%v` of a float64 (what `{{ $value }}` prints): shortest digits, exponent form outside 1e-4..1e21."""
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    if value == 0:
-        return "0"
-    digits = repr(value).lstrip("-").split("e")[0].replace(".", "").lstrip("0").rstrip("0") or "0"
-    exponent = math.floor(math.log10(abs(value)))
-    if exponent < -4 or exponent >= 21:
-        text = f"{value:.{max(len(digits) - 1, 0)}e}"
-        mantissa, power = text.split("e")
-        return f"{mantissa}e{power[0]}{power[1:].lstrip('0').rjust(2, '0')}"
-    text = f"{value:.{max(len(digits) - exponent - 1, 0)}f}"
-    return text
-
-
-def go_g4(value: float) -> str:
-    return f"{value:.4g}"
-
-
-def humanize(value: float) -> str:
-    """Prometheus' `humanize` template function (SI prefixes, 4 significant digits)."""
-    if value == 0 or math.isnan(value) or math.isinf(value):
-        return go_g4(value)
-    prefix = ""
-    if abs(value) >= 1:
-        for candidate in ("k", "M", "G", "T", "P", "E", "Z", "Y"):
-            if abs(value) < 1000:
-                break
-            prefix = candidate
-            value /= 1000
-        return go_g4(value) + prefix
-    for candidate in ("m", "u", "n", "p", "f", "a", "z", "y"):
-        if abs(value) >= 1:
-            break
-        prefix = candidate
-        value *= 1000
-    return go_g4(value) + prefix
-
-
-TEMPLATE_FILTERS = {
-    "humanize": humanize,
-    "humanizePercentage": lambda v: f"{v * 100:.4g}%",
-}
-_ACTION = re.compile(r"\{\{-?\s*(.*?)\s*-?\}\}")
-
-
-def render_template(text: str, labels: dict[str, str], value: float) -> str:
-    def action(match: re.Match) -> str:
-        body = match.group(1)
-        if body.startswith("$labels."):
-            return labels.get(body[len("$labels."):], "")
-        parts = [part.strip() for part in body.split("|")]
-        if parts[0] != "$value" or len(parts) > 2:
-            raise Unrenderable(f"template action {{{{ {body} }}}}")
-        if len(parts) == 1:
-            return go_value(value)
-        if parts[1] not in TEMPLATE_FILTERS:
-            raise Unrenderable(f"template function {parts[1]!r}")
-        return TEMPLATE_FILTERS[parts[1]](value)
-
-    return _ACTION.sub(action, text)
 
 
 def window_value(alert_value: float, stat: str | None, window: pd.Timedelta | None, interval: pd.Timedelta) -> float:
@@ -257,7 +187,8 @@ def add_rule_checks(tests: PackTests, rule, alerts: list[AlertingRule], builder:
             if case.record != first.inputs["signal"] or not _guarded(tests, first, case):
                 continue
             for alert in case.firing:
-                if math.isnan(case.observed) and any("$value" in text for text in alert.annotations.values()):
+                if math.isnan(case.observed) and any(ref in text for text in alert.annotations.values()
+                                                     for ref in ("$value", ".Value")):
                     raise Unrenderable("$value of a fitted line")
                 expected.append({"exp_labels": {**case.labels, **alert.labels},
                                  "exp_annotations": {key: render_template(text, case.labels, case.observed)

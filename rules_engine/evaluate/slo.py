@@ -39,6 +39,7 @@ from rules_engine.source.base import Source, SourceError
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec.models import format_duration
 from rules_engine.spec.slo import SLO
+from rules_engine.spec.times import rfc3339
 
 # -- results -------------------------------------------------------------------------------------------------------
 
@@ -121,7 +122,7 @@ def slo_findings(results: Iterable[SLOResult]) -> list[Finding]:
 
 
 def _iso(value: pd.Timestamp | None) -> str | None:
-    return None if value is None else value.isoformat()
+    return rfc3339(value, "auto")
 
 
 def _number(value: float | None) -> float | None:

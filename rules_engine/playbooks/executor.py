@@ -2,9 +2,10 @@
 
 Crash safety rests on the step records: a step is marked RUNNING (committed) before it starts and SUCCEEDED or
 FAILED (committed) after. A workflow whose owner stops renewing its lease is claimed again and resumed:
-SUCCEEDED steps are never run again; a step found RUNNING was interrupted, and it is re-run only when that is
-harmless (read-only recommend/verify, an http step marked `idempotent`, a rollback step) with the reason recorded;
-otherwise it is marked FAILED ("outcome unknown") and the workflow fails into its rollback.
+SUCCEEDED steps are never run again; a step found RUNNING was interrupted, and it is re-run only when its type
+declares that harmless (`rerun_safe`: read-only recommend/verify, a rollback step; an http step marked `idempotent`)
+with the reason recorded; otherwise it is marked FAILED ("outcome unknown") and the workflow fails into its rollback.
+Which function runs a step type is said once, in HANDLERS.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import math
 import statistics
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
 import requests
 from sqlalchemy import and_, func, or_, select, update
@@ -25,8 +26,9 @@ from rules_engine.playbooks.recommend import current_settings, recommend
 from rules_engine.playbooks.runtime import Runtime
 from rules_engine.playbooks.templates import RenderError, render_promql, render_structure, render_text
 from rules_engine.source.base import SourceError
-from rules_engine.spec.playbook import (MUTATING_STEP_TYPES, HttpStep, Playbook, RecommendStep, RollbackStep,
-                                        VerifyStep)
+from rules_engine.spec.playbook import (CanaryStep, HttpStep, Playbook, RecommendStep, RollbackStep, RolloutStep,
+                                        StepBase, VerifyStep)
+from rules_engine.spec.times import rfc3339
 
 RESPONSE_KEEP = 2000  # characters of a response body kept in the step output
 
@@ -175,8 +177,7 @@ def run_workflow(rt: Runtime, workflow_id: str) -> str:
         if record.state == wf.STEP_FAILED:  # crashed between the step failing and the workflow failing
             return _fail(rt, workflow, playbook, f"step {step.name} failed: {record.note}")
         if record.state == wf.STEP_RUNNING:
-            rerun_safe = step.type in ("recommend", "verify") or getattr(step, "idempotent", False)
-            if not rerun_safe:
+            if not step.safe_to_rerun():
                 note = (f"interrupted while running (owner {workflow.lease_owner or '?'} stopped); the outcome is "
                         f"unknown and a non-idempotent {step.type} step is not re-run")
                 with rt.store.write() as conn:
@@ -188,8 +189,7 @@ def run_workflow(rt: Runtime, workflow_id: str) -> str:
             with rt.store.write() as conn:
                 st.record_audit(conn, f"executor:{rt.owner}", "step_rerun", workflow.id, step=step.name,
                                 reason=f"interrupted while running; a {step.type} step "
-                                       f"{'is idempotent' if step.type not in ('recommend', 'verify') else 'only reads'}"
-                                       ", so it is run again")
+                                       f"{'is idempotent' if step.mutates else 'only reads'}, so it is run again")
         ok = _run_recorded(rt, workflow, playbook, record, step)
         if not ok:
             return _fail(rt, workflow, playbook, f"step {step.name} failed: {record.note}")
@@ -252,7 +252,7 @@ def _run_recorded(rt: Runtime, workflow: st.Workflow, playbook: Playbook, record
 def _fail(rt: Runtime, workflow: st.Workflow, playbook: Playbook | None, reason: str) -> str:
     """FAILED; then, if a change may have been made, run the rollback steps."""
     changed = playbook is not None and any(
-        step.type in MUTATING_STEP_TYPES and not isinstance(step, RollbackStep)
+        step.mutates and not isinstance(step, RollbackStep)
         and record.state in (wf.STEP_RUNNING, wf.STEP_SUCCEEDED, wf.STEP_FAILED)
         for record, step in zip(workflow.steps, playbook.steps))
     has_rollback = playbook is not None and any(isinstance(s, RollbackStep) for s in playbook.steps)
@@ -326,7 +326,7 @@ def _capture_baselines(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -
             continue
         try:
             value = _reduce(_values_now(rt, query), step.reduce)
-            baselines[step.name] = {"query": query, "value": value, "at": st._rfc3339(time.time())}
+            baselines[step.name] = {"query": query, "value": value, "at": rfc3339(time.time(), "us")}
         except SourceError as error:
             baselines[step.name] = {"query": query, "value": None, "note": str(error)}
     workflow.context["baselines"] = baselines
@@ -347,19 +347,18 @@ def _reduce(values: list[float], how: str) -> float | None:
     return max(values) if how == "max" else min(values) if how == "min" else statistics.fmean(values)
 
 
-def run_step(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step, context: dict
+def run_step(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step: StepBase, context: dict
              ) -> tuple[bool, dict, str]:
     """Run one step; returns (ok, output, note). Side effects only outside dry-run."""
-    if isinstance(step, RecommendStep):
-        return _recommend(rt, workflow, playbook, step)
-    if isinstance(step, HttpStep):
-        return _http(rt, workflow, step, context)
-    if isinstance(step, VerifyStep):
-        return _verify(rt, workflow, step, context)
-    raise ValueError(f"unknown step type {step.type!r}")
+    handler = HANDLERS.get(type(step))
+    if handler is None:
+        raise ValueError(f"no handler for step type {step.type!r} ({type(step).__name__}): add one to "
+                         "rules_engine.playbooks.executor.HANDLERS")
+    return handler(rt, workflow, playbook, step, context)
 
 
-def _recommend(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step: RecommendStep) -> tuple[bool, dict, str]:
+def _recommend(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step: RecommendStep, context: dict
+               ) -> tuple[bool, dict, str]:
     kind = step.server_kind or playbook.server_kind
     exposed, source = current_settings(rt.prometheus, kind, workflow.instance)
     current = {**step.current, **exposed}
@@ -372,7 +371,8 @@ def _recommend(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step: Rec
         f"{d['knob']} {d['from']} -> {d['to']}" for d in output["details"])
 
 
-def _http(rt: Runtime, workflow: st.Workflow, step: HttpStep, context: dict) -> tuple[bool, dict, str]:
+def _http(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step: HttpStep, context: dict
+          ) -> tuple[bool, dict, str]:
     request = step.request
     context = {**context, "percent": getattr(step, "percent", 100)}
     try:
@@ -413,7 +413,8 @@ def _http(rt: Runtime, workflow: st.Workflow, step: HttpStep, context: dict) -> 
         f"{request.method} {url} failed after {len(attempts)} attempt(s): {attempts[-1]}")
 
 
-def _verify(rt: Runtime, workflow: st.Workflow, step: VerifyStep, context: dict) -> tuple[bool, dict, str]:
+def _verify(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step: VerifyStep, context: dict
+            ) -> tuple[bool, dict, str]:
     try:
         query = render_promql(step.query, context, f"steps.{step.name}.query")
     except RenderError as error:
@@ -451,3 +452,12 @@ def _verify(rt: Runtime, workflow: st.Workflow, step: VerifyStep, context: dict)
     return passed, {**output, "baseline": baseline, "improvement_percent": round(percent, 3), "passed": passed}, (
         f"{improvement.direction} of {percent:.1f}% vs baseline {baseline:.6g} "
         f"({'>=' if passed else '<'} {improvement.percent}% required)")
+
+
+# One handler per step model (exact type: CanaryStep is an HttpStep, but says so here rather than by inheritance).
+StepHandler = Callable[[Runtime, st.Workflow, Playbook, Any, dict], tuple[bool, dict, str]]
+HANDLERS: dict[type[StepBase], StepHandler] = {
+    RecommendStep: _recommend,
+    HttpStep: _http, CanaryStep: _http, RolloutStep: _http, RollbackStep: _http,
+    VerifyStep: _verify,
+}

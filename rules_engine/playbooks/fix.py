@@ -17,10 +17,11 @@ from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.executor import run_workflow
 from rules_engine.playbooks.intake import process_alerts
-from rules_engine.playbooks.payload import Alert, canonical_time, label_fingerprint
+from rules_engine.playbooks.payload import Alert, label_fingerprint
 from rules_engine.playbooks.runtime import Runtime
 from rules_engine.source.client import PrometheusClient
 from rules_engine.spec.playbook import Playbook
+from rules_engine.spec.times import rfc3339
 
 
 def finding_alert(finding: Finding) -> Alert:
@@ -31,12 +32,9 @@ def finding_alert(finding: Finding) -> Alert:
     annotations = {key: value for key, value in {
         "summary": finding.summary, "description": finding.description, "recommendation": finding.recommendation,
         "playbook": finding.playbook or "", "runbook_url": finding.runbook_url}.items() if value}
-    start = pd.Timestamp(finding.start)
-    start = start.tz_localize("UTC") if start.tzinfo is None else start.tz_convert("UTC")
     return Alert.model_validate({
         "status": "firing", "labels": labels, "annotations": annotations,
-        "startsAt": canonical_time(start.strftime("%Y-%m-%dT%H:%M:%S") + f".{start.microsecond:06d}"
-                                   f"{start.nanosecond:03d}Z"),
+        "startsAt": rfc3339(pd.Timestamp(finding.start), "ns"),  # Alertmanager's canonical form (canonical_time)
         "fingerprint": label_fingerprint(labels)})
 
 

@@ -11,6 +11,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from rules_engine.spec.times import rfc3339_parts
+
 _RFC3339 = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+-]\d{2}:\d{2})$")
 ZERO_TIME = "0001-01-01T00:00:00.000000000Z"  # Alertmanager's endsAt while an alert fires
 
@@ -29,8 +31,8 @@ def canonical_time(text: str) -> str:
     if day.startswith("0001-01-01") and clock == "00:00:00":
         return ZERO_TIME
     offset = "+00:00" if offset in ("Z", "z") else offset
-    moment = datetime.fromisoformat(f"{day}T{clock}{offset}").astimezone(timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction}Z"
+    second = datetime.fromisoformat(f"{day}T{clock}{offset}").timestamp()
+    return rfc3339_parts(int(second), int(fraction), "ns")
 
 
 def epoch_seconds(canonical: str) -> float:

@@ -23,6 +23,8 @@ from sqlalchemy import (Boolean, Column, Float, Index, Integer, MetaData, String
                         create_engine, event, func, insert, select, text, update)
 from sqlalchemy.engine import Connection, Engine
 
+from rules_engine.spec.times import rfc3339
+
 metadata = MetaData()
 
 events = Table(
@@ -419,23 +421,17 @@ class Workflow:
             "dry_run": self.dry_run, "optimization_level": self.optimization_level,
             "fingerprint": self.fingerprint, "starts_at": self.starts_at, "alertname": self.alertname,
             "instance": self.instance, "series_key": self.series_key, "labels": self.labels,
-            "annotations": self.annotations, "origin": self.origin, "created_at": _rfc3339(self.created_at),
-            "updated_at": _rfc3339(self.updated_at), "decided_by": self.decided_by, "reason": self.reason,
+            "annotations": self.annotations, "origin": self.origin, "created_at": rfc3339(self.created_at, "us"),
+            "updated_at": rfc3339(self.updated_at, "us"), "decided_by": self.decided_by, "reason": self.reason,
             "context": self.context,
         }
         if with_steps:
             body["steps"] = [{
                 "idx": s.idx, "name": s.name, "type": s.type, "state": s.state,
-                "started_at": _rfc3339(s.started_at), "finished_at": _rfc3339(s.finished_at),
+                "started_at": rfc3339(s.started_at, "us"), "finished_at": rfc3339(s.finished_at, "us"),
                 "duration_seconds": s.duration, "attempts": s.attempts, "output": s.output, "note": s.note,
             } for s in self.steps]
         return body
-
-
-def _rfc3339(epoch: float | None) -> str | None:
-    if epoch is None:
-        return None
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(epoch)) + f".{int((epoch % 1) * 1e6):06d}Z"
 
 
 def _workflow_from_row(row) -> Workflow:
@@ -489,7 +485,8 @@ def audit_entries(conn: Connection, workflow_id: str | None = None, limit: int =
     query = select(audit).order_by(audit.c.id).limit(limit)
     if workflow_id:
         query = query.where(audit.c.workflow_id == workflow_id)
-    return [{"id": r.id, "at": _rfc3339(r.at), "actor": r.actor, "action": r.action, "workflow_id": r.workflow_id,
+    return [{"id": r.id, "at": rfc3339(r.at, "us"), "actor": r.actor, "action": r.action,
+             "workflow_id": r.workflow_id,
              "detail": loads(r.detail)} for r in conn.execute(query).all()]
 
 

@@ -17,6 +17,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from rules_engine.playbooks import store as st
+from rules_engine.spec.times import rfc3339
 
 PENDING_APPROVAL = "PENDING_APPROVAL"
 APPROVED = "APPROVED"
@@ -79,7 +80,7 @@ def transition(conn: Connection, workflow_id: str, to_state: str, actor: str, re
     st.record_audit(conn, actor, "transition", workflow_id, from_state=from_state, to_state=to_state, reason=reason)
     conn.execute(insert(st.notifications).values(at=now, workflow_id=workflow_id, body=st.dumps({
         "workflow_id": workflow_id, "playbook": row.playbook, "from_state": from_state, "to_state": to_state,
-        "actor": actor, "reason": reason, "at": st._rfc3339(now)})))
+        "actor": actor, "reason": reason, "at": rfc3339(now, "us")})))
     return from_state
 
 

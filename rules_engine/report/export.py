@@ -11,14 +11,9 @@ import pandas as pd
 from rules_engine.evaluate.engine import Backtest
 from rules_engine.evaluate.findings import Finding
 from rules_engine.spec.models import format_duration
+from rules_engine.spec.times import rfc3339
 
 EXPORT_VERSION = 1
-
-
-def rfc3339(timestamp: pd.Timestamp | None) -> str | None:
-    if timestamp is None:
-        return None
-    return timestamp.tz_convert("UTC").strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _number(value: float) -> float | None:

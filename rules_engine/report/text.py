@@ -1,7 +1,6 @@
 """The terminal report: a summary, the findings ranked by severity and duration, and what could not be evaluated."""
 from __future__ import annotations
 
-import re
 import textwrap
 from collections import Counter
 
@@ -12,11 +11,11 @@ from rules_engine.evaluate.engine import Backtest
 from rules_engine.evaluate.findings import SEVERITIES, Finding
 from rules_engine.evaluate.health import Health
 from rules_engine.evaluate.slo import SLOResult
-from rules_engine.report.export import rfc3339
+from rules_engine.promql.templates import Unrenderable, render_template
 from rules_engine.spec.models import format_duration
+from rules_engine.spec.times import rfc3339
 
 SEVERITY_COLOURS = {"critical": "red", "high": "magenta", "medium": "yellow", "low": "cyan"}
-_PLACEHOLDER = re.compile(r"\{\{\s*\$(labels\.([a-zA-Z_][a-zA-Z0-9_]*)|value)\s*(\|\s*(humanizePercentage|humanize))?\s*\}\}")
 
 
 def format_value(value: float) -> str:
@@ -26,20 +25,15 @@ def format_value(value: float) -> str:
 
 
 def render_annotation(template: str, labels: dict[str, str], value: float) -> str:
-    """Fill the Prometheus-style placeholders of a rule's own annotation for display.
+    """A rule's own annotation as Prometheus would send it for this finding, so the report reads like the alert.
 
-    Only `{{ $labels.NAME }}` and `{{ $value }}` (optionally `| humanize` / `| humanizePercentage`) are replaced, by
-    plain substitution: label values are data, never evaluated as a template.
+    Label values are data, never evaluated as a template. A template the renderer cannot reproduce exactly is
+    shown as written rather than approximated.
     """
-
-    def substitute(match: re.Match) -> str:
-        if match.group(2):
-            return labels.get(match.group(2), "")
-        if match.group(4) == "humanizePercentage":
-            return f"{value * 100:.3g}%"
-        return format_value(value)
-
-    return _PLACEHOLDER.sub(substitute, template)
+    try:
+        return render_template(template, labels, value)
+    except Unrenderable:
+        return template
 
 
 def _series_name(finding: Finding) -> str:

@@ -21,6 +21,7 @@ from rules_engine.playbooks.runtime import Runtime, load_playbooks
 from rules_engine.server.config import Credentials, Principal, ServerConfig, prometheus_client
 from rules_engine.server.metrics import EngineMetrics, engine_metrics
 from rules_engine.server.openapi import openapi_document
+from rules_engine.spec.times import rfc3339
 
 log = logging.getLogger(__name__)
 EXTENSION = "rules_engine"
@@ -223,7 +224,7 @@ health_blueprint = Blueprint("health", __name__)
 
 @health_blueprint.get("/api/v1/health")
 def health():
-    return jsonify(status="healthy", timestamp=st._rfc3339(time.time()))
+    return jsonify(status="healthy", timestamp=rfc3339(time.time(), "us"))
 
 
 @health_blueprint.get("/api/v1/ready")

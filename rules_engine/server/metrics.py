@@ -13,6 +13,7 @@ from prometheus_client.core import GaugeMetricFamily
 
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
+from rules_engine.spec.playbook import step_types
 
 
 class _StoreCollector:
@@ -44,10 +45,11 @@ class EngineMetrics:
     webhook_ack_seconds: Histogram
     step_seconds: Histogram
     action_failures: Counter
+    mutating_step_types: tuple[str, ...]  # the `type` values of action_failures: steps that change the fleet
 
     def observe_step(self, step_type: str, outcome: str, seconds: float) -> None:
         self.step_seconds.labels(step_type, outcome).observe(seconds)
-        if outcome != "success" and step_type in ("http", "canary", "rollout", "rollback"):
+        if outcome != "success" and step_type in self.mutating_step_types:
             self.action_failures.labels(step_type).inc()
 
 
@@ -66,6 +68,11 @@ def engine_metrics(store: st.Store) -> EngineMetrics:
 
 
 def _metrics(owner: CollectorRegistry | None, registry: CollectorRegistry) -> EngineMetrics:
+    mutating = step_types(mutating=True)
+    action_failures = Counter("rules_engine_action_failures", f"Failed actions (steps that change the fleet: "
+                              f"{', '.join(mutating)}).", ["type"], registry=owner)
+    for step_type in mutating:  # exported at 0 from the start, so rate() and alerts see the first failure
+        action_failures.labels(step_type)
     return EngineMetrics(
         registry=registry,
         webhook_requests=Counter("rules_engine_webhook_requests", "Webhook deliveries by outcome "
@@ -78,6 +85,6 @@ def _metrics(owner: CollectorRegistry | None, registry: CollectorRegistry) -> En
         step_seconds=Histogram("rules_engine_step_duration_seconds", "Playbook step durations.",
                                ["type", "outcome"], registry=owner,
                                buckets=(.01, .05, .1, .5, 1, 5, 10, 30, 60, 300, 900)),
-        action_failures=Counter("rules_engine_action_failures", "Failed actions (http/canary/rollout/rollback "
-                                "steps).", ["type"], registry=owner),
+        action_failures=action_failures,
+        mutating_step_types=mutating,
     )

@@ -3,30 +3,39 @@ from __future__ import annotations
 
 from rules_engine import __version__
 from rules_engine.playbooks.workflow import STATES
+from rules_engine.spec.playbook import step_types
 
 _ERROR = {"type": "object", "properties": {"error": {"type": "string"},
                                            "problems": {"type": "array", "items": {"type": "string"}}}}
-_STEP = {"type": "object", "properties": {
-    "idx": {"type": "integer"}, "name": {"type": "string"},
-    "type": {"enum": ["recommend", "http", "canary", "rollout", "verify", "rollback"]},
-    "state": {"enum": ["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "SKIPPED"]},
-    "started_at": {"type": ["string", "null"], "format": "date-time"},
-    "finished_at": {"type": ["string", "null"], "format": "date-time"},
-    "duration_seconds": {"type": ["number", "null"]}, "attempts": {"type": "integer"},
-    "output": {"type": "object"}, "note": {"type": ["string", "null"]}}}
-_WORKFLOW = {"type": "object", "properties": {
-    "id": {"type": "string"}, "playbook": {"type": "string"}, "state": {"enum": list(STATES)},
-    "phase": {"enum": ["main", "rollback", "done"]}, "dry_run": {"type": "boolean"},
-    "optimization_level": {"enum": ["conservative", "moderate", "aggressive"]},
-    "fingerprint": {"type": "string"}, "starts_at": {"type": "string"}, "alertname": {"type": "string"},
-    "instance": {"type": "string"}, "series_key": {"type": "string"},
-    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-    "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-    "origin": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
-    "updated_at": {"type": "string", "format": "date-time"}, "decided_by": {"type": ["string", "null"]},
-    "reason": {"type": ["string", "null"]}, "context": {"type": "object"},
-    "steps": {"type": "array", "items": _STEP},
-    "audit": {"type": "array", "items": {"type": "object"}}}}
+
+
+def _step_schema() -> dict:
+    return {"type": "object", "properties": {
+        "idx": {"type": "integer"}, "name": {"type": "string"},
+        "type": {"enum": list(step_types())},
+        "state": {"enum": ["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "SKIPPED"]},
+        "started_at": {"type": ["string", "null"], "format": "date-time"},
+        "finished_at": {"type": ["string", "null"], "format": "date-time"},
+        "duration_seconds": {"type": ["number", "null"]}, "attempts": {"type": "integer"},
+        "output": {"type": "object"}, "note": {"type": ["string", "null"]}}}
+
+
+def _workflow_schema() -> dict:
+    return {"type": "object", "properties": {
+        "id": {"type": "string"}, "playbook": {"type": "string"}, "state": {"enum": list(STATES)},
+        "phase": {"enum": ["main", "rollback", "done"]}, "dry_run": {"type": "boolean"},
+        "optimization_level": {"enum": ["conservative", "moderate", "aggressive"]},
+        "fingerprint": {"type": "string"}, "starts_at": {"type": "string"}, "alertname": {"type": "string"},
+        "instance": {"type": "string"}, "series_key": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+        "origin": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
+        "updated_at": {"type": "string", "format": "date-time"}, "decided_by": {"type": ["string", "null"]},
+        "reason": {"type": ["string", "null"]}, "context": {"type": "object"},
+        "steps": {"type": "array", "items": _step_schema()},
+        "audit": {"type": "array", "items": {"type": "object"}}}}
+
+
 _ALERT = {"type": "object", "required": ["status", "labels", "startsAt", "fingerprint"], "properties": {
     "status": {"enum": ["firing", "resolved"]}, "labels": {"type": "object"}, "annotations": {"type": "object"},
     "startsAt": {"type": "string", "format": "date-time"}, "endsAt": {"type": "string", "format": "date-time"},
@@ -47,6 +56,8 @@ def _response(description: str, schema: dict | None = None) -> dict:
 
 
 def openapi_document() -> dict:
+    """Built per call, so its lists (step types, states) are whatever the code declares, never retyped here."""
+    workflow = _workflow_schema()
     errors = {"401": _response("missing or wrong credentials", _ERROR)}
     decision_body = {"content": {"application/json": {"schema": {"type": "object", "properties": {
         "comment": {"type": "string"}, "reason": {"type": "string"}}}}}, "required": False}
@@ -78,17 +89,17 @@ def openapi_document() -> dict:
                 "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
                                for n in ("state", "instance", "alertname", "playbook", "limit")],
                 "responses": {"200": _response("workflows", {"type": "object", "properties": {
-                    "workflows": {"type": "array", "items": _WORKFLOW}}}), **errors}}},
+                    "workflows": {"type": "array", "items": workflow}}}), **errors}}},
             "/api/v1/workflows/{id}": {"get": {
                 "summary": "One workflow with its steps and audit trail", "security": [{"operator": []}],
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _response("the workflow", _WORKFLOW), **errors,
+                "responses": {"200": _response("the workflow", workflow), **errors,
                               "404": _response("no such workflow", _ERROR)}}},
             **{f"/api/v1/workflows/{{id}}/{action}": {"post": {
                 "summary": f"{action.capitalize()} a workflow waiting for approval", "security": [{"operator": []}],
                 "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
                 "requestBody": decision_body,
-                "responses": {"200": _response("the workflow after the decision", _WORKFLOW), **errors,
+                "responses": {"200": _response("the workflow after the decision", workflow), **errors,
                               "403": _response("the operator's roles do not cover the playbook's level", _ERROR),
                               "404": _response("no such workflow", _ERROR),
                               "409": _response("the workflow is not waiting for approval", _ERROR)}}}

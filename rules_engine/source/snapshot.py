@@ -26,6 +26,7 @@ import pandas as pd
 
 from rules_engine.source.base import Source, SourceError
 from rules_engine.source.frame import RangeFrame, evaluation_grid
+from rules_engine.spec.times import rfc3339
 
 FORMAT = "rules-engine-snapshot"
 VERSION = 1
@@ -67,9 +68,9 @@ def record_snapshot(source: Source, queries: Iterable[str], start: pd.Timestamp,
                                 "label_values": frame.labels.astype(str).to_numpy().tolist()})
             header = {
                 "format": FORMAT, "version": VERSION,
-                "created": _rfc3339(pd.Timestamp.now(tz="UTC")),
+                "created": _text(pd.Timestamp.now(tz="UTC")),
                 "source": getattr(source, "url", None),  # PrometheusSource.url carries no credentials
-                "start": _rfc3339(start), "end": _rfc3339(end), "step": _duration(step),
+                "start": _text(start), "end": _text(end), "step": _duration(step),
                 "start_ns": int(start.value), "end_ns": int(end.value), "step_ns": int(step.value),
                 "points": len(grid), "dtype": dtype.str,
                 "meta": dict(meta or {}),
@@ -136,8 +137,8 @@ class SnapshotSource:
         offset = start - self.start
         first = offset // self.step if offset >= pd.Timedelta(0) else -1
         if first < 0 or len(grid) == 0 or first + len(grid) > self.points or offset % self.step != pd.Timedelta(0):
-            raise SourceError(f"snapshot {self.path} covers {_rfc3339(self.start)} .. {_rfc3339(self.end)} at step "
-                              f"{_duration(self.step)}; the range {_rfc3339(start)} .. {_rfc3339(end)} is not on that "
+            raise SourceError(f"snapshot {self.path} covers {_text(self.start)} .. {_text(self.end)} at step "
+                              f"{_duration(self.step)}; the range {_text(start)} .. {_text(end)} is not on that "
                               f"grid (query {query}); evaluate within it or re-record")
         recorded = self._recorded_frame(entry)
         # The index is built from the request (not reused from the file) so it is exactly evaluation_grid(...).
@@ -172,8 +173,8 @@ class SnapshotSource:
 
     def _missing_query_message(self, query: str) -> str:
         how = self.meta.get("record_command") or (
-            f"rules-engine record --rules RULES --prometheus URL --start {_rfc3339(self.start)} "
-            f"--end {_rfc3339(self.end)} --step {_duration(self.step)} --out {self.path}")
+            f"rules-engine record --rules RULES --prometheus URL --start {_text(self.start)} "
+            f"--end {_text(self.end)} --step {_duration(self.step)} --out {self.path}")
         return (f"query not in snapshot {self.path}: {query}\n"
                 f"  the snapshot holds {len(self._entries)} queries recorded {self.created} from "
                 f"{self.source_url or 'an unnamed source'}; rules that need other queries need a new recording:\n"
@@ -222,8 +223,9 @@ def _labels_frame(names: list[str], rows: list[list[str]]) -> pd.DataFrame:
     return labels
 
 
-def _rfc3339(timestamp: pd.Timestamp) -> str:
-    return timestamp.tz_convert("UTC").isoformat().replace("+00:00", "Z")
+def _text(timestamp: pd.Timestamp) -> str:
+    """As many fractional digits as the time has: a snapshot's range may start at any nanosecond."""
+    return rfc3339(timestamp, "auto")
 
 
 def _duration(step: pd.Timedelta) -> str:

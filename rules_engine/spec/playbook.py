@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, ClassVar, Literal, Union, get_args
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -148,6 +148,15 @@ class HttpRequest(BaseModel):
 
 
 class StepBase(BaseModel):
+    """What every step type shares. Each type also declares two facts about itself, read by the executor (whether a
+    failure needs a rollback, whether an interrupted run may be repeated), the metrics and the API description:
+
+    - `mutates`: running it may change the fleet, so a failure after it started calls for the rollback steps;
+    - `rerun_safe`: running it again after a crash left its outcome unknown is harmless.
+    """
+
+    mutates: ClassVar[bool]
+    rerun_safe: ClassVar[bool]
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
     name: str = Field(pattern=r"^[a-zA-Z0-9_.-]+$", max_length=100)
     # Run only for alerts whose labels match all of these (e.g. one verify per alertname); SKIPPED otherwise.
@@ -163,10 +172,19 @@ class StepBase(BaseModel):
     def applies_to(self, labels: dict[str, str]) -> bool:
         return all(LabelMatcher.parse(text).matches(labels) for text in self.when)
 
+    def safe_to_rerun(self) -> bool:
+        """Whether this step, found interrupted, may run again: its type's fact unless the step itself says more."""
+        return self.rerun_safe
+
 
 class RecommendStep(StepBase):
-    """Concrete configuration changes for the server kind, reading current settings from Prometheus when exposed."""
+    """Concrete configuration changes for the server kind, reading current settings from Prometheus when exposed.
 
+    Reads Prometheus and computes; the changes are applied by later steps. Rerun-safe: a second run recomputes
+    from the same settings, and only its finished output is recorded."""
+
+    mutates: ClassVar[bool] = False
+    rerun_safe: ClassVar[bool] = True
     type: Literal["recommend"]
     bottleneck: Bottleneck
     # One playbook can serve several rules: the alert's name picks the bottleneck where it differs.
@@ -176,31 +194,43 @@ class RecommendStep(StepBase):
 
 
 class HttpStep(StepBase):
-    """Call an orchestrator or deployment API. Mutating: after a crash mid-call it is not re-run unless
-    `idempotent: true` says a second call is harmless."""
+    """Call an orchestrator or deployment API. Mutating. Not rerun-safe as a type: whether the API applies a call
+    sent twice once (a PUT of the desired state, a POST with an idempotency key) only the playbook's author knows,
+    so after a crash mid-call it is re-run only when the step says `idempotent: true`."""
 
+    mutates: ClassVar[bool] = True
+    rerun_safe: ClassVar[bool] = False
     type: Literal["http"]
     request: HttpRequest
     idempotent: bool = False
 
+    def safe_to_rerun(self) -> bool:
+        return self.rerun_safe or self.idempotent
+
 
 class CanaryStep(HttpStep):
-    """The change applied to a subset first: the request's templates see `percent`."""
+    """The change applied to a subset first: the request's templates see `percent`. Mutating and rerun-safe as an
+    http step is (only when `idempotent`)."""
 
     type: Literal["canary"]  # type: ignore[assignment]
     percent: float = Field(default=10, gt=0, le=100)
 
 
 class RolloutStep(HttpStep):
-    """The change applied to all (or `percent` of) targets after the canary was verified."""
+    """The change applied to all (or `percent` of) targets after the canary was verified. Mutating and rerun-safe as
+    an http step is (only when `idempotent`)."""
 
     type: Literal["rollout"]  # type: ignore[assignment]
     percent: float = Field(default=100, gt=0, le=100)
 
 
 class RollbackStep(HttpStep):
-    """The inverse change; runs only when the workflow fails after a change started (verify failed, a call failed)."""
+    """The inverse change; runs only when the workflow fails after a change started (verify failed, a call failed).
 
+    Rerun-safe whatever `idempotent` says: restoring the previous configuration twice is harmless, leaving a
+    half-applied change is not."""
+
+    rerun_safe: ClassVar[bool] = True
     type: Literal["rollback"]  # type: ignore[assignment]
 
 
@@ -216,8 +246,12 @@ class Improvement(BaseModel):
 class VerifyStep(StepBase):
     """A PromQL check after a delay. `query` is a template whose `{{ ... }}` outputs are escaped for use inside a
     PromQL double-quoted string, so a label value cannot change the query. The result is reduced over series with
-    `reduce` (max by default: every series must pass a `below` check)."""
+    `reduce` (max by default: every series must pass a `below` check).
 
+    Only reads; rerun-safe: a rerun waits the delay again and judges the fleet as it is then."""
+
+    mutates: ClassVar[bool] = False
+    rerun_safe: ClassVar[bool] = True
     type: Literal["verify"]
     query: str
     delay: Seconds = 120.0
@@ -240,9 +274,21 @@ class VerifyStep(StepBase):
         return self
 
 
-Step = Annotated[Union[RecommendStep, HttpStep, CanaryStep, RolloutStep, RollbackStep, VerifyStep],
-                 Field(discriminator="type")]
-MUTATING_STEP_TYPES = ("http", "canary", "rollout", "rollback")
+# The step types, in one place: the playbook union, the executor's handlers (checked by a test), the metrics'
+# labels and the API's enum all derive from this tuple.
+STEP_MODELS: tuple[type[StepBase], ...] = (RecommendStep, HttpStep, CanaryStep, RolloutStep, RollbackStep, VerifyStep)
+Step = Annotated[Union[STEP_MODELS], Field(discriminator="type")]
+
+
+def step_type(model: type[StepBase]) -> str:
+    """The `type:` value that selects `model` in a playbook."""
+    (name,) = get_args(model.model_fields["type"].annotation)
+    return name
+
+
+def step_types(mutating: bool | None = None) -> tuple[str, ...]:
+    """The step types in STEP_MODELS' order: all of them, or those that do (True) or do not (False) mutate."""
+    return tuple(step_type(model) for model in STEP_MODELS if mutating is None or model.mutates == mutating)
 
 
 class Playbook(BaseModel):
