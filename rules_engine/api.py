@@ -27,6 +27,7 @@ from rules_engine.kinds import RULE_KINDS
 from rules_engine.source.base import Source
 from rules_engine.spec.loader import RuleSet
 from rules_engine.spec.models import parse_duration
+from rules_engine.spec.timerange import parse_time
 
 Time = pd.Timestamp | str | float
 Step = pd.Timedelta | str | float
@@ -40,7 +41,7 @@ def backtest(ruleset: RuleSet, source: Source, start: Time, end: Time, step: Ste
 
     `rules` selects rules or SLOs by name. `engine="promql"` range-queries the compiled alert conditions in
     Prometheus instead of evaluating in pandas (what the live path in Prometheus would do). Times are pandas
-    Timestamps, RFC 3339 text or unix seconds; `step` a Timedelta, a Prometheus duration or seconds.
+    Timestamps (naive ones are UTC), RFC 3339 text with a zone, unix seconds or `now-1h`; `step` a Timedelta, a Prometheus duration or seconds.
     Raises EvaluationError for an empty range or unknown rule names; a rule whose data cannot be fetched or
     evaluated is reported in `Backtest.failed`, not raised.
     """
@@ -69,7 +70,6 @@ def generate(ruleset: RuleSet, options: GenerateOptions = GenerateOptions()) -> 
 
 
 def _timestamp(value: Time) -> pd.Timestamp:
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return pd.Timestamp(value, unit="s", tz="UTC")
-    stamp = pd.Timestamp(value)
-    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+    if isinstance(value, pd.Timestamp):
+        return value.tz_localize("UTC") if value.tzinfo is None else value.tz_convert("UTC")
+    return parse_time(value)

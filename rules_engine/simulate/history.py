@@ -21,7 +21,7 @@ from rules_engine.simulate.fleet import (FleetSpec, InstanceSeries, cumulative, 
                                          scrape_times, simulate_instance)
 from rules_engine.simulate.incidents import Incident, Modifiers, apply_incident, truth_records
 from rules_engine.simulate.openmetrics import family_header, series_prefix, timestamp_chars, write_series
-from rules_engine.simulate.timeparse import rfc3339
+from rules_engine.spec.times import rfc3339
 
 COUNTERS = (  # (family without _total, increment key, extra labels)
     ("vllm:num_preemptions", "preemptions", {}),
@@ -76,8 +76,8 @@ def run_fleet(spec: FleetSpec, incidents: Iterable[Incident] = ()) -> tuple[list
     truth = {
         "generator": "rules-engine simulate",
         "seed": spec.seed,
-        "start": rfc3339(spec.start),
-        "end": rfc3339(spec.end),
+        "start": rfc3339(spec.start, "auto"),
+        "end": rfc3339(spec.end, "auto"),
         "step_seconds": spec.step,
         "instances": [{"instance": i.name, "model_name": i.model.name, "legacy_metric_names": i.legacy}
                       for i in instances],
@@ -85,7 +85,7 @@ def run_fleet(spec: FleetSpec, incidents: Iterable[Incident] = ()) -> tuple[list
                       for record in truth_records(incident, spec.start, spec.end, models, legacy)],
         "skipped_incidents": [{"kind": i.kind, "instances": list(i.instances), "start": str(i.start)}
                               for i in skipped],
-        "restarts": [{"instance": s.instance.name, "at": rfc3339(float(at))}
+        "restarts": [{"instance": s.instance.name, "at": rfc3339(float(at), "auto")}
                      for s in series for at in s.times[s.restart].tolist()],
     }
     return series, truth

@@ -16,7 +16,8 @@ import numpy as np
 import yaml
 
 from rules_engine.simulate import catalog
-from rules_engine.simulate.timeparse import parse_duration, parse_time, rfc3339
+from rules_engine.simulate.timeparse import parse_duration, parse_time
+from rules_engine.spec.times import rfc3339
 
 
 @dataclass(frozen=True)
@@ -255,15 +256,15 @@ def truth_records(incident: Incident, range_start: float, range_end: float,
             "category": incident.spec.category,
             "instance": instance,
             "model_name": instance_models[instance],
-            "start": rfc3339(start),
-            "end": None if end is None or end >= range_end else rfc3339(end),
+            "start": rfc3339(start, "auto"),
+            "end": None if end is None or end >= range_end else rfc3339(end, "auto"),
             "magnitude": incident.resolved_magnitude(),
             "expected_signals": [catalog.current_name(name, instance in legacy)
                                  for name in incident.spec.expected_signals],
         }
         if incident.kind == "kv_linear_climb":
             hold = KV_CLIMB_HOLD if incident.hold is None else incident.hold
-            record["saturation_at"] = rfc3339(end)
-            record["end"] = None if end + hold >= range_end else rfc3339(end + hold)
+            record["saturation_at"] = rfc3339(end, "auto")
+            record["end"] = None if end + hold >= range_end else rfc3339(end + hold, "auto")
         records.append(record)
     return records

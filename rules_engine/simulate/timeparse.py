@@ -34,7 +34,3 @@ def _without_zone(text: str) -> bool:
         return pd.Timestamp(text).tzinfo is None
     except ValueError:
         return False  # not a time at all: the engine's parser says so
-
-
-def rfc3339(seconds: float) -> str:
-    return datetime.fromtimestamp(seconds, tz=timezone.utc).isoformat().replace("+00:00", "Z")
