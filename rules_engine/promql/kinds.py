@@ -32,7 +32,7 @@ class RuleKind:
     # -- the pandas engine (rules_engine/evaluate/<kind>.py) -----------------------------------------------------
     evaluate: Callable  # (rule, pack, frames by role, RangeWindow) -> [Finding]
     # -- promtool tests of the compiled alerts (rules_engine/compile/promtool_cases.py) --------------------------
-    promtool: Any  # a compile.promtool_cases.CaseBuilder
+    promtool: Any  # a compile.promtool_tests.CaseBuilder (instances in compile/promtool_cases.py)
     earliest_sample: Callable[[Any], pd.Timestamp | None] = _no_earliest_sample  # history at an absolute time
     # Severity of an episode from its peak, when the kind grades peaks (a threshold ladder); the PromQL engine
     # otherwise takes the highest compiled level that held during the episode.
