@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ SNAPSHOT = ROOT / "snapshots" / "vllm-demo.snapshot"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["rules-engine", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    """The CLI of this checkout (the `rules-engine` script may belong to another install)."""
+    return subprocess.run([sys.executable, "-m", "rules_engine.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +79,38 @@ def test_query_missing_from_snapshot_is_reported_not_raised(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_unreachable_prometheus_is_a_clear_error():
+def test_unreachable_prometheus_is_a_clear_error_and_unknown_health(tmp_path):
+    export = tmp_path / "export.json"
     result = run("evaluate", "--rules", "rules/vllm.yaml", "--prometheus", "http://127.0.0.1:9", "--time-range", "1h",
-                 "--no-progress")
+                 "--no-progress", "--export", str(export))
     assert result.returncode == 3
     assert "cannot reach" in result.stdout.lower() + result.stderr.lower() or "connection refused" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+    # Nothing was checked: no score, said in words, and every category is named as not covered.
+    assert "health    unknown: none of the" in result.stdout and "/ 100" not in result.stdout
+    health = json.loads(export.read_text())["health"]
+    assert health["overall"] is None and health["checks"]["failed"] == health["checks"]["tried"] > 0
+    assert set(health["categories"].values()) == {None} and set(health["not_covered"]) == set(health["categories"])
+
+
+def test_a_partial_failure_is_shown_beside_the_score(tmp_path, demo):
+    _, full = demo
+    pack = (ROOT / "rules" / "vllm.yaml").read_text().replace(
+        "sum by (instance, model_name) (vllm:num_requests_waiting)",
+        "max by (instance, model_name) (vllm:num_requests_waiting)", 1)  # not in the snapshot: this rule fails
+    (tmp_path / "changed.yaml").write_text(pack)
+    export = tmp_path / "export.json"
+    result = run("evaluate", "--rules", str(tmp_path / "changed.yaml"), "--snapshot", str(SNAPSHOT),
+                 "--export", str(export))
+    health = json.loads(export.read_text())["health"]
+    failed, tried = health["checks"]["failed"], health["checks"]["tried"]
+    assert health["overall"] is not None and 0 < failed < tried
+    assert health["categories"]["queue_buildup"] is None
+    assert health["not_covered"]["queue_buildup"].endswith("could not be evaluated")
+    assert health["not_covered"]["slo_burn"] == "no rule or SLO in the set"
+    assert f"partial: {failed} of {tried} rules and SLOs could not be evaluated" in result.stdout
+    assert "not covered  " in result.stdout and "queue_buildup (" in result.stdout
+    assert full["health"]["checks"]["failed"] == 0
 
 
 def test_validate_lists_every_problem(tmp_path):

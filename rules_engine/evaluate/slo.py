@@ -36,7 +36,7 @@ from rules_engine.evaluate.series import RangeWindow
 from rules_engine.promql.burn_windows import AlertPair, WindowCatalog, load_windows, slo_catalog
 from rules_engine.promql.slo import latency_series, slo_queries
 from rules_engine.source.base import Source, SourceError
-from rules_engine.source.frame import RangeFrame
+from rules_engine.source.frame import RangeFrame, partial_data
 from rules_engine.spec.models import format_duration
 from rules_engine.spec.slo import SLO
 
@@ -166,9 +166,10 @@ def evaluate_slos(slos: Iterable[SLO], source: Source, start: pd.Timestamp, end:
             results.append(SLOResult(slo.name, slo.sli.type, slo.objective, slo.period, error=str(error)))
             continue
         found = evaluate_slo(slo, frames, RangeWindow(start, end, step), catalog)
-        if bucket_warning:
-            for result in found:
-                result.warnings.append(bucket_warning)
+        notes = [bucket_warning] if bucket_warning else []
+        notes += [f"Prometheus warned (partial data): {warning}" for warning in partial_data(frames.values())]
+        for result in found:
+            result.warnings.extend(notes)
         results.extend(found)
     return results
 

@@ -183,14 +183,21 @@ def json_answer(body: bytes, error: Callable[[str], SourceError]) -> Any:
 
 
 def answer_data(answer: Any, error: Callable[[str], SourceError]) -> Any:
-    """The `data` of a successful API answer; its warnings are logged."""
+    """The `data` of a successful API answer; its warnings are logged (a range source carries them instead)."""
+    data, warnings = answer_parts(answer, error)
+    for warning in warnings:
+        log.warning("Prometheus warning: %s", warning)
+    return data
+
+
+def answer_parts(answer: Any, error: Callable[[str], SourceError]) -> tuple[Any, tuple[str, ...]]:
+    """The `data` of a successful API answer and its `warnings`: Prometheus answers, but says the data is partial
+    (a store or shard did not answer, a limit was hit)."""
     if not isinstance(answer, dict) or "status" not in answer:
         raise error("JSON without the Prometheus API's status/data fields: is the URL a Prometheus API?")
     if answer["status"] != "success":
         raise error(f"{answer.get('errorType', 'error')}: {answer.get('error', '(no message)')}")
-    for warning in answer.get("warnings") or ():
-        log.warning("Prometheus warning: %s", warning)
-    return answer.get("data")
+    return answer.get("data"), tuple(str(warning) for warning in answer.get("warnings") or ())
 
 
 # -- settings as a mapping (config files) -----------------------------------------------------------------------
