@@ -143,3 +143,19 @@ def test_fix_dry_run_starts_the_matching_playbooks_without_side_effects(tmp_path
     listed = run("workflows", "list", "--database", database)
     assert listed.returncode == 0 and "vllm-scale-out" in listed.stdout and "vllm-kv-cache-pressure" in listed.stdout
     assert run("evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--dry-run").returncode == 2
+
+
+def test_a_snapshot_time_range_ends_at_the_snapshot_end(tmp_path):
+    export = tmp_path / "last-6h.json"
+    result = run("evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--time-range", "6h",
+                 "--export", str(export))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(export.read_text())["range"] == {"start": "2026-11-19T18:00:00Z", "end": "2026-11-20T00:00:00Z",
+                                                       "step": "30s"}
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://bob:secret@[::1/prefix"])
+def test_an_unparsable_prometheus_url_is_a_clear_error(url):
+    result = run("evaluate", "--rules", "rules/vllm.yaml", "--prometheus", url, "--time-range", "1h")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not a URL: Invalid IPv6 URL" in result.stderr and "secret" not in result.stderr

@@ -44,7 +44,10 @@ class PrometheusClient:
                  basic_auth: tuple[str, str] | None = None, ca_file: str | Path | None = None,
                  insecure_skip_verify: bool = False, headers: Mapping[str, str] | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5) -> None:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as error:  # urllib refuses some text outright, e.g. an unclosed IPv6 bracket
+            raise SourceError(f"Prometheus URL {redacted_url(url)!r} is not a URL: {error}") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise SourceError(f"Prometheus URL must look like http(s)://host[:port][/prefix], got {redacted_url(url)!r}")
         if bearer_token is not None and bearer_token_file is not None:
