@@ -159,3 +159,12 @@ def test_an_unparsable_prometheus_url_is_a_clear_error(url):
     result = run("evaluate", "--rules", "rules/vllm.yaml", "--prometheus", url, "--time-range", "1h")
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "is not a URL: Invalid IPv6 URL" in result.stderr and "secret" not in result.stderr
+
+
+def test_the_readme_first_command_is_the_makefile_demo_and_needs_no_system_pip():
+    """A Debian/Ubuntu system Python refuses `pip install` outside a virtual environment (PEP 668)."""
+    first = (ROOT / "README.md").read_text().split("```sh\n", 1)[1].split("\n", 1)[0]
+    assert first.startswith("python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/rules-engine evaluate ")
+    makefile = (ROOT / "Makefile").read_text()
+    demo = makefile.split("\ndemo:\n\t", 1)[1].split("\n", 1)[0]
+    assert demo.replace("$(PYTHON)", "python3").replace(" --quiet", "") == first
