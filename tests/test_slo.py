@@ -10,7 +10,7 @@ from rules_engine.promql.burn_windows import DEFAULT_WINDOWS, load_windows, slo_
 from rules_engine.promql.slo import slo_queries
 from rules_engine.evaluate.series import RangeWindow
 from rules_engine.source.frame import RangeFrame
-from rules_engine.spec import SpecError, load_ruleset
+from rules_engine.spec import SpecError, load_ruleset, parse_duration
 from rules_engine.spec.slo import SLO
 
 STEP = pd.Timedelta("1m")
@@ -63,7 +63,7 @@ def test_catalog_factors_follow_the_period():
                                              ("30d", [14.4, 6, 3, 1])])
 def test_each_shipped_period_has_a_catalog_whose_every_alert_means_exhausting_the_budget(period, factors):
     catalog = slo_catalog(make_slo(period=period))
-    assert catalog.period == pd.Timedelta(period)
+    assert catalog.period == parse_duration(period)
     assert [p.factor(catalog.period) for p in catalog.pairs] == pytest.approx(factors, abs=1e-3)
     assert min(p.factor(catalog.period) for p in catalog.pairs) >= 1
 
@@ -95,7 +95,7 @@ def test_a_catalog_for_another_period_is_refused_not_rescaled(tmp_path):
     with pytest.raises(ValueError, match="the catalog is for sloPeriod 30d, the SLO's period is 2w"):
         slo_catalog(slo)
     (tmp_path / "14d.yaml").write_text(DEFAULT_WINDOWS.read_text().replace("sloPeriod: 30d", "sloPeriod: 14d"))
-    assert slo_catalog(make_slo(period="14d", alerting={"windows": str(tmp_path / "14d.yaml")})).period == pd.Timedelta("14d")
+    assert slo_catalog(make_slo(period="14d", alerting={"windows": str(tmp_path / "14d.yaml")})).period == parse_duration("14d")
 
 
 def test_bad_catalog_names_file_and_field(tmp_path):
