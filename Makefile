@@ -22,8 +22,9 @@ system-deps:
 python-deps:
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 
+# The README's first command: a virtual environment, since a Debian/Ubuntu system Python refuses pip outside one.
 demo:
-	$(PYTHON) -m pip install --quiet -e . && rules-engine evaluate --rules rules/ --snapshot snapshots/vllm-demo.snapshot
+	$(PYTHON) -m venv .venv && .venv/bin/pip install --quiet -e . && .venv/bin/rules-engine evaluate --rules rules/ --snapshot snapshots/vllm-demo.snapshot
 
 # Regenerate what is generated and committed: golden files, shipped dashboards and Alertmanager fragment.
 golden:

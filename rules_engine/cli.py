@@ -24,3 +24,7 @@ from rules_engine.commands.evaluate import evaluate, record, validate  # noqa: E
 main.add_command(evaluate)
 main.add_command(validate)
 main.add_command(record)
+
+
+if __name__ == "__main__":  # `python3 -m rules_engine.cli`, how a checkout runs without installing
+    main()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,9 @@ SNAPSHOT = ROOT / "snapshots" / "vllm-demo.snapshot"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["rules-engine", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    """The CLI of this checkout (the `rules-engine` script may belong to another install)."""
+    return subprocess.run([sys.executable, "-m", "rules_engine.cli", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -76,12 +79,38 @@ def test_query_missing_from_snapshot_is_reported_not_raised(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
-def test_unreachable_prometheus_is_a_clear_error():
+def test_unreachable_prometheus_is_a_clear_error_and_unknown_health(tmp_path):
+    export = tmp_path / "export.json"
     result = run("evaluate", "--rules", "rules/vllm.yaml", "--prometheus", "http://127.0.0.1:9", "--time-range", "1h",
-                 "--no-progress")
+                 "--no-progress", "--export", str(export))
     assert result.returncode == 3
     assert "cannot reach" in result.stdout.lower() + result.stderr.lower() or "connection refused" in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+    # Nothing was checked: no score, said in words, and every category is named as not covered.
+    assert "health    unknown: none of the" in result.stdout and "/ 100" not in result.stdout
+    health = json.loads(export.read_text())["health"]
+    assert health["overall"] is None and health["checks"]["failed"] == health["checks"]["tried"] > 0
+    assert set(health["categories"].values()) == {None} and set(health["not_covered"]) == set(health["categories"])
+
+
+def test_a_partial_failure_is_shown_beside_the_score(tmp_path, demo):
+    _, full = demo
+    pack = (ROOT / "rules" / "vllm.yaml").read_text().replace(
+        "sum by (instance, model_name) (vllm:num_requests_waiting)",
+        "max by (instance, model_name) (vllm:num_requests_waiting)", 1)  # not in the snapshot: this rule fails
+    (tmp_path / "changed.yaml").write_text(pack)
+    export = tmp_path / "export.json"
+    result = run("evaluate", "--rules", str(tmp_path / "changed.yaml"), "--snapshot", str(SNAPSHOT),
+                 "--export", str(export))
+    health = json.loads(export.read_text())["health"]
+    failed, tried = health["checks"]["failed"], health["checks"]["tried"]
+    assert health["overall"] is not None and 0 < failed < tried
+    assert health["categories"]["queue_buildup"] is None
+    assert health["not_covered"]["queue_buildup"].endswith("could not be evaluated")
+    assert health["not_covered"]["slo_burn"] == "no rule or SLO in the set"
+    assert f"partial: {failed} of {tried} rules and SLOs could not be evaluated" in result.stdout
+    assert "not covered  " in result.stdout and "queue_buildup (" in result.stdout
+    assert full["health"]["checks"]["failed"] == 0
 
 
 def test_validate_lists_every_problem(tmp_path):
@@ -114,3 +143,28 @@ def test_fix_dry_run_starts_the_matching_playbooks_without_side_effects(tmp_path
     listed = run("workflows", "list", "--database", database)
     assert listed.returncode == 0 and "vllm-scale-out" in listed.stdout and "vllm-kv-cache-pressure" in listed.stdout
     assert run("evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--dry-run").returncode == 2
+
+
+def test_a_snapshot_time_range_ends_at_the_snapshot_end(tmp_path):
+    export = tmp_path / "last-6h.json"
+    result = run("evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--time-range", "6h",
+                 "--export", str(export))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(export.read_text())["range"] == {"start": "2026-11-19T18:00:00Z", "end": "2026-11-20T00:00:00Z",
+                                                       "step": "30s"}
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "http://bob:secret@[::1/prefix"])
+def test_an_unparsable_prometheus_url_is_a_clear_error(url):
+    result = run("evaluate", "--rules", "rules/vllm.yaml", "--prometheus", url, "--time-range", "1h")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "is not a URL: Invalid IPv6 URL" in result.stderr and "secret" not in result.stderr
+
+
+def test_the_readme_first_command_is_the_makefile_demo_and_needs_no_system_pip():
+    """A Debian/Ubuntu system Python refuses `pip install` outside a virtual environment (PEP 668)."""
+    first = (ROOT / "README.md").read_text().split("```sh\n", 1)[1].split("\n", 1)[0]
+    assert first.startswith("python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/rules-engine evaluate ")
+    makefile = (ROOT / "Makefile").read_text()
+    demo = makefile.split("\ndemo:\n\t", 1)[1].split("\n", 1)[0]
+    assert demo.replace("$(PYTHON)", "python3").replace(" --quiet", "") == first

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 
 from rules_engine.evaluate import slo as slo_eval
-from rules_engine.promql.burn_windows import load_windows
+from rules_engine.promql.burn_windows import DEFAULT_WINDOWS, load_windows, slo_catalog
 from rules_engine.promql.slo import slo_queries
 from rules_engine.evaluate.series import RangeWindow
 from rules_engine.source.frame import RangeFrame
-from rules_engine.spec import SpecError, load_ruleset
+from rules_engine.spec import SpecError, load_ruleset, parse_duration
 from rules_engine.spec.slo import SLO
 
 STEP = pd.Timedelta("1m")
@@ -56,8 +56,46 @@ def test_catalog_factors_follow_the_period():
         ("page", "quick", "0 days 01:00:00", "0 days 00:05:00"), ("page", "slow", "0 days 06:00:00", "0 days 00:30:00"),
         ("ticket", "quick", "1 days 00:00:00", "0 days 02:00:00"), ("ticket", "slow", "3 days 00:00:00", "0 days 06:00:00")]
     assert [p.factor(pd.Timedelta(days=30)) for p in catalog.pairs] == pytest.approx([14.4, 6, 3, 1])
-    assert [p.factor(pd.Timedelta(days=28)) for p in catalog.pairs] == pytest.approx([13.44, 5.6, 2.8, 0.9333333])
     assert [format(w) for w in catalog.burn_windows][0] == "0 days 00:05:00" and len(catalog.burn_windows) == 7
+
+
+@pytest.mark.parametrize("period, factors", [("7d", [13.44, 3.5, 1.4, 1.003]), ("28d", [13.44, 5.6, 2.8, 1.027]),
+                                             ("30d", [14.4, 6, 3, 1])])
+def test_each_shipped_period_has_a_catalog_whose_every_alert_means_exhausting_the_budget(period, factors):
+    catalog = slo_catalog(make_slo(period=period))
+    assert catalog.period == parse_duration(period)
+    assert [p.factor(catalog.period) for p in catalog.pairs] == pytest.approx(factors, abs=1e-3)
+    assert min(p.factor(catalog.period) for p in catalog.pairs) >= 1
+
+
+def test_a_week_slo_within_budget_raises_no_ticket():
+    """4% of the week's slices bad, spread evenly: a burn of 0.8, within the 5% budget and not on track to spend
+    it. The 30d shares rescaled to 7d (tickets at 0.7 and 0.233) fired both tickets on it."""
+    throughput = np.full((ROWS, 1), 120.0)
+    throughput[::25] = 20.0
+    slo = make_slo(objective=95, period="7d", group_by=[], sli={"timeslices": {"signal": "tps", "op": ">=", "target": 50}})
+    (result,) = slo_eval.evaluate_slo(slo, {"signal": frame(throughput, ["a"])}, WINDOW)
+    assert result.compliant and result.budget_remaining > 0
+    assert [f.details["alert"] for f in result.findings] == []
+
+
+def test_a_period_without_a_catalog_is_refused_at_its_line(tmp_path):
+    (tmp_path / "slo.yaml").write_text("kind: SLO\nname: fortnight\nobjective: 99\nperiod: 14d\n"
+                                       "sli: {ratio: {errors: err_total, total: req_total}}\n")
+    with pytest.raises(SpecError) as refused:
+        load_ruleset(tmp_path)
+    [problem] = refused.value.problems
+    assert str(problem).startswith(f"{tmp_path / 'slo.yaml'}:4: period: no shipped burn-window catalog for a 2w period")
+    assert "shipped: 7d, 28d, 30d" in str(problem) and "alerting.windows" in str(problem)
+
+
+def test_a_catalog_for_another_period_is_refused_not_rescaled(tmp_path):
+    (tmp_path / "30d.yaml").write_text(DEFAULT_WINDOWS.read_text())
+    slo = make_slo(period="14d", alerting={"windows": str(tmp_path / "30d.yaml")})
+    with pytest.raises(ValueError, match="the catalog is for sloPeriod 30d, the SLO's period is 2w"):
+        slo_catalog(slo)
+    (tmp_path / "14d.yaml").write_text(DEFAULT_WINDOWS.read_text().replace("sloPeriod: 30d", "sloPeriod: 14d"))
+    assert slo_catalog(make_slo(period="14d", alerting={"windows": str(tmp_path / "14d.yaml")})).period == parse_duration("14d")
 
 
 def test_bad_catalog_names_file_and_field(tmp_path):
@@ -177,11 +215,13 @@ def test_throughput_target_with_greater_or_equal():
     assert any(f.details["alert"] == "page" for f in result.findings)
 
 
-def test_short_history_is_said_and_low_objective_warned():
+def test_short_history_is_said_and_low_objective_warned(tmp_path):
     rng = np.random.default_rng(5)
     requests, errors = traffic(rng, columns=1)
     frames = {"errors": frame(counters(errors), ["a"]), "total": frame(counters(requests), ["a"])}
-    (result,) = slo_eval.evaluate_slo(make_slo(period="60d", objective=90), frames, WINDOW)
+    (tmp_path / "60d.yaml").write_text(DEFAULT_WINDOWS.read_text().replace("sloPeriod: 30d", "sloPeriod: 60d"))
+    slo = make_slo(period="60d", objective=90, alerting={"windows": str(tmp_path / "60d.yaml")})
+    (result,) = slo_eval.evaluate_slo(slo, frames, WINDOW)
     assert result.coverage == pytest.approx((ROWS - 1) / (60 * 1440))
     assert any("attainment covers 55%" in w for w in result.warnings)
     assert any("page quick alert can never fire" in w for w in result.warnings)

@@ -536,3 +536,36 @@ def test_instant_query_errors_read_like_range_query_errors():
                                                 _json_error("bad_data", "parse error"))) as server:
         with pytest.raises(SourceError, match=r"rejected query up\{ \(HTTP 400\): bad_data: parse error"):
             PrometheusClient(server.url).instant_query("up{")
+
+
+PARTIAL = "PromQL info: store eu-1 did not answer, partial data"
+
+
+def _answer_with_a_warning(attempt: int, seen: SeenRequest) -> tuple[int, str, bytes]:
+    """Every chunk answers one series of 1.0s at its own grid points, and warns that the data is partial."""
+    form = dict(pair.split("=", 1) for pair in seen.body.decode().split("&"))
+    start, end, step = (float(form[name]) for name in ("start", "end", "step"))
+    points = [[start + i * step, "1"] for i in range(int(round((end - start) / step)) + 1)]
+    body = {"status": "success", "warnings": [PARTIAL],
+            "data": {"resultType": "matrix", "result": [{"metric": {"instance": "a"}, "values": points}]}}
+    return 200, "application/json", json.dumps(body).encode()
+
+
+def test_prometheus_warnings_are_carried_once_per_query_into_the_report_and_export(caplog):
+    import rules_engine
+    from rules_engine.report.export import backtest_record
+    from rules_engine.report.text import render_text
+    from rules_engine.spec import load_ruleset
+
+    ruleset = load_ruleset([Path(__file__).resolve().parents[1] / "rules" / "vllm.yaml"])
+    start, end = pd.Timestamp("2026-01-01T00:00:00Z"), pd.Timestamp("2026-01-01T06:00:00Z")
+    with fake_prometheus(_answer_with_a_warning) as server, PrometheusSource(server.url, max_points_per_query=20) as source:
+        frame = source.query_range("up", start, start + pd.Timedelta(minutes=30), pd.Timedelta(minutes=1))
+        assert len(server.requests) == 2 and frame.warnings == (PARTIAL,)
+        result = rules_engine.backtest(ruleset, source, start, end, "1m", rules=["VLLMQueueBuildup"])
+    assert not caplog.records  # carried, not logged once per chunk
+    [rule] = backtest_record(result, server.url)["rules"]
+    assert rule["warnings"] == [PARTIAL] and rule["error"] is None
+    report = render_text(result, server.url)
+    assert "partial data: Prometheus warned about 1 answer(s)" in report
+    assert report.count(PARTIAL) == 1 and "(rules: VLLMQueueBuildup)" in report

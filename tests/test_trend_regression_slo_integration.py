@@ -191,7 +191,7 @@ def test_latency_threshold_must_be_a_bucket_boundary(fleet):
 def test_health_score_over_the_backtest(fleet, backtest):
     simulation, _ = fleet
     names = [s.instance.name for s in simulation.series]
-    health = health_scores(backtest.findings, instances=names)
+    health = health_scores(backtest.findings, backtest.checks(), instances=names)
     scores = {name: h.score for name, h in health.instances.items()}
     assert scores["vllm-0:8000"] == 100 and scores["vllm-3:8000"] == 100
     assert scores["vllm-1:8000"] < 100 and scores["vllm-2:8000"] < 100

@@ -174,11 +174,12 @@ def _source_and_range(snapshot, prometheus, start, end, time_range, step):
             source = SnapshotSource(snapshot)
         except SourceError as error:
             _fail(str(error))
-        if start or time_range:
-            return source, f"snapshot {snapshot}", _range(start, end, time_range, step or _format_step(source.step))
         meta = source.meta
-        start_at = pd.Timestamp(meta.get("evaluation_start", source.start))
         end_at = pd.Timestamp(meta.get("evaluation_end", source.end))
+        if start or time_range:  # a range of the recording: "now" is long past its end, so --end defaults to it
+            return source, f"snapshot {snapshot}", _range(start, end or end_at.isoformat(), time_range,
+                                                          step or _format_step(source.step))
+        start_at = pd.Timestamp(meta.get("evaluation_start", source.start))
         return source, f"snapshot {snapshot}", (start_at, end_at, parse_duration(step) if step else source.step)
     if not prometheus.get("prometheus_url"):
         _fail("give --prometheus URL or --snapshot FILE")

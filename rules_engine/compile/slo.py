@@ -5,8 +5,8 @@ Series names and labels are Sloth's (`slo:sli_error:ratio_rate<W>`, `slo:objecti
 `slo:period_error_budget_remaining:ratio`, `sloth_slo_info`; labels `sloth_id`, `sloth_service`, `sloth_slo`,
 `sloth_window`), so Sloth's Grafana dashboards work on them unchanged. Three groups per SLO, as Sloth writes them.
 
-Burn windows and factors come from the AlertWindows catalog (rules_engine/data/burn_windows.yaml, or the SLO's
-`alerting.windows`), with Sloth's formula factor = budget% × period / long window. Unlike Sloth, each window pair
+Burn windows and factors come from the AlertWindows catalog of the SLO's period (rules_engine/data/burn_windows/,
+or the SLO's `alerting.windows`), with Sloth's formula factor = budget% × period / long window. Unlike Sloth, each window pair
 is its own alert (same alert name, `sloth_severity` page|ticket as Sloth, and the pair's `severity` from the
 catalog), so Alertmanager inhibition and playbooks see how fast the budget burns. A pair whose factor × error
 budget exceeds 1 can never fire (an error ratio cannot exceed 1): it is refused with a note (slok/sloth#341).

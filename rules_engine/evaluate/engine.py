@@ -16,14 +16,14 @@ import pandas as pd
 import promql_parser
 
 from rules_engine.evaluate.findings import Finding, severity_rank
-from rules_engine.evaluate.health import Health, health_scores
+from rules_engine.evaluate.health import Check, Health, health_scores
 from rules_engine.evaluate.series import EvaluationError, RangeWindow
 from rules_engine.evaluate.slo import SLOResult, evaluate_slos, slo_fetch_start, slo_findings
 from rules_engine.promql.burn_windows import slo_catalog
 from rules_engine.promql.kinds import RuleKind
 from rules_engine.promql.slo import slo_queries
 from rules_engine.source.base import Source, SourceError
-from rules_engine.source.frame import RangeFrame
+from rules_engine.source.frame import RangeFrame, partial_data
 from rules_engine.spec.loader import RuleSet
 
 # Queries in flight at once: enough to keep a few Prometheus cores busy, few enough not to crowd a shared server.
@@ -36,10 +36,12 @@ class RuleOutcome:
     pack: str
     rule: str
     kind: str
+    category: str
     queries: dict[str, str]
     series: int = 0
     findings: int = 0
     error: str | None = None
+    warnings: list[str] = field(default_factory=list)  # Prometheus' warnings about its queries: partial data
 
 
 @dataclass
@@ -56,8 +58,13 @@ class Backtest:
     def failed(self) -> list[RuleOutcome]:
         return [outcome for outcome in self.outcomes if outcome.error]
 
+    def checks(self) -> list[Check]:
+        """Every rule and SLO tried, by category: what the health score can speak for."""
+        return ([Check(outcome.category, bool(outcome.error)) for outcome in self.outcomes]
+                + [Check("slo_burn", bool(result.error)) for result in self.slos])
+
     def health(self) -> Health:
-        return health_scores(self.findings, self.slos, self.instances)
+        return health_scores(self.findings, self.checks(), self.slos, self.instances)
 
     def sort_findings(self) -> None:
         """Most severe first, then longest, then by rule and start: the order reports and exports show."""
@@ -166,7 +173,7 @@ class Filtered:
         values = kept.loc[:, present]
         values.columns = pd.RangeIndex(values.shape[1])
         labels = frame.labels.loc[present].reset_index(drop=True)
-        return RangeFrame(query=query, values=values, labels=labels)
+        return RangeFrame(query=query, values=values, labels=labels, warnings=frame.warnings)
 
 
 NUMPY_COMPARISONS = {">": np.greater, "<": np.less, ">=": np.greater_equal, "<=": np.less_equal, "==": np.equal,
@@ -236,7 +243,8 @@ def run_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, end: pd.
     planned = rule_queries(ruleset.rules(), step, kinds, pushdown)
     for pack, rule in pairs:
         kind = kinds[rule.type]
-        outcome = RuleOutcome(pack=pack.name, rule=rule.name, kind=rule.type, queries=planned[rule.name])
+        outcome = RuleOutcome(pack=pack.name, rule=rule.name, kind=rule.type, category=rule.category,
+                              queries=planned[rule.name])
         backtest.outcomes.append(outcome)
         missing = [errors[q] for q in outcome.queries.values() if q in errors]
         if missing:
@@ -244,6 +252,7 @@ def run_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, end: pd.
             continue
         rule_frames = {role: frames[q] for role, q in outcome.queries.items()}
         outcome.series = next(iter(rule_frames.values())).series_count
+        outcome.warnings = partial_data(rule_frames.values())
         try:
             found = kind.evaluate(rule, pack, rule_frames, window)
         except EvaluationError as error:

@@ -16,9 +16,15 @@ SLOs violated; clamped to 0..100), re-based on a backtest's findings and SLO res
 - category score: 100 - the category's deductions on instances divided by the number of instances - its
   fleet-level deductions; `slo_burn` also loses 20 × the share of all SLO groups violated.
 Every score is clamped to 0..100. An SLO group counts as violated when its attainment is below the objective.
+
+A score says what was checked, so it is only given where something was: with no rule or SLO evaluated, every
+score is unknown (None); a category is unknown when the set has no rule for it or some of its rules (or SLOs, for
+`slo_burn`) could not be evaluated, and `not_covered` says which of the two. With some checks failed, the overall
+score is still given, and `failed` says how many of the `checks` it misses.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -27,6 +33,14 @@ from rules_engine.spec.models import CATEGORIES
 
 DEDUCTIONS = {"critical": 25.0, "high": 15.0, "medium": 10.0, "low": 5.0}
 SLO_VIOLATION_WEIGHT = 20.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One rule or SLO the backtest tried, under its category, and whether it could be evaluated."""
+
+    category: str
+    failed: bool
 
 
 @dataclass
@@ -40,11 +54,15 @@ class InstanceHealth:
 
 @dataclass
 class Health:
-    """Scores 0..100: `overall`, per `instances` (InstanceHealth by instance) and per `categories`."""
+    """Scores 0..100: `overall`, per `instances` (InstanceHealth by instance) and per `categories`; None where
+    nothing was checked (`not_covered`: category -> why)."""
 
-    overall: float
+    overall: float | None
     instances: dict[str, InstanceHealth] = field(default_factory=dict)
-    categories: dict[str, float] = field(default_factory=dict)
+    categories: dict[str, float | None] = field(default_factory=dict)
+    not_covered: dict[str, str] = field(default_factory=dict)
+    checks: int = 0  # rules and SLOs tried
+    failed: int = 0  # of those, the ones that could not be evaluated
     fleet_findings: int = 0
     slo_groups: int = 0
     slo_violations: int = 0
@@ -52,10 +70,12 @@ class Health:
     def to_dict(self) -> dict[str, Any]:
         """The JSON export's `health` object."""
         return {
-            "overall": round(self.overall, 2),
+            "overall": _rounded(self.overall),
+            "checks": {"tried": self.checks, "failed": self.failed},
             "instances": {name: {"score": round(h.score, 2), "findings": h.findings, "slo_groups": h.slo_groups,
                                  "slo_violations": h.slo_violations} for name, h in sorted(self.instances.items())},
-            "categories": {name: round(score, 2) for name, score in self.categories.items()},
+            "categories": {name: _rounded(score) for name, score in self.categories.items()},
+            "not_covered": dict(self.not_covered),
             "fleet_findings": self.fleet_findings,
             "slo_groups": self.slo_groups,
             "slo_violations": self.slo_violations,
@@ -65,6 +85,23 @@ class Health:
 
 def _clamp(score: float) -> float:
     return max(0.0, min(100.0, score))
+
+
+def _rounded(score: float | None) -> float | None:
+    return None if score is None else round(score, 2)
+
+
+def coverage_gaps(checks: Iterable[Check]) -> dict[str, str]:
+    """category -> why its score is unknown: nothing in the set checks it, or some of its checks failed."""
+    tried = Counter(check.category for check in checks)
+    failed = Counter(check.category for check in checks if check.failed)
+    gaps = {}
+    for category in CATEGORIES:
+        if not tried[category]:
+            gaps[category] = "no rule or SLO in the set" if category == "slo_burn" else "no rule in the set"
+        elif failed[category]:
+            gaps[category] = f"{failed[category]} of {tried[category]} could not be evaluated"
+    return gaps
 
 
 def distinct_alerts(findings: Iterable[Finding]) -> list[Finding]:
@@ -88,11 +125,18 @@ def members_of(labels: Mapping[str, str], instance_labels: Mapping[str, Mapping[
                   if all(known.get(key) == value for key, value in labels.items()))
 
 
-def health_scores(findings: Iterable[Finding], slo_results: Iterable[Any] = (),
+def health_scores(findings: Iterable[Finding], checks: Iterable[Check], slo_results: Iterable[Any] = (),
                   instances: Iterable[str] | Mapping[str, Mapping[str, str]] = ()) -> Health:
-    """Score a backtest. `slo_results` are SLOResult-like (labels, compliant, error); `instances` the fleet's
-    instance names, or a mapping of each name to its other labels (model_name, ...), so that instances without
-    findings count as healthy and group-level findings (no `instance` label) land on the instances they concern."""
+    """Score a backtest. `checks` are the rules and SLOs it tried (what the scores can speak for); `slo_results`
+    are SLOResult-like (labels, compliant, error); `instances` the fleet's instance names, or a mapping of each name
+    to its other labels (model_name, ...), so that instances without findings count as healthy and group-level
+    findings (no `instance` label) land on the instances they concern."""
+    checks = list(checks)
+    failed = sum(check.failed for check in checks)
+    gaps = coverage_gaps(checks)
+    if failed == len(checks):
+        return Health(overall=None, categories=dict.fromkeys(CATEGORIES), not_covered=gaps, checks=len(checks),
+                      failed=failed)
     instance_labels = dict(instances) if isinstance(instances, Mapping) else {name: {} for name in instances}
     alerts = distinct_alerts(findings)
     slos = [r for r in slo_results if getattr(r, "error", None) is None and getattr(r, "compliant", None) is not None]
@@ -137,9 +181,10 @@ def health_scores(findings: Iterable[Finding], slo_results: Iterable[Any] = (),
         score = 100.0 - attributed / count - fleet
         if category == "slo_burn" and slos:
             score -= SLO_VIOLATION_WEIGHT * all_violations / len(slos)
-        categories[category] = _clamp(score)
-    return Health(overall=overall, instances=per_instance, categories=categories, fleet_findings=fleet_findings,
-                  slo_groups=len(slos), slo_violations=all_violations)
+        categories[category] = None if category in gaps else _clamp(score)
+    return Health(overall=overall, instances=per_instance, categories=categories, not_covered=gaps,
+                  checks=len(checks), failed=failed, fleet_findings=fleet_findings, slo_groups=len(slos),
+                  slo_violations=all_violations)
 
 
 assert set(DEDUCTIONS) == set(SEVERITIES)

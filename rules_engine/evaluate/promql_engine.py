@@ -61,7 +61,8 @@ def run_promql_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, e
         kind = kinds[rule.type]
         levels = level_queries(kind, rule, pack, step)
         base = levels[0]
-        outcome = RuleOutcome(pack=pack.name, rule=rule.name, kind=rule.type, queries={"alert": base.expr})
+        outcome = RuleOutcome(pack=pack.name, rule=rule.name, kind=rule.type, category=rule.category,
+                              queries={"alert": base.expr})
         backtest.outcomes.append(outcome)
         try:
             frame = source.query_range(base.expr, fetch_start, end, step)
@@ -69,6 +70,7 @@ def run_promql_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, e
             outcome.error = str(error)
             continue
         outcome.series = frame.series_count
+        outcome.warnings = list(frame.warnings)
         values = frame.values.to_numpy(dtype=np.float64)
         active = ~np.isnan(values)
         episodes = firing_episodes(active, steps_for(rule.for_, step), steps_for(rule.keep_firing_for, step))

@@ -15,7 +15,8 @@ Attainment is 1 - error ratio over the period ending at the range end; the budge
 1 - (1 - attainment) / (1 - objective) (negative once overspent), and as time it is that fraction of the
 period's allowed bad time, (1 - objective) × period.
 
-The alert catalog (windows, budget percentages, severities) is data: rules_engine/data/burn_windows.yaml,
+The alert catalog (windows, budget percentages, severities) is data, one per SLO period:
+rules_engine/data/burn_windows/<period>.yaml or the SLO's `alerting.windows`,
 read by rules_engine/promql/burn_windows.py.
 A pair fires while the burn rate over both its long and its short window exceeds
 factor = budget% / 100 × period / long window, and (ratio and latency SLIs) while at least `min_event_rate`
@@ -33,10 +34,10 @@ import pandas as pd
 from rules_engine.evaluate.alerting import episode_extremes, firing_episodes
 from rules_engine.evaluate.findings import Finding
 from rules_engine.evaluate.series import RangeWindow
-from rules_engine.promql.burn_windows import AlertPair, WindowCatalog, load_windows, slo_catalog
+from rules_engine.promql.burn_windows import AlertPair, WindowCatalog, slo_catalog
 from rules_engine.promql.slo import latency_series, slo_queries
 from rules_engine.source.base import Source, SourceError
-from rules_engine.source.frame import RangeFrame
+from rules_engine.source.frame import RangeFrame, partial_data
 from rules_engine.spec.models import format_duration
 from rules_engine.spec.slo import SLO
 from rules_engine.spec.times import rfc3339
@@ -141,7 +142,7 @@ def slo_fetch_start(slo: SLO, catalog: WindowCatalog, start: pd.Timestamp, end: 
 
 
 def evaluate_slos(slos: Iterable[SLO], source: Source, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
-                  windows: WindowCatalog | None = None, check_buckets: bool = True) -> list[SLOResult]:
+                  check_buckets: bool = True) -> list[SLOResult]:
     """Evaluate every SLO over [start, end] at `step`: one SLOResult per SLO and series group, findings inside.
 
     Burn-alert findings are those firing within [start, end]; attainment covers the period ending at `end`
@@ -149,10 +150,13 @@ def evaluate_slos(slos: Iterable[SLO], source: Source, start: pd.Timestamp, end:
     `error` set instead of raising, like a rule that cannot be evaluated.
     """
     start, end = start.floor(step), end.floor(step)
-    default_catalog = windows or load_windows()
     results: list[SLOResult] = []
     for slo in slos:
-        catalog = slo_catalog(slo, default_catalog)
+        try:
+            catalog = slo_catalog(slo)
+        except ValueError as error:
+            results.append(SLOResult(slo.name, slo.sli.type, slo.objective, slo.period, error=str(error)))
+            continue
         fetch_start = slo_fetch_start(slo, catalog, start, end, step)
         bucket_warning = None
         if slo.sli.latency is not None and check_buckets:
@@ -167,9 +171,10 @@ def evaluate_slos(slos: Iterable[SLO], source: Source, start: pd.Timestamp, end:
             results.append(SLOResult(slo.name, slo.sli.type, slo.objective, slo.period, error=str(error)))
             continue
         found = evaluate_slo(slo, frames, RangeWindow(start, end, step), catalog)
-        if bucket_warning:
-            for result in found:
-                result.warnings.append(bucket_warning)
+        notes = [bucket_warning] if bucket_warning else []
+        notes += [f"Prometheus warned (partial data): {warning}" for warning in partial_data(frames.values())]
+        for result in found:
+            result.warnings.extend(notes)
         results.extend(found)
     return results
 
@@ -262,7 +267,7 @@ def _timeslice_events(slo: SLO, frame: RangeFrame, step: pd.Timedelta) -> tuple[
 def evaluate_slo(slo: SLO, frames: dict[str, RangeFrame], window: RangeWindow,
                  catalog: WindowCatalog | None = None) -> list[SLOResult]:
     """Evaluate one SLO on already fetched frames (roles as slo_queries gives them)."""
-    catalog = catalog or load_windows()
+    catalog = catalog or slo_catalog(slo)
     step = window.step
     grid = next(iter(frames.values())).values.index
     base = dict(slo=slo.name, sli=slo.sli.type, objective=slo.objective, period=slo.period)

@@ -1,12 +1,15 @@
 """The multiwindow multi-burn-rate alert catalog: which window pairs alert at what share of the error budget.
 
-The catalog is data (rules_engine/data/burn_windows.yaml, or an SLO's own `alerting.windows` file); the SLO
-evaluation and the SLO compiler both read it from here. A pair spends `budget_percent` of the period's budget
-within its long window: factor = budget% / 100 × period / long window (Sloth's formula).
+The catalog is data (rules_engine/data/burn_windows/<period>.yaml, or an SLO's own `alerting.windows` file); the
+SLO evaluation and the SLO compiler both read it from here. A pair spends `budget_percent` of the period's budget
+within its long window: factor = budget% / 100 × period / long window (Sloth's formula). A catalog is written for
+one period and an SLO only uses a catalog of its own period: rescaling another period's percentages silently
+changes what an alert means (30d shares on a 7d SLO put both tickets below a factor of 1, firing within budget).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
@@ -15,9 +18,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from rules_engine.spec.models import Duration, SeverityName
-from rules_engine.spec.slo import SLO
+from rules_engine.spec.models import format_duration
+from rules_engine.spec.slo import BURN_WINDOW_CATALOGS, SLO, no_catalog, shipped_catalogs
 
-DEFAULT_WINDOWS = Path(__file__).resolve().parent.parent / "data" / "burn_windows.yaml"
+DEFAULT_WINDOWS = BURN_WINDOW_CATALOGS / "30d.yaml"
 
 
 class _Pair(BaseModel):
@@ -64,7 +68,7 @@ class AlertPair:
 
 @dataclass(frozen=True)
 class WindowCatalog:
-    period: pd.Timedelta  # the period the catalog was written for (factors are recomputed for others)
+    period: pd.Timedelta  # the period the catalog was written for, the only one it serves
     burn_windows: tuple[pd.Timedelta, ...]
     pairs: tuple[AlertPair, ...]
 
@@ -95,5 +99,23 @@ def load_windows(path: str | Path | None = None) -> WindowCatalog:
     return WindowCatalog(spec.slo_period, tuple(spec.burn_windows), pairs)
 
 
-def slo_catalog(slo: SLO, default: WindowCatalog | None = None) -> WindowCatalog:
-    return load_windows(slo.alerting.windows) if slo.alerting.windows else (default or load_windows())
+@lru_cache(maxsize=None)
+def shipped_catalog(period: pd.Timedelta) -> WindowCatalog:
+    """The shipped catalog for `period`; ValueError naming the shipped periods when there is none."""
+    path = shipped_catalogs().get(period)
+    if path is None:
+        raise ValueError(no_catalog(period))
+    return load_windows(path)
+
+
+def slo_catalog(slo: SLO) -> WindowCatalog:
+    """The SLO's own catalog (`alerting.windows`) or the shipped one for its period; ValueError when the catalog
+    was written for another period."""
+    if not slo.alerting.windows:
+        return shipped_catalog(slo.period)
+    catalog = load_windows(slo.alerting.windows)
+    if catalog.period != slo.period:
+        raise ValueError(f"{slo.alerting.windows}: the catalog is for sloPeriod {format_duration(catalog.period)}, "
+                         f"the SLO's period is {format_duration(slo.period)}: its factors would not mean what they "
+                         f"say; write a catalog for {format_duration(slo.period)}")
+    return catalog

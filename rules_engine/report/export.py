@@ -49,8 +49,8 @@ def backtest_record(backtest: Backtest, source: str, extra: dict[str, Any] | Non
         "range": {"start": rfc3339(backtest.start), "end": rfc3339(backtest.end), "step": format_duration(backtest.step)},
         "source": source,
         "rules": [
-            {"pack": o.pack, "rule": o.rule, "kind": o.kind, "series": o.series, "findings": o.findings,
-             "error": o.error, "queries": o.queries}
+            {"pack": o.pack, "rule": o.rule, "kind": o.kind, "category": o.category, "series": o.series,
+             "findings": o.findings, "error": o.error, "warnings": list(o.warnings), "queries": o.queries}
             for o in backtest.outcomes
         ],
         "findings": [finding_record(f, backtest.end) for f in backtest.findings],

@@ -61,7 +61,8 @@ def render_text(backtest: Backtest, source: str, colour: bool = False, limit: in
     lines.append(f"  series    {sum(o.series for o in evaluated)} evaluated (a rule whose comparison runs in Prometheus counts only the series that crossed it)")
     counts = ", ".join(style(f"{by_severity[s]} {s}", fg=SEVERITY_COLOURS[s]) for s in reversed(SEVERITIES) if by_severity[s])
     lines.append(f"  findings  {len(backtest.findings)}" + (f": {counts}" if counts else ""))
-    lines.extend(_health_lines(backtest.health()))
+    partial = _partial_data(backtest)
+    lines.extend(_health_lines(backtest.health(), len(partial)))
     if backtest.slos:
         lines.append("")
         lines.append(style("SLOs", bold=True) + " (attainment over the period up to the range end)")
@@ -76,6 +77,13 @@ def render_text(backtest: Backtest, source: str, colour: bool = False, limit: in
         lines.extend(_finding_lines(index, finding, backtest.end, style))
     if limit is not None and len(backtest.findings) > limit:
         lines.append(f"  ... and {len(backtest.findings) - limit} more (use --export for all)")
+
+    if partial:
+        lines.append("")
+        lines.append(style("Partial data", bold=True) + " (Prometheus answered with warnings; findings may miss series)")
+        for warning, rules in partial.items():
+            lines.extend(textwrap.wrap(f"{warning} (rules: {', '.join(rules)})", width=110, initial_indent="  ",
+                                       subsequent_indent="    "))
 
     failed_slos = [result for result in backtest.slos if result.error]
     if backtest.failed or failed_slos:
@@ -106,14 +114,37 @@ def _finding_lines(index: int, finding: Finding, range_end: pd.Timestamp, style)
     return lines
 
 
-def _health_lines(health: Health) -> list[str]:
-    lines = [f"  health    {health.overall:.1f} / 100 overall (100 minus deductions per finding and violated SLO)"]
+def _partial_data(backtest: Backtest) -> dict[str, list[str]]:
+    """Each warning Prometheus gave, with the rules whose queries it concerns."""
+    rules: dict[str, list[str]] = {}
+    for outcome in backtest.outcomes:
+        for warning in outcome.warnings:
+            rules.setdefault(warning, []).append(outcome.rule)
+    return rules
+
+
+def _health_lines(health: Health, warnings: int) -> list[str]:
+    """The scores, and beside them what they cannot speak for: rules that failed, categories nothing checked."""
+    if health.overall is None:
+        lines = [f"  health    unknown: none of the {health.checks} rules and SLOs could be evaluated "
+                 f"(see Could not be evaluated)"]
+    else:
+        lines = [f"  health    {health.overall:.1f} / 100 overall (100 minus deductions per finding and violated SLO)"]
+        if health.failed:
+            lines.append(f"            partial: {health.failed} of {health.checks} rules and SLOs could not be evaluated "
+                         f"and are not in the score")
+    if warnings:
+        lines.append(f"            partial data: Prometheus warned about {warnings} answer(s) (see Partial data)")
     by_instance = {name: item.score for name, item in health.instances.items()}
-    for title, scores in (("by instance", by_instance), ("by category", health.categories)):
+    known = {name: score for name, score in health.categories.items() if score is not None}
+    for title, scores in (("by instance", by_instance), ("by category", known)):
         if scores:
             worst = sorted(scores.items(), key=lambda item: (item[1], item[0]))
             text = ", ".join(f"{name} {score:.0f}" for name, score in worst)
             lines.extend(textwrap.wrap(text, width=110, initial_indent=f"    {title:<13}", subsequent_indent=" " * 17))
+    if health.not_covered:
+        text = ", ".join(f"{name} ({why})" for name, why in health.not_covered.items())
+        lines.extend(textwrap.wrap(text, width=110, initial_indent=f"    {'not covered':<13}", subsequent_indent=" " * 17))
     return lines
 
 

@@ -17,6 +17,7 @@ import yaml
 
 from rules_engine.simulate import catalog
 from rules_engine.simulate.timeparse import parse_duration, parse_time
+from rules_engine.spec.bounded_yaml import compose_documents
 from rules_engine.spec.times import rfc3339
 
 
@@ -157,10 +158,12 @@ def load_incidents(path: str | Path) -> list[Incident]:
     except OSError as error:
         raise IncidentError(f"{path}: cannot read: {error.strerror}") from None
     try:
-        root_node = yaml.compose(text)
-        document = yaml.safe_load(text)
+        documents = compose_documents(text)
     except yaml.YAMLError as error:
         raise IncidentError(f"{path}: invalid YAML: {error}") from None
+    if len(documents) > 1:
+        raise IncidentError(f"{path}: expected one YAML document, found {len(documents)}")
+    root_node, document = documents[0] if documents else (None, None)
     items_node = root_node
     if isinstance(document, dict):
         if set(document) - {"incidents"}:

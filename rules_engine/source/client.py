@@ -44,7 +44,10 @@ class PrometheusClient:
                  basic_auth: tuple[str, str] | None = None, ca_file: str | Path | None = None,
                  insecure_skip_verify: bool = False, headers: Mapping[str, str] | None = None,
                  timeout: float = 60.0, retries: int = 3, backoff: float = 0.5) -> None:
-        parts = urlsplit(url)
+        try:
+            parts = urlsplit(url)
+        except ValueError as error:  # urllib refuses some text outright, e.g. an unclosed IPv6 bracket
+            raise SourceError(f"Prometheus URL {redacted_url(url)!r} is not a URL: {error}") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise SourceError(f"Prometheus URL must look like http(s)://host[:port][/prefix], got {redacted_url(url)!r}")
         if bearer_token is not None and bearer_token_file is not None:
@@ -183,14 +186,21 @@ def json_answer(body: bytes, error: Callable[[str], SourceError]) -> Any:
 
 
 def answer_data(answer: Any, error: Callable[[str], SourceError]) -> Any:
-    """The `data` of a successful API answer; its warnings are logged."""
+    """The `data` of a successful API answer; its warnings are logged (a range source carries them instead)."""
+    data, warnings = answer_parts(answer, error)
+    for warning in warnings:
+        log.warning("Prometheus warning: %s", warning)
+    return data
+
+
+def answer_parts(answer: Any, error: Callable[[str], SourceError]) -> tuple[Any, tuple[str, ...]]:
+    """The `data` of a successful API answer and its `warnings`: Prometheus answers, but says the data is partial
+    (a store or shard did not answer, a limit was hit)."""
     if not isinstance(answer, dict) or "status" not in answer:
         raise error("JSON without the Prometheus API's status/data fields: is the URL a Prometheus API?")
     if answer["status"] != "success":
         raise error(f"{answer.get('errorType', 'error')}: {answer.get('error', '(no message)')}")
-    for warning in answer.get("warnings") or ():
-        log.warning("Prometheus warning: %s", warning)
-    return answer.get("data")
+    return answer.get("data"), tuple(str(warning) for warning in answer.get("warnings") or ())
 
 
 # -- settings as a mapping (config files) -----------------------------------------------------------------------

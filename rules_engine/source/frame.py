@@ -4,6 +4,7 @@ Sources build it without per-sample Python work (see source/prometheus.py: decod
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable
 
 import pandas as pd
 
@@ -14,12 +15,13 @@ class RangeFrame:
 
     `values` has a UTC DatetimeIndex covering start..end at `step` (missing samples are NaN) and integer
     columns 0..n-1; `labels` is indexed by the same integers with one column per label name ("" where a
-    series lacks the label).
+    series lacks the label). `warnings` are what the server said about the answer (partial data), each once.
     """
 
     query: str
     values: pd.DataFrame
     labels: pd.DataFrame
+    warnings: tuple[str, ...] = ()
 
     @property
     def series_count(self) -> int:
@@ -28,6 +30,11 @@ class RangeFrame:
     def series_labels(self, column: int) -> dict[str, str]:
         row = self.labels.loc[column]
         return {name: value for name, value in row.items() if value != ""}
+
+
+def partial_data(frames: Iterable[RangeFrame]) -> list[str]:
+    """The distinct warnings of some frames, in order: what a result computed from them should report once."""
+    return list(dict.fromkeys(warning for frame in frames for warning in frame.warnings))
 
 
 def evaluation_grid(start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta) -> pd.DatetimeIndex:

@@ -9,17 +9,17 @@ chunks of one query are fetched `chunk_concurrency` at a time. Answers are decod
 from __future__ import annotations
 
 import json
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Callable, Iterator, Mapping
+from warnings import catch_warnings, simplefilter
 
 import numpy as np
 import pandas as pd
 
 from rules_engine.source.base import SourceError
-from rules_engine.source.client import PrometheusClient, PrometheusSettings, answer_data, json_answer, parse_settings
+from rules_engine.source.client import PrometheusClient, PrometheusSettings, answer_parts, json_answer, parse_settings
 from rules_engine.source.frame import RangeFrame, evaluation_grid
 
 # Prometheus rejects a range query whose (end - start) / step exceeds 11,000 ("exceeded maximum resolution of
@@ -139,6 +139,7 @@ class MatrixChunk:
     counts: np.ndarray  # int64, samples per series
     timestamps_ms: np.ndarray  # int64
     values: np.ndarray  # float64
+    warnings: tuple[str, ...] = ()  # the answer's warnings: Prometheus says the data is partial
 
 
 _VALUES_KEY = b'"values":['
@@ -159,14 +160,14 @@ def decode_matrix(body: bytes, error: Callable[[str], SourceError]) -> MatrixChu
     except ValueError:
         answer = None
     if answer is not None:
-        result = _matrix_result(answer, error)
+        result, warnings = _matrix_result(answer, error)
         if not arrays:  # nothing was cut out: the skeleton is the whole answer, already decoded
-            return _chunk_from_lists(result, error)
+            return _chunk_from_lists(result, warnings, error)
         if len(arrays) == len(result) and all(series.get("values") == i for i, series in enumerate(result)):
-            chunk = _chunk_from_arrays(result, arrays)
+            chunk = _chunk_from_arrays(result, warnings, arrays)
             if chunk is not None:
                 return chunk
-    return _chunk_from_lists(_matrix_result(json_answer(body, error), error), error)
+    return _chunk_from_lists(*_matrix_result(json_answer(body, error), error), error)
 
 
 def _cut_values_arrays(body: bytes) -> tuple[list[bytes], bytes]:
@@ -189,8 +190,8 @@ def _cut_values_arrays(body: bytes) -> tuple[list[bytes], bytes]:
     return arrays, b"".join(skeleton)
 
 
-def _matrix_result(answer: Any, error: Callable[[str], SourceError]) -> list[dict]:
-    data = answer_data(answer, error)
+def _matrix_result(answer: Any, error: Callable[[str], SourceError]) -> tuple[list[dict], tuple[str, ...]]:
+    data, warnings = answer_parts(answer, error)
     if not isinstance(data, dict) or data.get("resultType") != "matrix" or not isinstance(data.get("result"), list):
         kind = data.get("resultType") if isinstance(data, dict) else type(data).__name__
         raise error(f"expected a matrix result, got {kind}")
@@ -198,10 +199,10 @@ def _matrix_result(answer: Any, error: Callable[[str], SourceError]) -> list[dic
         if "histograms" in series:
             raise error("native histogram samples, which are not evaluated; query a float series such as "
                         "histogram_quantile(...) or a classic _bucket series")
-    return data["result"]
+    return data["result"], warnings
 
 
-def _chunk_from_arrays(result: list[dict], arrays: list[bytes]) -> MatrixChunk | None:
+def _chunk_from_arrays(result: list[dict], warnings: tuple[str, ...], arrays: list[bytes]) -> MatrixChunk | None:
     """Parse the cut-out "values" arrays: `[t,"v"],[t,"v"]` per series. None when the text is not of that form."""
     # A series of n pairs holds 2n - 1 commas; the `],[` separators between series arrays are added by the join.
     counts = np.fromiter(((array.count(b",") + 1) // 2 if array else 0 for array in arrays), dtype=np.int64,
@@ -211,9 +212,9 @@ def _chunk_from_arrays(result: list[dict], arrays: list[bytes]) -> MatrixChunk |
         numbers = np.empty(0)
     else:
         try:
-            with warnings.catch_warnings():
+            with catch_warnings():
                 # Text that is not all numbers stops the parse early with a warning; the count check catches it.
-                warnings.simplefilter("ignore", DeprecationWarning)
+                simplefilter("ignore", DeprecationWarning)
                 numbers = np.fromstring(text.decode("ascii"), sep=",")  # strtod: exact; reads NaN, +Inf, -Inf
         except (ValueError, UnicodeDecodeError):
             return None
@@ -221,10 +222,12 @@ def _chunk_from_arrays(result: list[dict], arrays: list[bytes]) -> MatrixChunk |
         return None
     pairs = numbers.reshape(-1, 2)
     return MatrixChunk(metrics=[series.get("metric", {}) for series in result], counts=counts,
-                       timestamps_ms=np.rint(pairs[:, 0] * 1000).astype(np.int64), values=pairs[:, 1].copy())
+                       timestamps_ms=np.rint(pairs[:, 0] * 1000).astype(np.int64), values=pairs[:, 1].copy(),
+                       warnings=warnings)
 
 
-def _chunk_from_lists(result: list[dict], error: Callable[[str], SourceError]) -> MatrixChunk:
+def _chunk_from_lists(result: list[dict], warnings: tuple[str, ...], error: Callable[[str], SourceError]
+                      ) -> MatrixChunk:
     """The plain path for an answer already decoded by json (a layout the text cut does not recognise)."""
     try:
         counts = np.array([len(series["values"]) for series in result], dtype=np.int64)
@@ -235,14 +238,15 @@ def _chunk_from_lists(result: list[dict], error: Callable[[str], SourceError]) -
     except (KeyError, TypeError, ValueError) as exc:
         raise error(f"malformed matrix samples ({exc})") from None
     return MatrixChunk(metrics=[series.get("metric", {}) for series in result], counts=counts,
-                       timestamps_ms=np.rint(timestamps * 1000).astype(np.int64), values=values)
+                       timestamps_ms=np.rint(timestamps * 1000).astype(np.int64), values=values,
+                       warnings=warnings)
 
 
 def frame_from_chunks(query: str, chunks: list[MatrixChunk], grid: pd.DatetimeIndex) -> RangeFrame:
     """Join chunk answers into one frame on `grid`: the same label set in two chunks is the same series.
 
     Series are ordered by label set the way Prometheus orders a range result, so a split query yields the same
-    frame as an unsplit one.
+    frame as an unsplit one. A warning repeated by several chunks is kept once: it is the query's.
     """
     column_of: dict[tuple, int] = {}
     metrics: list[dict[str, str]] = []
@@ -274,4 +278,5 @@ def frame_from_chunks(query: str, chunks: list[MatrixChunk], grid: pd.DatetimeIn
     labels = pd.DataFrame([metrics[i] for i in order]).fillna("")
     labels.index = pd.RangeIndex(len(metrics))
     frame = pd.DataFrame(values, index=grid, columns=pd.RangeIndex(len(metrics)))
-    return RangeFrame(query=query, values=frame, labels=labels)
+    warnings = tuple(dict.fromkeys(warning for chunk in chunks for warning in chunk.warnings))
+    return RangeFrame(query=query, values=frame, labels=labels, warnings=warnings)

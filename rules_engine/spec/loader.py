@@ -12,6 +12,7 @@ from typing import Any, Iterable
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from rules_engine.spec.bounded_yaml import compose_documents
 from rules_engine.spec.models import RulePack
 
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -111,14 +112,13 @@ def _load_file(path: Path, kinds: dict, ruleset: RuleSet) -> list[Problem]:
     except (OSError, UnicodeDecodeError) as error:
         return [Problem(name, None, "", f"cannot read: {error}")]
     try:
-        nodes = list(yaml.compose_all(text, Loader=yaml.SafeLoader))
-        documents = list(yaml.safe_load_all(text))
+        documents = compose_documents(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         return [Problem(name, mark.line + 1 if mark else None, "", f"invalid YAML: {getattr(error, 'problem', error)}")]
 
     problems: list[Problem] = []
-    for node, document in zip(nodes, documents):
+    for node, document in documents:
         if document is None:
             continue
         lines: dict[tuple, int] = {}

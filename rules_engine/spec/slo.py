@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Literal
 
 import pandas as pd
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from rules_engine.spec.models import Duration, PromQL, RuleName, Selector, ServerKind, SpecModel
+from rules_engine.spec.models import (Duration, PromQL, RuleName, Selector, ServerKind, SpecModel, format_duration,
+                                      parse_duration)
 
 Comparison = Literal["<", "<=", ">", ">="]
 
@@ -84,7 +85,26 @@ class SLOAlerting(SpecModel):
     # Below this many events per second over an alert's long window no burn alert fires: a handful of errors
     # among a handful of requests is not a budget burn worth a page.
     min_event_rate: float = Field(default=0.05, ge=0)
-    windows: str | None = None  # path of an AlertWindows catalog, relative to the SLO's file; the shipped one by default
+    # Path of an AlertWindows catalog for the SLO's period, relative to the SLO's file; by default the shipped
+    # catalog for the period (BURN_WINDOW_CATALOGS).
+    windows: str | None = None
+
+
+# The shipped AlertWindows catalogs, one per SLO period, each file named after its period (30d.yaml). The burn
+# factors of a catalog only mean "on track to exhaust the budget" for its own period, so they are never rescaled.
+BURN_WINDOW_CATALOGS = Path(__file__).resolve().parent.parent / "data" / "burn_windows"
+
+
+def shipped_catalogs() -> dict[pd.Timedelta, Path]:
+    """period -> its shipped burn-window catalog, shortest period first."""
+    return dict(sorted((parse_duration(path.stem), path) for path in BURN_WINDOW_CATALOGS.glob("*.yaml")))
+
+
+def no_catalog(period: pd.Timedelta) -> str:
+    """What to say about a period no shipped catalog serves."""
+    shipped = ", ".join(path.stem for path in shipped_catalogs().values())
+    return (f"no shipped burn-window catalog for a {format_duration(period)} period (shipped: {shipped}); use one of "
+            f"those periods, or set alerting.windows to an AlertWindows catalog with sloPeriod: {format_duration(period)}")
 
 
 class SLO(SpecModel):
@@ -93,20 +113,23 @@ class SLO(SpecModel):
     description: str = ""
     server: ServerKind = "generic"
     objective: float = Field(gt=0, lt=100, description="percent of good events (or good slices), e.g. 99.5")
+    alerting: SLOAlerting = SLOAlerting()  # before `period`, whose check reads it
     period: Duration = pd.Timedelta(days=30)
     selector: Selector = ""
     group_by: list[str] = Field(default_factory=list)
     sli: SLI
-    alerting: SLOAlerting = SLOAlerting()
     labels: dict[str, str] = Field(default_factory=dict)
     recommendation: str = ""
     playbook: str | None = None
 
     @field_validator("period")
     @classmethod
-    def _period(cls, period: pd.Timedelta) -> pd.Timedelta:
+    def _period(cls, period: pd.Timedelta, info: ValidationInfo) -> pd.Timedelta:
         if period < pd.Timedelta(hours=1):
             raise ValueError("an SLO period shorter than 1h leaves no room for burn-rate windows")
+        alerting = info.data.get("alerting")
+        if alerting is not None and alerting.windows is None and period not in shipped_catalogs():
+            raise ValueError(no_catalog(period))
         return period
 
     @property
