@@ -1,7 +1,10 @@
 # `make test` is the test command of the README and of .ci/run: it installs what the tests need (Debian's prometheus,
 # prometheus-alertmanager and postgresql; the Python test extras), then runs them.
+# Python packages go into a virtual environment of the project's own (.venv): a Debian/Ubuntu system Python refuses
+# pip outside one (PEP 668), so the same steps work on a developer's machine and in CI.
 SHELL := /bin/bash
-PYTHON ?= python3
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: test deps system-deps python-deps demo golden snapshot
@@ -19,18 +22,21 @@ system-deps:
 	    prometheus prometheus-alertmanager postgresql; \
 	fi
 
-python-deps:
+$(PYTHON):
+	python3 -m venv $(VENV)
+
+python-deps: $(PYTHON)
 	$(PYTHON) -m pip install --quiet -e '.[test]'
 
 # The README's first command: a virtual environment, since a Debian/Ubuntu system Python refuses pip outside one.
 demo:
-	$(PYTHON) -m venv .venv && .venv/bin/pip install --quiet -e . && .venv/bin/rules-engine evaluate --rules rules/ --snapshot snapshots/vllm-demo.snapshot
+	python3 -m venv .venv && .venv/bin/pip install --quiet -e . && .venv/bin/rules-engine evaluate --rules rules/ --snapshot snapshots/vllm-demo.snapshot
 
 # Regenerate what is generated and committed: golden files, shipped dashboards and Alertmanager fragment.
-golden:
+golden: python-deps
 	UPDATE_GOLDEN=1 $(PYTHON) -m pytest -q tests/test_compile_golden.py
 	$(PYTHON) scripts/regenerate_shipped.py
 
 # Re-record the shipped demo snapshot (simulate, backfill, record); needed when a shipped rule's query changes.
-snapshot:
+snapshot: python-deps
 	$(PYTHON) scripts/make_demo_snapshot.py

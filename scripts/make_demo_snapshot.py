@@ -26,11 +26,11 @@ TRUTH = ROOT / "snapshots" / "vllm-demo.truth.json"
 def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         history = Path(tmp) / "history.om"
-        subprocess.run(["rules-engine", "simulate", "--scenario", "demo", "--end", END, "--duration", DURATION,
+        subprocess.run([sys.executable, "-m", "rules_engine.cli", "simulate", "--scenario", "demo", "--end", END, "--duration", DURATION,
                         "--seed", "0", "--out", str(history), "--truth", str(TRUTH)], check=True)
         backfill(history, Path(tmp) / "data")
         with running_prometheus(Path(tmp) / "data") as prometheus:
-            subprocess.run(["rules-engine", "record", "--rules", str(ROOT / "rules"), "--prometheus", prometheus.url,
+            subprocess.run([sys.executable, "-m", "rules_engine.cli", "record", "--rules", str(ROOT / "rules"), "--prometheus", prometheus.url,
                             "--end", END, "--time-range", DURATION, "--step", "30s", "--out", str(SNAPSHOT)], check=True)
 
 

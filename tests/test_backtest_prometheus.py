@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -180,7 +181,7 @@ def test_evaluate_cli_finds_the_simulated_incidents(history, tmp_path):
     prometheus, truth, _ = history
     export = tmp_path / "findings.json"
     result = subprocess.run(
-        ["rules-engine", "evaluate", "--rules", "rules/vllm.yaml", "--prometheus", prometheus.url,
+        [sys.executable, "-m", "rules_engine.cli", "evaluate", "--rules", "rules/vllm.yaml", "--prometheus", prometheus.url,
          "--start", (END - pd.Timedelta(hours=HOURS - 1)).isoformat(), "--end", END.isoformat(), "--step", "30s",
          "--export", str(export), "--no-progress"],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
@@ -217,7 +218,7 @@ def test_promql_engine_from_the_cli_finds_the_same_alerts(history, tmp_path):
     for engine in ("pandas", "promql"):
         export = tmp_path / f"{engine}.json"
         result = subprocess.run(
-            ["rules-engine", "evaluate", "--rules", "rules/vllm.yaml", "--prometheus", prometheus.url, "--engine", engine,
+            [sys.executable, "-m", "rules_engine.cli", "evaluate", "--rules", "rules/vllm.yaml", "--prometheus", prometheus.url, "--engine", engine,
              "--start", (END - pd.Timedelta(hours=HOURS - 1)).isoformat(), "--end", END.isoformat(),
              "--export", str(export), "--no-progress"],
             capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent)
