@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from sqlalchemy import (Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
                         create_engine, event, func, insert, select, text, update)
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 metadata = MetaData()
 
@@ -205,10 +206,6 @@ class Store:
         with self.read_engine.connect() as conn:
             yield conn
 
-    def ping(self) -> None:
-        with self.read() as conn:
-            conn.execute(select(func.count()).select_from(workflows)).scalar_one()
-
     def dispose(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -367,6 +364,53 @@ def has_unprocessed_events(conn: Connection) -> bool:
 
 def unprocessed_event_count(conn: Connection) -> int:
     return conn.execute(select(func.count()).select_from(events).where(events.c.processed_at.is_(None))).scalar_one()
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The events waiting for the intake: how many, and the oldest (None when there are none)."""
+
+    count: int
+    oldest_id: int | None
+    oldest_received_at: float | None
+    oldest_attempts: int
+    oldest_error: str | None
+
+
+def event_backlog(conn: Connection) -> Backlog:
+    waiting = events.c.processed_at.is_(None)
+    count = conn.execute(select(func.count()).select_from(events).where(waiting)).scalar_one()
+    oldest = conn.execute(select(events.c.id, events.c.received_at, events.c.attempts, events.c.error)
+                          .where(waiting).order_by(events.c.id).limit(1)).first()
+    if oldest is None:
+        return Backlog(0, None, None, 0, None)
+    return Backlog(count, oldest.id, oldest.received_at, oldest.attempts, oldest.error)
+
+
+# SQLite result codes (low byte of the extended code) and PostgreSQL SQLSTATE classes that say "try again later"
+# (busy or locked, read-only, full, I/O, connection, resources, operator intervention) rather than "this value".
+_SQLITE_TRANSIENT = {5, 6, 8, 10, 13, 14}  # BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN
+_POSTGRES_TRANSIENT_CLASSES = {"08", "40", "53", "57", "58"}
+
+
+def is_transient(error: DBAPIError) -> bool:
+    """Whether a store error is about the store's condition, so the same write can succeed later."""
+    if error.connection_invalidated:
+        return True
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_TRANSIENT
+    state = getattr(error.orig, "sqlstate", None) or ""
+    return state[:2] in _POSTGRES_TRANSIENT_CLASSES or state == "55P03"  # 55P03: lock_not_available
+
+
+def describe_error(error: BaseException, limit: int = 500) -> str:
+    """One line naming an error, fit to be stored and shown: the driver's own message without SQLAlchemy's echo of
+    the statement and its parameters (which may hold the very value the store refused, NUL characters included)."""
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    lines = str(cause).strip().splitlines() or [""]
+    line = f"{type(cause).__name__}: {lines[0]}".replace("\x00", "\\u0000")
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
 
 
 @dataclass

@@ -15,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
+from rules_engine.playbooks.intake import intake_stall
 from rules_engine.playbooks.payload import PayloadError, parse_payload
 from rules_engine.playbooks.runner import Runner
 from rules_engine.playbooks.runtime import Runtime, load_playbooks
@@ -231,15 +232,22 @@ def ready():
     found = engine()
     problems = []
     try:
-        found.runtime.store.ping()
+        with found.runtime.store.read() as conn:
+            backlog = st.event_backlog(conn)
     except SQLAlchemyError as error:
-        problems.append(f"store: {type(error).__name__}")
+        problems.append(f"store: {st.describe_error(error)}")
+    else:
+        stall = intake_stall(backlog, found.config.intake_stall_seconds)
+        if stall:
+            problems.append(stall)
     if found.runner is not None and not all(t.is_alive() for t in found.runner.threads):
         problems.append("a background loop has stopped")
+    if found.runner is not None and found.runner.intake_problem():
+        problems.append(found.runner.intake_problem())
     if problems:
         return jsonify(status="not ready", problems=problems), 503
     return jsonify(status="ready", playbooks=len(found.runtime.playbooks),
-                   processing=found.runner is not None)
+                   processing=found.runner is not None, events_unprocessed=backlog.count)
 
 
 @health_blueprint.get("/metrics")
