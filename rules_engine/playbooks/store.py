@@ -166,6 +166,8 @@ class Store:
     # Acknowledgements waiting to write. Background work (intake, executors) steps aside for them: Python locks
     # are not fair, and a busy intake loop would otherwise re-take the lock ahead of a waiting webhook.
     acks_waiting: int = 0
+    # How long a writer waits for a lock held elsewhere before the write fails (and the webhook answers 503).
+    lock_timeout: float = 30.0
 
     def yield_to_acks(self, limit: float = 0.05) -> None:
         deadline = time.monotonic() + limit
@@ -177,7 +179,7 @@ class Store:
         if self.dialect != "sqlite":
             with self.engine.begin() as conn:
                 if self.dialect == "postgresql":
-                    conn.execute(text("SET LOCAL lock_timeout = '30s'"))
+                    conn.execute(text(f"SET LOCAL lock_timeout = '{int(self.lock_timeout * 1000)}ms'"))
                 yield conn
             return
         engine = self.engine if durable or self.relaxed_engine is None else self.relaxed_engine
@@ -217,16 +219,19 @@ class Store:
             self.relaxed_engine.dispose()
 
 
-def open_store(url: str, synchronous: str = "FULL") -> Store:
+def open_store(url: str, synchronous: str = "FULL", lock_timeout: float = 30.0) -> Store:
     """Open (and create the schema of) the store at a SQLAlchemy URL. `synchronous` is SQLite's fsync policy:
     FULL makes a commit durable against power loss before the webhook answers 2xx; NORMAL only against a
-    crash of the process (WAL), which is cheaper."""
+    crash of the process (WAL), which is cheaper. `lock_timeout`: seconds a write waits for another's lock."""
     if url.startswith("sqlite"):
-        engine = _sqlite_engine(url, "BEGIN IMMEDIATE", synchronous)
-        read_engine = _sqlite_engine(url, "BEGIN", synchronous)
-        relaxed_engine = _sqlite_engine(url, "BEGIN IMMEDIATE", "NORMAL") if synchronous != "NORMAL" else None
+        engine = _sqlite_engine(url, "BEGIN IMMEDIATE", synchronous, lock_timeout)
+        read_engine = _sqlite_engine(url, "BEGIN", synchronous, lock_timeout)
+        relaxed_engine = (_sqlite_engine(url, "BEGIN IMMEDIATE", "NORMAL", lock_timeout)
+                          if synchronous != "NORMAL" else None)
         dialect = "sqlite"
         database = engine.url.database
+        if database and engine.url.query.get("uri") == "true":  # sqlite:///file:PATH?mode=ro&uri=true
+            database = database.removeprefix("file:")
         lock_path = f"{database}-writer.lock" if database and database != ":memory:" else None
     else:
         if url.startswith(("postgresql://", "postgres://")):
@@ -243,11 +248,11 @@ def open_store(url: str, synchronous: str = "FULL") -> Store:
                           _POSTGRES_APPEND_ONLY if dialect == "postgresql" else []):
             conn.exec_driver_sql(statement)
     return Store(url=url, engine=engine, read_engine=read_engine, dialect=dialect, lock_path=lock_path,
-                 relaxed_engine=relaxed_engine)
+                 relaxed_engine=relaxed_engine, lock_timeout=lock_timeout)
 
 
-def _sqlite_engine(url: str, begin: str, synchronous: str) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True)
+def _sqlite_engine(url: str, begin: str, synchronous: str, lock_timeout: float) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": lock_timeout}, future=True)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
@@ -256,7 +261,7 @@ def _sqlite_engine(url: str, begin: str, synchronous: str) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -295,6 +300,7 @@ class _PendingEvent:
     done: threading.Event = field(default_factory=threading.Event)
     event_id: int | None = None
     error: BaseException | None = None
+    taken: bool = False  # in the committer's transaction: its outcome, not the requester's patience, decides
 
 
 class EventCommitter:
@@ -313,6 +319,9 @@ class EventCommitter:
         self.thread.start()
 
     def append(self, timeout: float = 10.0, **values: Any) -> int:
+        """Commit one event; raises when it was not stored. An event still queued after `timeout` is withdrawn,
+        so a request that answers 503 never leaves its event to be committed afterwards; one already in a
+        transaction waits for its outcome, which the store's lock timeout bounds."""
         pending = _PendingEvent(values)
         with self.condition:
             if self.stopped:
@@ -320,7 +329,12 @@ class EventCommitter:
             self.queue.append(pending)
             self.condition.notify()
         if not pending.done.wait(timeout):
-            raise TimeoutError(f"the store did not commit within {timeout:.0f}s")
+            with self.condition:
+                if not pending.taken:
+                    self.queue.remove(pending)
+                    raise TimeoutError(f"the store did not take the event within {timeout:.0f}s")
+            if not pending.done.wait(timeout + self.store.lock_timeout):
+                raise TimeoutError(f"the store did not commit within {2 * timeout + self.store.lock_timeout:.0f}s")
         if pending.error is not None:
             raise pending.error
         return pending.event_id  # type: ignore[return-value]
@@ -339,6 +353,8 @@ class EventCommitter:
                 if not self.queue:
                     return
                 batch, self.queue = self.queue[:self.max_batch], self.queue[self.max_batch:]
+                for pending in batch:
+                    pending.taken = True
             self.store.acks_waiting += 1  # only this thread changes it; readers tolerate a stale value
             try:
                 with self.store.write() as conn:
