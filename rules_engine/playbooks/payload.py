@@ -36,7 +36,8 @@ def canonical_time(text: str) -> str:
         moment = datetime.fromisoformat(f"{day}T{clock}{offset}").astimezone(timezone.utc)
     except OverflowError:  # e.g. 9999-12-31T23:00:00-05:00 is in the year 10000 in UTC
         raise ValueError(f"{text!r} is outside years 0001-9999 once converted to UTC") from None
-    return moment.strftime("%Y-%m-%dT%H:%M:%S") + f".{fraction}Z"
+    # Not strftime("%Y"): glibc prints year 1 as "1", which is neither RFC 3339 nor what epoch_seconds reads.
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S}.{fraction}Z"
 
 
 def epoch_seconds(canonical: str) -> float:
