@@ -6,11 +6,19 @@ the binaries are part of the contract and a silent skip would hide a broken inst
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import time
 from typing import Callable, Iterator
 
 import pytest
+from sqlalchemy import create_engine, text
 
+from rules_engine.playbooks import store as st
 from tests import processes
 
 # Alertmanager config that accepts alerts and routes them nowhere: enough for API-level tests.
@@ -69,3 +77,78 @@ def prometheus(start_prometheus) -> processes.RunningPrometheus:
 def alertmanager(start_alertmanager) -> processes.RunningAlertmanager:
     """An Alertmanager with a route to a null receiver, clustering off."""
     return start_alertmanager()
+
+
+def _pg_bin() -> str | None:
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A throwaway PostgreSQL cluster for the session (initdb in a temp dir, run as the `postgres` user since the
+    server refuses root, TCP on a free loopback port, trust auth). Skipped where the server binaries or psycopg
+    are not installed: SQLite is the default store, PostgreSQL an option."""
+    bindir = _pg_bin()
+    if bindir is None:
+        message = "PostgreSQL server binaries not installed (apt-get install -y postgresql)"
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI installs it", pytrace=False)
+        pytest.skip(message)
+    pytest.importorskip("psycopg", reason="psycopg not installed (pip install 'psycopg[binary]')")
+    try:
+        user = pwd.getpwnam("postgres")
+    except KeyError:
+        pytest.skip("no `postgres` system user to run the server as")
+    tmp = tempfile.mkdtemp(prefix="pg-")
+    os.chown(tmp, user.pw_uid, user.pw_gid)
+    data = os.path.join(tmp, "data")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*as_postgres, f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
+                   check=True, capture_output=True)
+    port = processes.free_port()
+    log = os.path.join(tmp, "postgres.log")
+    proc = subprocess.Popen([*as_postgres, f"{bindir}/postgres", "-D", data, "-p", str(port), "-h", "127.0.0.1",
+                             "-k", tmp, "-c", "fsync=off"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"postgres did not start: {open(log).read()[-2000:]}")
+            time.sleep(0.1)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"  # the plain URL an operator writes
+    finally:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(15)
+        if proc.poll() is None:
+            proc.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def drop_schema(url: str) -> None:
+    """A clean schema for the next test (the audit trigger forbids DELETE)."""
+    engine = create_engine("postgresql+psycopg://" + url.split("://", 1)[1])
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS events, episodes, workflows, steps, audit, notifications CASCADE"))
+    engine.dispose()
+
+
+@pytest.fixture
+def pg_store(postgres_url):
+    store = st.open_store(postgres_url)
+    yield store
+    store.dispose()
+    drop_schema(postgres_url)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> Iterator[str]:
+    """The store URL of each supported dialect, empty at the start of the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'engine.db'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    drop_schema(url)

@@ -1,86 +1,20 @@
 """The store on a real PostgreSQL: the same intake idempotency, concurrency and append-only audit as on SQLite.
 
-A throwaway cluster (initdb in a temp dir, run as the `postgres` user since the server refuses root, TCP on a
-free loopback port, trust auth) is started for the module. Skipped where the PostgreSQL server binaries or the
-psycopg driver are not installed: SQLite is the default store, PostgreSQL an option.
+The throwaway cluster and the `pg_store` fixture are in tests/conftest.py.
 """
 from __future__ import annotations
 
-import contextlib
-import glob
-import os
-import pwd
-import shutil
-import subprocess
-import tempfile
-import time
-
 import pytest
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import DatabaseError
 
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.executor import claim_next, run_workflow
-from tests import processes
 from tests.test_playbooks import alert, drain_concurrently_into_one_workflow, ingest, playbook, runtime
 from tests.test_playbooks_orchestrator import running_orchestrator
 
 pytestmark = pytest.mark.integration
-
-
-def _pg_bin() -> str | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
-    return os.path.dirname(found[-1]) if found else None
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    bindir = _pg_bin()
-    if bindir is None:
-        message = "PostgreSQL server binaries not installed (apt-get install -y postgresql)"
-        if os.environ.get("CI"):
-            pytest.fail(f"{message}; CI installs it", pytrace=False)
-        pytest.skip(message)
-    pytest.importorskip("psycopg", reason="psycopg not installed (pip install 'psycopg[binary]')")
-    try:
-        user = pwd.getpwnam("postgres")
-    except KeyError:
-        pytest.skip("no `postgres` system user to run the server as")
-    tmp = tempfile.mkdtemp(prefix="pg-")
-    os.chown(tmp, user.pw_uid, user.pw_gid)
-    data = os.path.join(tmp, "data")
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*as_postgres, f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
-                   check=True, capture_output=True)
-    port = processes.free_port()
-    log = os.path.join(tmp, "postgres.log")
-    proc = subprocess.Popen([*as_postgres, f"{bindir}/postgres", "-D", data, "-p", str(port), "-h", "127.0.0.1",
-                             "-k", tmp, "-c", "fsync=off"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while subprocess.run([f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"postgres did not start: {open(log).read()[-2000:]}")
-            time.sleep(0.1)
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"  # the plain URL an operator writes
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-        if proc.poll() is None:
-            proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-@pytest.fixture
-def pg_store(postgres_url):
-    store = st.open_store(postgres_url)
-    yield store
-    with store.engine.begin() as conn:  # a clean schema for the next test (the audit trigger forbids DELETE)
-        conn.execute(text("DROP TABLE IF EXISTS events, episodes, workflows, steps, audit, notifications CASCADE"))
-    store.dispose()
 
 
 def test_concurrent_receivers_on_postgres_start_one_workflow(pg_store, postgres_url):

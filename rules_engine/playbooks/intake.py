@@ -10,14 +10,15 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass, field
+from typing import Any
 
 from sqlalchemy import and_, func, insert, select, text, update
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
-from rules_engine.playbooks.payload import Alert, PayloadError, parse_payload
+from rules_engine.playbooks.payload import Alert, PayloadError, WebhookPayload, parse_payload
 from rules_engine.playbooks.runtime import Runtime
 from rules_engine.spec.playbook import Playbook
 
@@ -52,22 +53,45 @@ def _insert_ignore(conn: Connection, table, dialect: str, **values) -> bool:
         return False
 
 
+# What processing one event can raise about that event rather than about the store's condition: a value the store
+# refuses (NUL, over-long, over an index's size), a template that cannot render it. Such an event is retried
+# MAX_ATTEMPTS times, then quarantined: marked processed with its error and audited, so it cannot block the queue.
+EVENT_ERRORS = (ValueError, KeyError, TypeError, DBAPIError)
+MAX_ATTEMPTS = 3
+
+
+@dataclass
+class _Plan:
+    row: Any  # the event's row: id, body, progress, attempts
+    parsed: WebhookPayload | None  # None when the event failed
+    chunk: list[Alert]  # the alerts to process now
+    error: str | None = None
+    quarantine: bool = False  # a failure that no retry can cure, or the last attempt
+
+    def fail(self, error: str, retryable: bool) -> None:
+        self.parsed, self.chunk, self.error = None, [], error
+        self.quarantine = not retryable or self.row.attempts + 1 >= MAX_ATTEMPTS
+
+
 def process_next_event(rt: Runtime, max_alerts: int = 200) -> bool:
     """Process the oldest unprocessed events, up to about `max_alerts` alerts in one transaction (several small
     events share a commit; a large event is processed in chunks, its progress committed with their effects, so
-    the write lock is never held for long and a crash resumes at the chunk boundary). False when idle."""
+    the write lock is never held for long and a crash resumes at the chunk boundary). False when idle.
+
+    An error about the store's condition (locked, full, connection lost) propagates and leaves every event for
+    the next round; an error about one event is recorded on it (see EVENT_ERRORS)."""
     with rt.store.read() as conn:  # polling must not take the write lock when there is nothing to do
         if not st.has_unprocessed_events(conn):
             return False
     with rt.store.write(durable=False) as conn:
         if rt.store.dialect == "postgresql":
             conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": st.INTAKE_LOCK_KEY})
-        query = (select(st.events.c.id, st.events.c.body, st.events.c.progress)
+        query = (select(st.events.c.id, st.events.c.body, st.events.c.progress, st.events.c.attempts)
                  .where(st.events.c.processed_at.is_(None)).order_by(st.events.c.id).limit(20))
         if rt.store.dialect == "postgresql":
             query = query.with_for_update(skip_locked=True)
         rows = conn.execute(query).all()
-        plans = []  # (event row, parsed payload or None, alerts to process now, error)
+        plans: list[_Plan] = []
         budget = max_alerts
         for row in rows:
             if budget <= 0:
@@ -75,46 +99,72 @@ def process_next_event(rt: Runtime, max_alerts: int = 200) -> bool:
             try:
                 parsed = parse_payload(row.body)
             except PayloadError as exc:
-                # A poison event must not block the queue: record why and move on.
-                plans.append((row, None, [], f"PayloadError: {exc}"))
+                plans.append(plan := _Plan(row, None, []))
+                plan.fail(f"PayloadError: {exc}", retryable=False)  # it will never parse
                 budget -= 1
                 continue
             chunk = parsed.alerts[row.progress:row.progress + budget]
-            plans.append((row, parsed, chunk, None))
+            plans.append(_Plan(row, parsed, chunk))
             budget -= max(len(chunk), 1)
-        good = [plan for plan in plans if plan[1] is not None]
-        try:  # all events of the batch in one go; on an unexpected error, one at a time to isolate it
+        good = [plan for plan in plans if plan.parsed is not None]
+        try:  # all events of the batch in one go; on an error, one at a time to isolate it
             with conn.begin_nested():
                 _process_plans(conn, rt, good)
-        except (ValueError, KeyError, TypeError):
-            for index, plan in enumerate(plans):
-                if plan[1] is None:
-                    continue
+        except EVENT_ERRORS as batch_error:
+            _raise_if_transient(batch_error)
+            for plan in good:
                 try:
                     with conn.begin_nested():
                         _process_plans(conn, rt, [plan])
-                except (ValueError, KeyError, TypeError) as exc:
-                    plans[index] = (plan[0], None, [], f"{type(exc).__name__}: {exc}")
+                except EVENT_ERRORS as exc:
+                    _raise_if_transient(exc)
+                    plan.fail(st.describe_error(exc), retryable=True)
         now = time.time()
-        for row, parsed, chunk, error in plans:
-            if error is not None:
-                st.record_audit(conn, "engine", "event_failed", None, event_id=row.id, error=error)
-            done = row.progress + len(chunk) if parsed is not None else row.progress
-            finished = parsed is None or done >= len(parsed.alerts)
-            conn.execute(update(st.events).where(st.events.c.id == row.id).values(
-                progress=done, processed_at=now if finished else None, error=error,
-                attempts=st.events.c.attempts + (1 if finished else 0)))
+        for plan in plans:
+            _record_outcome(conn, plan, now)
         return bool(rows)
 
 
-def _process_plans(conn: Connection, rt: Runtime, plans: list) -> None:
-    for row, parsed, _, _ in plans:
-        if row.progress == 0 and parsed.truncated_alerts:
-            st.record_audit(conn, "alertmanager", "alerts_truncated", None, event_id=row.id,
-                            truncated=parsed.truncated_alerts,
+def intake_stall(backlog: st.Backlog, limit: float, now: float | None = None) -> str | None:
+    """Why the intake counts as stuck (its oldest waiting event older than `limit` seconds), or None. The age of
+    the backlog catches every cause at once: a dead loop, a store that refuses writes, an event failing again."""
+    now = time.time() if now is None else now
+    if backlog.oldest_received_at is None or now - backlog.oldest_received_at <= limit:
+        return None
+    why = f"; it failed {backlog.oldest_attempts} time(s): {backlog.oldest_error}" if backlog.oldest_error else ""
+    return (f"intake stalled: {backlog.count} event(s) unprocessed, the oldest (event {backlog.oldest_id}) "
+            f"received {now - backlog.oldest_received_at:.0f}s ago (limit {limit:g}s){why}")
+
+
+def _raise_if_transient(error: Exception) -> None:
+    if isinstance(error, DBAPIError) and st.is_transient(error):
+        raise error
+
+
+def _record_outcome(conn: Connection, plan: _Plan, now: float) -> None:
+    row = plan.row
+    if plan.error is None:
+        done = row.progress + len(plan.chunk)
+        finished = done >= len(plan.parsed.alerts)
+        conn.execute(update(st.events).where(st.events.c.id == row.id).values(
+            progress=done, processed_at=now if finished else None, error=None,
+            attempts=row.attempts + (1 if finished else 0)))
+        return
+    if plan.quarantine:
+        st.record_audit(conn, "engine", "event_failed", None, event_id=row.id, error=plan.error,
+                        attempts=row.attempts + 1, progress=row.progress)
+    conn.execute(update(st.events).where(st.events.c.id == row.id).values(
+        processed_at=now if plan.quarantine else None, error=plan.error, attempts=row.attempts + 1))
+
+
+def _process_plans(conn: Connection, rt: Runtime, plans: list[_Plan]) -> None:
+    for plan in plans:
+        if plan.row.progress == 0 and plan.parsed.truncated_alerts:
+            st.record_audit(conn, "alertmanager", "alerts_truncated", None, event_id=plan.row.id,
+                            truncated=plan.parsed.truncated_alerts,
                             note="Alertmanager max_alerts dropped alerts from this notification")
-    alerts = [a for _, _, chunk, _ in plans for a in chunk]
-    event_ids = [row.id for row, _, chunk, _ in plans for _ in chunk]
+    alerts = [a for plan in plans for a in plan.chunk]
+    event_ids = [plan.row.id for plan in plans for _ in plan.chunk]
     process_alerts(conn, rt, alerts, actor="alertmanager", origin="alertmanager", event_ids=event_ids)
 
 

@@ -1,15 +1,18 @@
 """The Alertmanager webhook payload (version 4) and the identity of an alert episode.
 
 Unknown keys are ignored so a newer Alertmanager keeps working; the keys a receiver depends on are required and
-typed, so a custom `payload:` template or another tool's JSON is rejected with a 400 naming the field.
+typed, so a custom `payload:` template or another tool's JSON is rejected with a 400 naming the field. Every text
+is checked against what the store can hold (rules_engine.playbooks.limits) here, before the acknowledgement.
 """
 from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from rules_engine.playbooks import limits
 
 from rules_engine.spec.times import rfc3339_parts
 
@@ -31,8 +34,11 @@ def canonical_time(text: str) -> str:
     if day.startswith("0001-01-01") and clock == "00:00:00":
         return ZERO_TIME
     offset = "+00:00" if offset in ("Z", "z") else offset
-    second = datetime.fromisoformat(f"{day}T{clock}{offset}").timestamp()
-    return rfc3339_parts(int(second), int(fraction), "ns")
+    try:
+        second = datetime.fromisoformat(f"{day}T{clock}{offset}").timestamp()
+        return rfc3339_parts(int(second), int(fraction), "ns")
+    except (OverflowError, ValueError):  # e.g. 9999-12-31T23:00:00-05:00 is in the year 10000 in UTC
+        raise ValueError(f"{text!r} is outside years 0001-9999 once converted to UTC") from None
 
 
 def epoch_seconds(canonical: str) -> float:
@@ -42,15 +48,30 @@ def epoch_seconds(canonical: str) -> float:
     return whole.timestamp() + int(canonical[20:29]) / 1e9
 
 
+def _check(problem_of):
+    def check(value: str) -> str:
+        problem = problem_of(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+    return AfterValidator(check)
+
+
+StoredText = Annotated[str, _check(limits.text_problem)]
+LabelName = Annotated[StoredText, _check(lambda v: limits.size_problem(v, limits.LABEL_NAME_MAX_BYTES))]
+LabelValue = Annotated[StoredText, _check(lambda v: limits.size_problem(v, limits.LABEL_VALUE_MAX_BYTES))]
+Labels = dict[LabelName, LabelValue]
+
+
 class Alert(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
     status: Literal["firing", "resolved"]
-    labels: dict[str, str]
-    annotations: dict[str, str] = Field(default_factory=dict)
+    labels: Labels
+    annotations: dict[StoredText, StoredText] = Field(default_factory=dict)
     starts_at: str = Field(alias="startsAt")
     ends_at: str = Field(default=ZERO_TIME, alias="endsAt")
-    generator_url: str = Field(default="", alias="generatorURL")
-    fingerprint: str = Field(min_length=1)
+    generator_url: StoredText = Field(default="", alias="generatorURL")
+    fingerprint: StoredText = Field(min_length=1, max_length=limits.FINGERPRINT_MAX_CHARS)
 
     @field_validator("starts_at", "ends_at")
     @classmethod
@@ -61,16 +82,16 @@ class Alert(BaseModel):
 class WebhookPayload(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
     version: Literal["4"]
-    group_key: str = Field(alias="groupKey")
+    group_key: StoredText = Field(alias="groupKey")
     truncated_alerts: int = Field(default=0, ge=0, alias="truncatedAlerts")
     status: Literal["firing", "resolved"]
-    receiver: str
-    group_labels: dict[str, str] = Field(default_factory=dict, alias="groupLabels")
-    common_labels: dict[str, str] = Field(default_factory=dict, alias="commonLabels")
-    common_annotations: dict[str, str] = Field(default_factory=dict, alias="commonAnnotations")
-    external_url: str = Field(default="", alias="externalURL")
-    notification_reason: str | None = None  # Alertmanager >= 0.32
-    route_labels: dict[str, str] | None = Field(default=None, alias="routeLabels")  # Alertmanager >= 0.32
+    receiver: StoredText
+    group_labels: Labels = Field(default_factory=dict, alias="groupLabels")
+    common_labels: Labels = Field(default_factory=dict, alias="commonLabels")
+    common_annotations: dict[StoredText, StoredText] = Field(default_factory=dict, alias="commonAnnotations")
+    external_url: StoredText = Field(default="", alias="externalURL")
+    notification_reason: StoredText | None = None  # Alertmanager >= 0.32
+    route_labels: Labels | None = Field(default=None, alias="routeLabels")  # Alertmanager >= 0.32
     alerts: list[Alert]
 
 
@@ -88,13 +109,18 @@ def parse_payload(body: bytes | str) -> WebhookPayload:
     except ValidationError as error:
         problems = []
         for item in error.errors(include_url=False):
-            where = "".join(f"[{p}]" if isinstance(p, int) else (f".{p}" if i else str(p))
+            where = "".join(f"[{p}]" if isinstance(p, int) else (f".{_short(p)}" if i else str(p))
                             for i, p in enumerate(item["loc"]))
             if item["type"] == "json_invalid":
                 problems.append(f"body is not valid JSON: {item['msg']}")
             else:
                 problems.append(f"{where or 'body'}: {item['msg']}")
         raise PayloadError(problems) from None
+
+
+def _short(name: str, keep: int = 60) -> str:
+    """A label name in an error's location, cut so an over-long one does not flood the answer."""
+    return name if len(name) <= keep else name[:keep] + "…"
 
 
 def label_fingerprint(labels: dict[str, str]) -> str:

@@ -20,6 +20,7 @@ from rules_engine.playbooks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL = 5.0
+INTAKE_FAILURES_NOT_READY = 3
 
 
 @dataclass
@@ -31,6 +32,8 @@ class Runner:
     intake_wake: threading.Event = field(default_factory=threading.Event)
     executor_wake: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
+    intake_failures: int = 0  # intake rounds failed in a row
+    intake_error: str | None = None  # why the last one failed
 
     def start(self) -> "Runner":
         self.threads = [threading.Thread(target=self._intake_loop, name="intake", daemon=True)]
@@ -49,6 +52,12 @@ class Runner:
         self.wake()
         for thread in self.threads:
             thread.join(timeout)
+
+    def intake_problem(self) -> str | None:
+        """Why the intake counts as failing (several rounds failed in a row: one may be a passing lock), or None."""
+        if self.intake_failures < INTAKE_FAILURES_NOT_READY:
+            return None
+        return f"intake: the last {self.intake_failures} rounds failed: {self.intake_error}"
 
     def _intake_loop(self) -> None:
         last_housekeeping = 0.0
@@ -69,8 +78,10 @@ class Runner:
                     last_housekeeping = time.monotonic()
                     expire_approvals(self.rt)
                 deliver_notifications(self.rt)
-            except Exception:  # the database may be briefly unavailable; log and keep going
+                self.intake_failures = 0
+            except Exception as error:  # the database may be briefly unavailable; log and keep going
                 log.exception("intake loop")
+                self.intake_failures, self.intake_error = self.intake_failures + 1, st.describe_error(error)
                 self.rt.stop.wait(1.0)
             self.intake_wake.wait(self.poll_interval)
             self.intake_wake.clear()

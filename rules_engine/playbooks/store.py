@@ -22,6 +22,7 @@ from typing import Any, Iterator
 from sqlalchemy import (Boolean, Column, Float, Index, Integer, MetaData, String, Table, Text, UniqueConstraint,
                         create_engine, event, func, insert, select, text, update)
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from rules_engine.spec.times import rfc3339
 
@@ -167,6 +168,8 @@ class Store:
     # Acknowledgements waiting to write. Background work (intake, executors) steps aside for them: Python locks
     # are not fair, and a busy intake loop would otherwise re-take the lock ahead of a waiting webhook.
     acks_waiting: int = 0
+    # How long a writer waits for a lock held elsewhere before the write fails (and the webhook answers 503).
+    lock_timeout: float = 30.0
 
     def yield_to_acks(self, limit: float = 0.05) -> None:
         deadline = time.monotonic() + limit
@@ -178,7 +181,7 @@ class Store:
         if self.dialect != "sqlite":
             with self.engine.begin() as conn:
                 if self.dialect == "postgresql":
-                    conn.execute(text("SET LOCAL lock_timeout = '30s'"))
+                    conn.execute(text(f"SET LOCAL lock_timeout = '{int(self.lock_timeout * 1000)}ms'"))
                 yield conn
             return
         engine = self.engine if durable or self.relaxed_engine is None else self.relaxed_engine
@@ -207,10 +210,6 @@ class Store:
         with self.read_engine.connect() as conn:
             yield conn
 
-    def ping(self) -> None:
-        with self.read() as conn:
-            conn.execute(select(func.count()).select_from(workflows)).scalar_one()
-
     def dispose(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
@@ -222,16 +221,19 @@ class Store:
             self.relaxed_engine.dispose()
 
 
-def open_store(url: str, synchronous: str = "FULL") -> Store:
+def open_store(url: str, synchronous: str = "FULL", lock_timeout: float = 30.0) -> Store:
     """Open (and create the schema of) the store at a SQLAlchemy URL. `synchronous` is SQLite's fsync policy:
     FULL makes a commit durable against power loss before the webhook answers 2xx; NORMAL only against a
-    crash of the process (WAL), which is cheaper."""
+    crash of the process (WAL), which is cheaper. `lock_timeout`: seconds a write waits for another's lock."""
     if url.startswith("sqlite"):
-        engine = _sqlite_engine(url, "BEGIN IMMEDIATE", synchronous)
-        read_engine = _sqlite_engine(url, "BEGIN", synchronous)
-        relaxed_engine = _sqlite_engine(url, "BEGIN IMMEDIATE", "NORMAL") if synchronous != "NORMAL" else None
+        engine = _sqlite_engine(url, "BEGIN IMMEDIATE", synchronous, lock_timeout)
+        read_engine = _sqlite_engine(url, "BEGIN", synchronous, lock_timeout)
+        relaxed_engine = (_sqlite_engine(url, "BEGIN IMMEDIATE", "NORMAL", lock_timeout)
+                          if synchronous != "NORMAL" else None)
         dialect = "sqlite"
         database = engine.url.database
+        if database and engine.url.query.get("uri") == "true":  # sqlite:///file:PATH?mode=ro&uri=true
+            database = database.removeprefix("file:")
         lock_path = f"{database}-writer.lock" if database and database != ":memory:" else None
     else:
         if url.startswith(("postgresql://", "postgres://")):
@@ -248,11 +250,11 @@ def open_store(url: str, synchronous: str = "FULL") -> Store:
                           _POSTGRES_APPEND_ONLY if dialect == "postgresql" else []):
             conn.exec_driver_sql(statement)
     return Store(url=url, engine=engine, read_engine=read_engine, dialect=dialect, lock_path=lock_path,
-                 relaxed_engine=relaxed_engine)
+                 relaxed_engine=relaxed_engine, lock_timeout=lock_timeout)
 
 
-def _sqlite_engine(url: str, begin: str, synchronous: str) -> Engine:
-    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, future=True)
+def _sqlite_engine(url: str, begin: str, synchronous: str, lock_timeout: float) -> Engine:
+    engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": lock_timeout}, future=True)
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi_connection, _record):
@@ -261,7 +263,7 @@ def _sqlite_engine(url: str, begin: str, synchronous: str) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute(f"PRAGMA synchronous={synchronous}")
-        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
@@ -300,6 +302,7 @@ class _PendingEvent:
     done: threading.Event = field(default_factory=threading.Event)
     event_id: int | None = None
     error: BaseException | None = None
+    taken: bool = False  # in the committer's transaction: its outcome, not the requester's patience, decides
 
 
 class EventCommitter:
@@ -318,6 +321,9 @@ class EventCommitter:
         self.thread.start()
 
     def append(self, timeout: float = 10.0, **values: Any) -> int:
+        """Commit one event; raises when it was not stored. An event still queued after `timeout` is withdrawn,
+        so a request that answers 503 never leaves its event to be committed afterwards; one already in a
+        transaction waits for its outcome, which the store's lock timeout bounds."""
         pending = _PendingEvent(values)
         with self.condition:
             if self.stopped:
@@ -325,7 +331,12 @@ class EventCommitter:
             self.queue.append(pending)
             self.condition.notify()
         if not pending.done.wait(timeout):
-            raise TimeoutError(f"the store did not commit within {timeout:.0f}s")
+            with self.condition:
+                if not pending.taken:
+                    self.queue.remove(pending)
+                    raise TimeoutError(f"the store did not take the event within {timeout:.0f}s")
+            if not pending.done.wait(timeout + self.store.lock_timeout):
+                raise TimeoutError(f"the store did not commit within {2 * timeout + self.store.lock_timeout:.0f}s")
         if pending.error is not None:
             raise pending.error
         return pending.event_id  # type: ignore[return-value]
@@ -344,6 +355,8 @@ class EventCommitter:
                 if not self.queue:
                     return
                 batch, self.queue = self.queue[:self.max_batch], self.queue[self.max_batch:]
+                for pending in batch:
+                    pending.taken = True
             self.store.acks_waiting += 1  # only this thread changes it; readers tolerate a stale value
             try:
                 with self.store.write() as conn:
@@ -369,6 +382,53 @@ def has_unprocessed_events(conn: Connection) -> bool:
 
 def unprocessed_event_count(conn: Connection) -> int:
     return conn.execute(select(func.count()).select_from(events).where(events.c.processed_at.is_(None))).scalar_one()
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """The events waiting for the intake: how many, and the oldest (None when there are none)."""
+
+    count: int
+    oldest_id: int | None
+    oldest_received_at: float | None
+    oldest_attempts: int
+    oldest_error: str | None
+
+
+def event_backlog(conn: Connection) -> Backlog:
+    waiting = events.c.processed_at.is_(None)
+    count = conn.execute(select(func.count()).select_from(events).where(waiting)).scalar_one()
+    oldest = conn.execute(select(events.c.id, events.c.received_at, events.c.attempts, events.c.error)
+                          .where(waiting).order_by(events.c.id).limit(1)).first()
+    if oldest is None:
+        return Backlog(0, None, None, 0, None)
+    return Backlog(count, oldest.id, oldest.received_at, oldest.attempts, oldest.error)
+
+
+# SQLite result codes (low byte of the extended code) and PostgreSQL SQLSTATE classes that say "try again later"
+# (busy or locked, read-only, full, I/O, connection, resources, operator intervention) rather than "this value".
+_SQLITE_TRANSIENT = {5, 6, 8, 10, 13, 14}  # BUSY, LOCKED, READONLY, IOERR, FULL, CANTOPEN
+_POSTGRES_TRANSIENT_CLASSES = {"08", "40", "53", "57", "58"}
+
+
+def is_transient(error: DBAPIError) -> bool:
+    """Whether a store error is about the store's condition, so the same write can succeed later."""
+    if error.connection_invalidated:
+        return True
+    code = getattr(error.orig, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in _SQLITE_TRANSIENT
+    state = getattr(error.orig, "sqlstate", None) or ""
+    return state[:2] in _POSTGRES_TRANSIENT_CLASSES or state == "55P03"  # 55P03: lock_not_available
+
+
+def describe_error(error: BaseException, limit: int = 500) -> str:
+    """One line naming an error, fit to be stored and shown: the driver's own message without SQLAlchemy's echo of
+    the statement and its parameters (which may hold the very value the store refused, NUL characters included)."""
+    cause = error.orig if isinstance(error, DBAPIError) and error.orig is not None else error
+    lines = str(cause).strip().splitlines() or [""]
+    line = f"{type(cause).__name__}: {lines[0]}".replace("\x00", "\\u0000")
+    return line.encode("utf-8", "backslashreplace").decode("utf-8")[:limit]
 
 
 @dataclass

@@ -11,13 +11,15 @@ from dataclasses import dataclass
 
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
+from rules_engine.playbooks.intake import intake_stall
 from rules_engine.playbooks.payload import PayloadError, parse_payload
 from rules_engine.playbooks.runner import Runner
 from rules_engine.playbooks.runtime import Runtime, load_playbooks
+from rules_engine.server import inputs
 from rules_engine.server.config import Credentials, Principal, ServerConfig, prometheus_client
 from rules_engine.server.metrics import EngineMetrics, engine_metrics
 from rules_engine.server.openapi import openapi_document
@@ -43,7 +45,8 @@ def engine() -> Engine:
 
 def create_app(config: ServerConfig, playbooks: dict | None = None, start_runner: bool | None = None) -> Flask:
     """Build the application. `playbooks` (name -> Playbook) skips loading `config.playbooks` from disk."""
-    store = st.open_store(config.database_url, synchronous=config.sqlite_synchronous)
+    store = st.open_store(config.database_url, synchronous=config.sqlite_synchronous,
+                          lock_timeout=config.store_lock_timeout)
     loaded = playbooks if playbooks is not None else load_playbooks(config.playbooks)
     metrics = engine_metrics(store)
     runtime = Runtime(store=store, playbooks=loaded, dry_run=config.dry_run, prometheus=prometheus_client(config),
@@ -62,9 +65,18 @@ def create_app(config: ServerConfig, playbooks: dict | None = None, start_runner
     app.register_blueprint(health_blueprint)
     app.register_error_handler(413, lambda e: (jsonify(error=f"payload larger than {config.max_payload_bytes} "
                                                              "bytes"), 413))
+    app.register_error_handler(inputs.InputError, lambda e: (jsonify(error=str(e), problems=[str(e)]), 400))
+    app.register_error_handler(DBAPIError, _store_unavailable)
     app.register_error_handler(404, lambda e: (jsonify(error="not found"), 404))
     app.register_error_handler(405, lambda e: (jsonify(error="method not allowed"), 405))
     return app
+
+
+def _store_unavailable(error: DBAPIError):
+    """A store that cannot answer an operator request (locked, read-only, full, gone): 503, and why."""
+    reason = st.describe_error(error)
+    log.error("store unavailable during %s %s: %s", request.method, request.path, reason)
+    return jsonify(error=f"store unavailable ({reason}); retry later"), 503
 
 
 def shutdown(app: Flask) -> None:
@@ -90,7 +102,7 @@ def alertmanager_webhook():
     if not found.credentials.alertmanager_ok(request.headers.get("Authorization")):
         counter.labels("unauthorized").inc()
         return jsonify(error="missing or wrong credentials"), 401, {"WWW-Authenticate": 'Bearer realm="rules-engine"'}
-    body = request.get_data(cache=False)
+    body = inputs.capped_body(request, found.config.max_payload_bytes)
     try:
         payload = parse_payload(body)
     except PayloadError as error:
@@ -101,11 +113,12 @@ def alertmanager_webhook():
         event_id = found.events.append(body=body.decode("utf-8"), remote_addr=request.remote_addr or "",
                                        external_url=payload.external_url, group_key=payload.group_key,
                                        status=payload.status, alert_count=len(payload.alerts))
-    except (SQLAlchemyError, TimeoutError, RuntimeError) as error:
+    except (SQLAlchemyError, OSError, RuntimeError) as error:  # OSError: the lock file, TimeoutError
         counter.labels("unavailable").inc()
-        log.error("could not persist a webhook event: %s", type(error).__name__)
+        reason = st.describe_error(error)
+        log.error("could not persist a webhook event: %s", reason)
         # 503 (never 429): Alertmanager retries 5xx with backoff, so the delivery is not lost.
-        return jsonify(error="store unavailable; retry"), 503
+        return jsonify(error=f"store unavailable ({reason}); nothing was stored, retry"), 503
     if found.runner is not None:
         found.runner.intake_wake.set()
     counter.labels("accepted").inc()
@@ -138,22 +151,19 @@ def openapi():
 
 @api_blueprint.get("/workflows")
 def list_workflows():
-    args = request.args
-    state = args.get("state")
+    state = request.args.get("state")
     if state and state not in wf.STATES:
         return jsonify(error=f"unknown state {state!r}; one of {list(wf.STATES)}"), 400
-    try:
-        limit = min(max(int(args.get("limit", 100)), 1), 1000)
-    except ValueError:
-        return jsonify(error="limit must be an integer"), 400
+    filters = {name: inputs.query_text(request, name) for name in ("instance", "alertname", "playbook")}
+    limit = inputs.query_limit(request, default=100, maximum=1000)
     with engine().runtime.store.read() as conn:
-        found = st.list_workflows(conn, state=state, instance=args.get("instance"),
-                                  alertname=args.get("alertname"), playbook=args.get("playbook"), limit=limit)
+        found = st.list_workflows(conn, state=state, limit=limit, **filters)
     return jsonify(workflows=[w.to_json(with_steps=False) for w in found])
 
 
 @api_blueprint.get("/workflows/<workflow_id>")
 def show_workflow(workflow_id: str):
+    inputs.path_text(workflow_id, "id")
     with engine().runtime.store.read() as conn:
         found = st.get_workflow(conn, workflow_id)
         if found is None:
@@ -166,6 +176,8 @@ def show_workflow(workflow_id: str):
 def _decide(workflow_id: str, decision: str):
     found = engine()
     principal: Principal = g.principal
+    inputs.path_text(workflow_id, "id")
+    text = inputs.decision_text(request)
     with found.runtime.store.read() as conn:
         current = st.get_workflow(conn, workflow_id, with_steps=False)
     if current is None:
@@ -176,8 +188,6 @@ def _decide(workflow_id: str, decision: str):
                             level=current.optimization_level, roles=list(principal.roles))
         return jsonify(error=f"{principal.name} (roles {list(principal.roles)}) may not {decision} "
                              f"{current.optimization_level} workflows"), 403
-    body = request.get_json(silent=True) or {}
-    text = str(body.get("comment") or body.get("reason") or "")[:2000]
     try:
         if decision == "approve":
             updated = wf.approve(found.runtime.store, workflow_id, principal.name, text)
@@ -213,9 +223,10 @@ def list_playbooks():
 
 @api_blueprint.get("/audit")
 def audit_log():
+    workflow_id = inputs.query_text(request, "workflow_id")
+    limit = inputs.query_limit(request, default=1000, maximum=10000)
     with engine().runtime.store.read() as conn:
-        return jsonify(audit=st.audit_entries(conn, request.args.get("workflow_id"),
-                                              limit=min(int(request.args.get("limit", 1000)), 10000)))
+        return jsonify(audit=st.audit_entries(conn, workflow_id, limit=limit))
 
 
 # --- health, readiness, metrics -------------------------------------------------------------------------------
@@ -232,15 +243,22 @@ def ready():
     found = engine()
     problems = []
     try:
-        found.runtime.store.ping()
+        with found.runtime.store.read() as conn:
+            backlog = st.event_backlog(conn)
     except SQLAlchemyError as error:
-        problems.append(f"store: {type(error).__name__}")
+        problems.append(f"store: {st.describe_error(error)}")
+    else:
+        stall = intake_stall(backlog, found.config.intake_stall_seconds)
+        if stall:
+            problems.append(stall)
     if found.runner is not None and not all(t.is_alive() for t in found.runner.threads):
         problems.append("a background loop has stopped")
+    if found.runner is not None and found.runner.intake_problem():
+        problems.append(found.runner.intake_problem())
     if problems:
         return jsonify(status="not ready", problems=problems), 503
     return jsonify(status="ready", playbooks=len(found.runtime.playbooks),
-                   processing=found.runner is not None)
+                   processing=found.runner is not None, events_unprocessed=backlog.count)
 
 
 @health_blueprint.get("/metrics")

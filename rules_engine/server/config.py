@@ -128,6 +128,10 @@ class ServerConfig(BaseModel):
     workers: int = Field(default=1, ge=1)
     threads: int = Field(default=16, ge=1)
     max_payload_bytes: int = 16 * 1024 * 1024
+    # Seconds a write waits for a lock another writer holds before it fails: the webhook then answers 503.
+    store_lock_timeout: float = Field(default=30.0, gt=0)
+    # /api/v1/ready fails once the oldest unprocessed event waits longer than this: the intake is stuck.
+    intake_stall_seconds: float = Field(default=300.0, gt=0)
     access_log: bool = False
 
     @model_validator(mode="before")

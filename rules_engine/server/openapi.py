@@ -55,10 +55,18 @@ def _response(description: str, schema: dict | None = None) -> dict:
     return body
 
 
+def _limit(default: int, maximum: int) -> dict:
+    return {"name": "limit", "in": "query", "required": False,
+            "description": f"at most this many entries (default {default}); values above {maximum} are clamped to it",
+            "schema": {"type": "integer", "minimum": 1}}
+
+
 def openapi_document() -> dict:
     """Built per call, so its lists (step types, states) are whatever the code declares, never retyped here."""
     workflow = _workflow_schema()
-    errors = {"401": _response("missing or wrong credentials", _ERROR)}
+    errors = {"400": _response("a parameter or body the API does not accept; the error names it", _ERROR),
+              "401": _response("missing or wrong credentials", _ERROR),
+              "503": _response("the store is unavailable (locked, read-only, full); retry", _ERROR)}
     decision_body = {"content": {"application/json": {"schema": {"type": "object", "properties": {
         "comment": {"type": "string"}, "reason": {"type": "string"}}}}}, "required": False}
     return {
@@ -78,16 +86,18 @@ def openapi_document() -> dict:
                 "requestBody": {"required": True, "content": {"application/json": {"schema": _PAYLOAD}}},
                 "responses": {"200": _response("accepted and persisted", {"type": "object", "properties": {
                     "status": {"const": "accepted"}, "event_id": {"type": "integer"}, "alerts": {"type": "integer"}}}),
-                    "400": _response("not a v4 webhook payload", _ERROR), **errors,
+                    **errors, "400": _response("not a v4 webhook payload, or a value the store cannot hold "
+                                               "(NUL, over-long fingerprint, label name or value)", _ERROR),
                     "413": _response("payload too large", _ERROR),
                     "503": _response("store unavailable; Alertmanager retries", _ERROR)}}},
             "/api/v1/health": {"get": {"summary": "Liveness", "responses": {"200": _response("alive")}}},
-            "/api/v1/ready": {"get": {"summary": "Readiness (the store answers, background loops alive)",
+            "/api/v1/ready": {"get": {"summary": "Readiness (the store answers, background loops alive, the intake "
+                                                 "keeps up: no event waits longer than intake_stall_seconds)",
                                       "responses": {"200": _response("ready"), "503": _response("not ready")}}},
             "/api/v1/workflows": {"get": {
                 "summary": "List workflows, newest first", "security": [{"operator": []}],
                 "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                               for n in ("state", "instance", "alertname", "playbook", "limit")],
+                               for n in ("state", "instance", "alertname", "playbook")] + [_limit(100, 1000)],
                 "responses": {"200": _response("workflows", {"type": "object", "properties": {
                     "workflows": {"type": "array", "items": workflow}}}), **errors}}},
             "/api/v1/workflows/{id}": {"get": {
@@ -108,7 +118,7 @@ def openapi_document() -> dict:
                                           "responses": {"200": _response("playbooks"), **errors}}},
             "/api/v1/audit": {"get": {"summary": "The append-only audit log", "security": [{"operator": []}],
                                       "parameters": [{"name": "workflow_id", "in": "query", "required": False,
-                                                      "schema": {"type": "string"}}],
+                                                      "schema": {"type": "string"}}, _limit(1000, 10000)],
                                       "responses": {"200": _response("audit entries"), **errors}}},
             "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": _response("OpenAPI")}}},
             "/metrics": {"get": {"summary": "The engine's own Prometheus metrics",
