@@ -188,6 +188,8 @@ def _give_up(rt: Runtime, workflow: st.Workflow, playbook: Playbook | None, reas
     when it was already rolling back, FAILED with a request to act by hand."""
     with rt.store.read() as conn:
         current = st.get_workflow(conn, workflow.id)
+    if current.state in wf.FINAL_STATES:  # it ended before the error (e.g. while recording the end)
+        return current.state
     if current.state != wf.FAILED:
         return _fail(rt, current, playbook, reason)
     _abandon_rollback(rt, workflow.id, reason)
