@@ -128,6 +128,19 @@ def test_bad_time_arguments():
     assert result.returncode == 2 and "invalid time 'yesterday'" in result.stderr
 
 
+def test_the_readme_fix_dry_run_shows_the_plan_with_unset_variables_named(tmp_path):
+    """README: `evaluate --snapshot ... --rules rules/ --fix --dry-run`, no --var: nothing fails for want of
+    vars.orchestrator_url; each request that would be sent is shown, the missing variable named as such."""
+    args = ["evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--rule", "VLLMQueueBuildup", "--fix",
+            "--dry-run", "--database", f"sqlite:///{tmp_path / 'store.db'}"]
+    result = run(*args)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Dry run: 1 workflow(s)" in result.stdout and "FAILED" not in result.stdout
+    assert "scale-out: POST <unset: vars.orchestrator_url>/v1/scale {" in result.stdout
+    assert '"instance": "vllm-2:8000"' in result.stdout
+    assert "unset: vars.orchestrator_url (set with --var NAME=VALUE)" in result.stdout
+
+
 def test_fix_dry_run_starts_the_matching_playbooks_without_side_effects(tmp_path):
     database = f"sqlite:///{tmp_path / 'store.db'}"
     args = ["evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--rule", "VLLMQueueBuildup",
@@ -138,8 +151,9 @@ def test_fix_dry_run_starts_the_matching_playbooks_without_side_effects(tmp_path
     # Three rule findings and one SLO burn episode on a model (its alerts have model_name but no instance).
     assert "Dry run: 4 workflow(s) from 7 finding(s)" in result.stdout
     assert result.stdout.count("COMPLETED") == 4  # the orchestrator URL is unreachable: nothing was sent
-    again = run(*args)  # the same alert episodes: idempotent, no second workflow
+    again = run(*args)  # the same alert episodes: idempotent, no second workflow, and it says so
     assert "Dry run: 0 workflow(s)" in again.stdout
+    assert "4 workflow(s) already existed for these alert episodes (deduplicated" in again.stdout
     listed = run("workflows", "list", "--database", database)
     assert listed.returncode == 0 and "vllm-scale-out" in listed.stdout and "vllm-kv-cache-pressure" in listed.stdout
     assert run("evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--dry-run").returncode == 2

@@ -472,11 +472,12 @@ def test_findings_become_the_live_alert_and_go_through_the_same_intake(store):
     assert converted.annotations["playbook"] == "pb"
     pb = playbook(match={"matchers": [], "by_annotation": True})
     dry = run_findings([finding(), finding(instance="vllm-2")], [pb], store, dry_run=True,
-                       variables={"orchestrator_url": "http://orchestrator.invalid"})
+                       variables={"orchestrator_url": "http://orchestrator.invalid"}).created
     assert [w.state for w in dry] == [wf.COMPLETED, wf.COMPLETED] and all(w.dry_run for w in dry)
     assert dry[0].steps[1].output["dry_run"] is True
-    assert run_findings([finding()], [pb], store, dry_run=True) == []  # same episode: nothing new
-    pending = run_findings([finding(instance="vllm-3")], [pb], store, dry_run=False)
+    again = run_findings([finding()], [pb], store, dry_run=True)  # same episode: nothing new, and it says which
+    assert again.created == [] and [w.id for w in again.existing] == [dry[0].id]
+    pending = run_findings([finding(instance="vllm-3")], [pb], store, dry_run=False).created
     assert [w.state for w in pending] == [wf.PENDING_APPROVAL]
 
 

@@ -1,8 +1,9 @@
 """A test orchestrator: the deployment API that playbook http steps call, on 127.0.0.1 in a thread.
 
 It is a real HTTP server (http.server), so steps go through sockets, timeouts and status codes as in production.
-It records every call, can answer with scripted status codes first (to exercise retries), and serves /metrics
-with gauges a test sets, so a Prometheus scraping it sees the effect of a change (closing the loop for verify).
+It records every call, can answer with scripted status codes first (to exercise retries), can trickle its answer
+on chosen paths a byte at a time (to exercise deadlines), and serves /metrics with gauges a test sets, so a
+Prometheus scraping it sees the effect of a change (closing the loop for verify).
 """
 from __future__ import annotations
 
@@ -31,6 +32,9 @@ class Orchestrator:
     # series text -> value, served at /metrics, e.g. {'test_waiting{model_name="m"}': 10}
     gauges: dict[str, float] = field(default_factory=dict)
     on_call: Callable[[Call], None] | None = None  # e.g. apply a change to the gauges
+    trickle_paths: set[str] = field(default_factory=set)  # answered one byte per `trickle_interval`
+    trickle_interval: float = 0.1
+    closing: threading.Event = field(default_factory=threading.Event)  # set at shutdown: trickling stops
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def calls_to(self, path: str) -> list[Call]:
@@ -66,7 +70,23 @@ def _handler(orchestrator: Orchestrator):
                 status = orchestrator.scripted_statuses.pop(0) if orchestrator.scripted_statuses else 200
             if status < 300 and orchestrator.on_call is not None:
                 orchestrator.on_call(call)
+            if self.path in orchestrator.trickle_paths:
+                self._trickle(status, json.dumps({"ok": status < 300}).encode())
+                return
             self._answer(status, json.dumps({"ok": status < 300}).encode(), "application/json")
+
+        def _trickle(self, status: int, payload: bytes):
+            raw = (f"HTTP/1.1 {status} OK\r\nContent-Type: application/json\r\n"
+                   f"Content-Length: {len(payload)}\r\n\r\n").encode() + payload
+            try:
+                for i in range(len(raw)):
+                    if orchestrator.closing.wait(orchestrator.trickle_interval):
+                        return
+                    self.wfile.write(raw[i:i + 1])
+                    self.wfile.flush()
+            except OSError:  # the client gave up
+                pass
+            self.close_connection = True
 
         do_POST = do_PUT = do_PATCH = do_DELETE = _record
 
@@ -95,6 +115,7 @@ class running_orchestrator:
         return self.orchestrator
 
     def __exit__(self, *exc):
+        self.orchestrator.closing.set()
         self.server.shutdown()
         self.server.server_close()
         self.thread.join(5)

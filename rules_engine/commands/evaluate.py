@@ -1,6 +1,7 @@
 """`rules-engine evaluate`, `validate` and `record`: the backtest from the command line."""
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -210,17 +211,47 @@ def _fix(backtest: Backtest, ruleset: RuleSet, dry_run: bool, database_url: str,
         _fail("--fix needs playbooks: add a folder with kind: Playbook documents to --rules")
     store = open_store(database_url)
     try:
-        workflows = run_findings(backtest.findings, ruleset.playbooks, store, dry_run=dry_run,
-                                 prometheus=prometheus, variables=variables)
+        run = run_findings(backtest.findings, ruleset.playbooks, store, dry_run=dry_run,
+                           prometheus=prometheus, variables=variables)
     finally:
         store.dispose()
-    click.echo(f"\n{'Dry run' if dry_run else 'Fix'}: {len(workflows)} workflow(s) from {len(backtest.findings)} "
+    click.echo(f"\n{'Dry run' if dry_run else 'Fix'}: {len(run.created)} workflow(s) from {len(backtest.findings)} "
                f"finding(s) (store {database_url})")
-    for workflow in workflows:
-        click.echo(f"  {workflow.id}  {workflow.state:<17} {workflow.playbook:<24} {workflow.alertname} "
-                   f"{workflow.instance}")
-    if not dry_run and workflows:
+    for workflow in run.created:
+        click.echo(_workflow_line(workflow))
+        for line in _plan_lines(workflow):
+            click.echo(line)
+    if run.existing:
+        click.echo(f"{len(run.existing)} workflow(s) already existed for these alert episodes (deduplicated: one "
+                   "workflow per playbook and episode), not started again:")
+        for workflow in run.existing:
+            click.echo(_workflow_line(workflow))
+    if run.suppressed:
+        click.echo(f"{run.suppressed} finding(s) within their playbook's cooldown: no workflow started")
+    unset = sorted({name for w in run.created for s in w.steps for name in s.output.get("unset", [])})
+    if unset:
+        click.echo("  unset: " + ", ".join(f"vars.{name}" for name in unset) + " (set with --var NAME=VALUE)")
+    if not dry_run and run.created:
         click.echo("  approve with `rules-engine workflows approve ID` or the API; `serve` runs approved workflows")
+
+
+def _workflow_line(workflow) -> str:
+    return f"  {workflow.id}  {workflow.state:<17} {workflow.playbook:<24} {workflow.alertname} {workflow.instance}"
+
+
+def _plan_lines(workflow) -> list[str]:
+    """What a dry run would send, step by step (or why a step failed)."""
+    from rules_engine.playbooks.workflow import STEP_FAILED
+
+    lines = []
+    for step in workflow.steps:
+        would = step.output.get("would_send")
+        if would:
+            body = json.dumps(would["json"], sort_keys=True) if would["json"] is not None else ""
+            lines.append(f"      {step.name}: {would['method']} {would['url']} {body}".rstrip())
+        elif step.state == STEP_FAILED:
+            lines.append(f"      {step.name}: FAILED: {step.note}")
+    return lines
 
 
 def _run(ruleset, source, start, end, step, rule_names, progress, concurrency, engine) -> Backtest:

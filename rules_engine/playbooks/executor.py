@@ -6,31 +6,41 @@ SUCCEEDED steps are never run again; a step found RUNNING was interrupted, and i
 declares that harmless (`rerun_safe`: read-only recommend/verify, a rollback step; an http step marked `idempotent`)
 with the reason recorded; otherwise it is marked FAILED ("outcome unknown") and the workflow fails into its rollback.
 Which function runs a step type is said once, in HANDLERS.
+
+Whatever goes wrong while a workflow runs (a template, Prometheus, the orchestrator, a bug in a handler) ends it in
+FAILED with the reason in the audit log, never left IN_PROGRESS for the next owner to trip over again; and a
+workflow resumed `Runtime.max_resumes` times without progress (its owners keep dying on it) is failed too.
 """
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import statistics
 import threading
 import time
 from typing import Any, Callable
 
-import requests
 from sqlalchemy import and_, func, or_, select, update
 
+from rules_engine.playbooks import outbound
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.recommend import current_settings, recommend
 from rules_engine.playbooks.runtime import Runtime
-from rules_engine.playbooks.templates import RenderError, render_promql, render_structure, render_text
+from rules_engine.playbooks.targets import target_problem
+from rules_engine.playbooks.templates import (RenderError, render_promql, render_structure, render_text, render_url,
+                                              template_variables, unset_variables)
 from rules_engine.source.base import SourceError
 from rules_engine.spec.playbook import (CanaryStep, HttpStep, Playbook, RecommendStep, RollbackStep, RolloutStep,
                                         StepBase, VerifyStep)
 from rules_engine.spec.times import rfc3339
 
-RESPONSE_KEEP = 2000  # characters of a response body kept in the step output
+log = logging.getLogger(__name__)
+# Audit actions that mean a workflow moved on; "resumed" entries after the last of them count against max_resumes.
+PROGRESS_ACTIONS = frozenset({"step_succeeded", "step_failed", "transition", "baselines_captured"})
+REFUSED_PAUSE = 0.2  # seconds before retrying a connection that was refused (doubling): quick, nothing was sent
 
 
 class LeaseLost(RuntimeError):
@@ -141,7 +151,7 @@ def template_context(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -> 
         "workflow": {"id": workflow.id, "playbook": workflow.playbook, "dry_run": workflow.dry_run},
         "playbook": {"name": playbook.name, "optimization_level": playbook.optimization_level,
                      "risk": playbook.risk, "server_kind": playbook.server_kind},
-        "vars": rt.variables, "steps": outputs, "recommendation": recommendation,
+        "vars": template_variables(rt.variables, workflow.dry_run), "steps": outputs, "recommendation": recommendation,
         "baselines": workflow.context.get("baselines", {}),
     }
 
@@ -150,7 +160,43 @@ def run_workflow(rt: Runtime, workflow_id: str) -> str:
     """Run (or resume) a claimed workflow to a final state or to FAILED; returns the state it ends in."""
     with rt.store.read() as conn:
         workflow = st.get_workflow(conn, workflow_id)
+        resumes = _resumes_without_progress(conn, workflow_id)
     playbook = rt.playbooks.get(workflow.playbook)
+    try:
+        if resumes > rt.max_resumes:
+            return _give_up(rt, workflow, playbook, f"resumed {resumes} times without progress (its owners stopped "
+                                                    f"each time: a step that crashes the engine?); given up")
+        return _run(rt, workflow, playbook)
+    except (Interrupted, LeaseLost):
+        raise
+    except Exception as error:  # left IN_PROGRESS it would be resumed, and fail the same way, every lease period
+        log.exception("workflow %s", workflow_id)
+        return _give_up(rt, workflow, playbook, f"executor error: {type(error).__name__}: {error}")
+
+
+def _resumes_without_progress(conn, workflow_id: str) -> int:
+    count = 0
+    for entry in reversed(st.audit_entries(conn, workflow_id)):
+        if entry["action"] in PROGRESS_ACTIONS:
+            break
+        count += entry["action"] == "resumed"
+    return count
+
+
+def _give_up(rt: Runtime, workflow: st.Workflow, playbook: Playbook | None, reason: str) -> str:
+    """End a workflow the executor cannot carry on: FAILED (and its rollback, if a change may have been made), or,
+    when it was already rolling back, FAILED with a request to act by hand."""
+    with rt.store.read() as conn:
+        current = st.get_workflow(conn, workflow.id)
+    if current.state in wf.FINAL_STATES:  # it ended before the error (e.g. while recording the end)
+        return current.state
+    if current.state != wf.FAILED:
+        return _fail(rt, current, playbook, reason)
+    _abandon_rollback(rt, workflow.id, reason)
+    return wf.FAILED
+
+
+def _run(rt: Runtime, workflow: st.Workflow, playbook: Playbook | None) -> str:
     if playbook is None:
         return _fail(rt, workflow, None, f"playbook {workflow.playbook!r} is not loaded")
     if [(r.name, r.type) for r in workflow.steps] != [(s.name, s.type) for s in playbook.steps]:
@@ -160,7 +206,9 @@ def run_workflow(rt: Runtime, workflow_id: str) -> str:
                                          "its steps no longer match the approved plan")
     if workflow.state == wf.FAILED and workflow.phase == "rollback":
         return _rollback(rt, workflow, playbook)
-    _capture_baselines(rt, workflow, playbook)
+    missing = _capture_baselines(rt, workflow, playbook)
+    if missing:
+        return _fail(rt, workflow, playbook, missing)
     for record, step in zip(workflow.steps, playbook.steps):
         if isinstance(step, RollbackStep) or record.state in (wf.STEP_SUCCEEDED, wf.STEP_SKIPPED):
             continue
@@ -249,15 +297,28 @@ def _run_recorded(rt: Runtime, workflow: st.Workflow, playbook: Playbook, record
     return ok
 
 
+def _may_have_changed(record: st.StepRecord, step: StepBase) -> bool:
+    """Whether a step may have changed the fleet: a mutating step that started, unless it failed before anything
+    reached its target (a refused connection, a URL outside the targets, a template error)."""
+    if not step.mutates or isinstance(step, RollbackStep) or record.state in (wf.STEP_PENDING, wf.STEP_SKIPPED):
+        return False
+    return not (record.state == wf.STEP_FAILED and record.output.get("sent") is False)
+
+
 def _fail(rt: Runtime, workflow: st.Workflow, playbook: Playbook | None, reason: str) -> str:
     """FAILED; then, if a change may have been made, run the rollback steps."""
-    changed = playbook is not None and any(
-        step.mutates and not isinstance(step, RollbackStep)
-        and record.state in (wf.STEP_RUNNING, wf.STEP_SUCCEEDED, wf.STEP_FAILED)
-        for record, step in zip(workflow.steps, playbook.steps))
-    has_rollback = playbook is not None and any(isinstance(s, RollbackStep) for s in playbook.steps)
+    steps = list(zip(workflow.steps, playbook.steps)) if playbook is not None else []
+    changed = any(_may_have_changed(record, step) for record, step in steps)
+    has_rollback = any(isinstance(step, RollbackStep) for step in playbook.steps) if playbook is not None else False
+    if has_rollback and not changed and any(step.mutates and record.state == wf.STEP_FAILED for record, step in steps):
+        reason += "; nothing reached the target, so there is nothing to roll back"
     phase = "rollback" if changed and has_rollback else "done"
     with rt.store.write() as conn:
+        for record, step in steps:
+            if record.state == wf.STEP_RUNNING and not isinstance(step, RollbackStep):
+                st.update_step(conn, workflow.id, record.idx, state=wf.STEP_FAILED, finished_at=time.time(),
+                               note=f"not finished: {reason}")
+                record.state = wf.STEP_FAILED
         if workflow.state == wf.APPROVED:  # e.g. its playbook vanished before it started
             wf.transition(conn, workflow.id, wf.IN_PROGRESS, f"executor:{rt.owner}", "execution started")
         wf.transition(conn, workflow.id, wf.FAILED, f"executor:{rt.owner}", reason, phase=phase,
@@ -278,7 +339,6 @@ def _rollback(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -> str:
     with rt.store.read() as conn:
         workflow.steps = st.load_steps(conn, workflow.id)
         failure = st.get_workflow(conn, workflow.id, with_steps=False).reason
-    ok_all = True
     for record, step in zip(workflow.steps, playbook.steps):
         if not isinstance(step, RollbackStep) or record.state in (wf.STEP_SUCCEEDED, wf.STEP_SKIPPED):
             continue
@@ -291,35 +351,42 @@ def _rollback(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -> str:
                                 reason=f"rollback step found {record.state} after an interruption; rollback is "
                                        "re-run because a half-applied change is worse than restoring twice")
         if not _run_recorded(rt, workflow, playbook, record, step):
-            ok_all = False
-            break
+            _abandon_rollback(rt, workflow.id, f"rollback step {step.name} failed: {record.note}")
+            return wf.FAILED
     with rt.store.write() as conn:
-        if ok_all:
-            wf.transition(conn, workflow.id, wf.ROLLED_BACK, f"executor:{rt.owner}",
-                          f"rolled back after: {failure}")
-            for record, step in zip(workflow.steps, playbook.steps):
-                if record.state == wf.STEP_PENDING:
-                    st.update_step(conn, workflow.id, record.idx, state=wf.STEP_SKIPPED,
-                                   note="not run: the workflow failed and was rolled back")
-            return wf.ROLLED_BACK
-        conn.execute(update(st.workflows).where(st.workflows.c.id == workflow.id)
+        wf.transition(conn, workflow.id, wf.ROLLED_BACK, f"executor:{rt.owner}", f"rolled back after: {failure}")
+        for record, step in zip(workflow.steps, playbook.steps):
+            if record.state == wf.STEP_PENDING:
+                st.update_step(conn, workflow.id, record.idx, state=wf.STEP_SKIPPED,
+                               note="not run: the workflow failed and was rolled back")
+    return wf.ROLLED_BACK
+
+
+def _abandon_rollback(rt: Runtime, workflow_id: str, why: str) -> None:
+    with rt.store.write() as conn:
+        conn.execute(update(st.workflows).where(st.workflows.c.id == workflow_id)
                      .values(phase="done", lease_owner=None, lease_until=None, updated_at=time.time()))
-        st.record_audit(conn, f"executor:{rt.owner}", "rollback_failed", workflow.id,
+        st.record_audit(conn, f"executor:{rt.owner}", "rollback_failed", workflow_id, reason=why,
                         note="rollback did not complete; the change may still be in place: act by hand")
-    return wf.FAILED
 
 
-def _capture_baselines(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -> None:
+def _capture_baselines(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -> str | None:
     """Evaluate the query of every verify step that compares against a baseline, before any change is made.
-    Kept in the workflow's context, so a resumed workflow compares against the same pre-change value."""
-    wanted = [s for s in playbook.steps if isinstance(s, VerifyStep) and s.improvement is not None]
+    Kept in the workflow's context, so a resumed workflow compares against the same pre-change value.
+    Returns why a baseline could not be taken (the workflow then fails before changing anything: its verify step
+    could not judge the change), or None."""
+    wanted = [s for s in playbook.steps
+              if isinstance(s, VerifyStep) and s.improvement is not None and s.applies_to(workflow.labels)]
     baselines = dict(workflow.context.get("baselines", {}))
     missing = [s for s in wanted if s.name not in baselines]
     if not missing:
-        return
+        return None
     context = template_context(rt, workflow, playbook)
     for step in missing:
-        query = render_promql(step.query, context, f"steps.{step.name}.query")
+        try:
+            query = render_promql(step.query, context, f"steps.{step.name}.query")
+        except RenderError as error:
+            return f"baseline of verify step {step.name}: {error}"
         if workflow.dry_run or rt.prometheus is None:
             baselines[step.name] = {"query": query, "value": None,
                                     "note": "dry run" if workflow.dry_run else "no Prometheus configured"}
@@ -327,13 +394,14 @@ def _capture_baselines(rt: Runtime, workflow: st.Workflow, playbook: Playbook) -
         try:
             value = _reduce(_values_now(rt, query), step.reduce)
             baselines[step.name] = {"query": query, "value": value, "at": rfc3339(time.time(), "us")}
-        except SourceError as error:
-            baselines[step.name] = {"query": query, "value": None, "note": str(error)}
+        except Exception as error:  # Prometheus down or answering nonsense: the same verdict, not a wedged workflow
+            return f"baseline of verify step {step.name}: {type(error).__name__}: {error}"
     workflow.context["baselines"] = baselines
     with rt.store.write() as conn:
         conn.execute(update(st.workflows).where(st.workflows.c.id == workflow.id)
                      .values(context=st.dumps(workflow.context)))
         st.record_audit(conn, f"executor:{rt.owner}", "baselines_captured", workflow.id, baselines=baselines)
+    return None
 
 
 def _values_now(rt: Runtime, query: str) -> list[float]:
@@ -375,42 +443,53 @@ def _http(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step: HttpStep
           ) -> tuple[bool, dict, str]:
     request = step.request
     context = {**context, "percent": getattr(step, "percent", 100)}
+    where = f"steps.{step.name}.request"
     try:
-        url = render_text(request.url, context, f"steps.{step.name}.request.url")
-        headers = {k: render_text(v, context, f"steps.{step.name}.request.headers.{k}")
-                   for k, v in request.headers.items()}
-        body = (render_structure(request.json_body, context, f"steps.{step.name}.request.json")
-                if request.json_body is not None else None)
-        encoded = json.dumps(body) if body is not None else None
+        url = render_url(request.url, context, f"{where}.url")
+        headers = {k: render_text(v, context, f"{where}.headers.{k}") for k, v in request.headers.items()}
+        body = render_structure(request.json_body, context, f"{where}.json") if request.json_body is not None else None
+        encoded = json.dumps(body).encode() if body is not None else None
     except (RenderError, TypeError, ValueError) as error:
-        return False, {"error": str(error)}, f"could not render the request: {error}"
+        return False, {"error": str(error), "sent": False}, f"could not render the request: {error}"
     # Header values may carry credentials from `vars`; only their names are recorded.
     described = {"method": request.method, "url": url, "header_names": sorted(headers), "json": body}
+    unset = unset_variables(url)
+    if workflow.dry_run and unset:  # the plan is still worth showing; where it would go is not known yet
+        return True, {"dry_run": True, "would_send": described, "unset": unset}, (
+            f"dry run: would {request.method} {url} (unset: {', '.join(f'vars.{name}' for name in unset)})")
+    problem = target_problem(url, rt.allowed_targets())
+    if problem:
+        return False, {**described, "error": problem, "sent": False}, f"{where}.url: {problem}; nothing was sent"
     if workflow.dry_run:
         return True, {"dry_run": True, "would_send": described}, f"dry run: would {request.method} {url}"
     if encoded is not None:
         headers.setdefault("Content-Type", "application/json")
-    attempts = []
+    deadline = time.monotonic() + request.total_seconds()
+    answers: list[outbound.Answer] = []
     for attempt in range(request.retries + 1):
         if attempt:
-            if rt.stop.wait(request.retry_backoff * (2 ** (attempt - 1))):
+            # A refused connection changed nothing and costs nothing: retry soon. Anything else: back off.
+            pause = (request.retry_backoff if answers[-1].sent else min(request.retry_backoff, REFUSED_PAUSE)
+                     ) * 2 ** (attempt - 1)
+            if time.monotonic() + pause >= deadline:
+                break
+            if rt.stop.wait(pause):
                 raise Interrupted("engine stopping")
-        started = time.monotonic()
-        try:
-            response = rt.http.request(request.method, url, data=encoded, headers=headers,
-                                       timeout=request.timeout, allow_redirects=False)
-        except requests.RequestException as error:
-            attempts.append({"error": f"{type(error).__name__}: {error}", "seconds": time.monotonic() - started})
+        answer = outbound.send(request.method, url, encoded, headers,
+                               min(request.timeout, deadline - time.monotonic()))
+        answers.append(answer)
+        if answer.status is None:
             continue
-        attempts.append({"status": response.status_code, "seconds": round(time.monotonic() - started, 4)})
-        output = {**described, "status": response.status_code, "response": response.text[:RESPONSE_KEEP],
-                  "attempts": attempts}
-        if response.status_code in request.expect_status:
-            return True, output, f"{request.method} {url} -> {response.status_code}"
-        if response.status_code < 500 and response.status_code != 429:
-            return False, output, f"{request.method} {url} -> {response.status_code} (not retried)"
-    return False, {**described, "attempts": attempts}, (
-        f"{request.method} {url} failed after {len(attempts)} attempt(s): {attempts[-1]}")
+        output = {**described, "status": answer.status, "response": answer.body, "sent": True,
+                  "attempts": [a.record() for a in answers]}
+        if answer.status in request.expect_status:
+            return True, output, f"{request.method} {url} -> {answer.status}"
+        if answer.status < 500 and answer.status != 429:
+            return False, output, f"{request.method} {url} -> {answer.status} (not retried)"
+    sent = any(a.sent for a in answers)
+    return False, {**described, "sent": sent, "attempts": [a.record() for a in answers]}, (
+        f"{request.method} {url} failed after {len(answers)} attempt(s): {answers[-1].error or answers[-1].status}"
+        + ("" if sent else "; nothing was sent"))
 
 
 def _verify(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step: VerifyStep, context: dict

@@ -8,6 +8,7 @@ any other (approve them with `rules-engine workflows approve` or the API; `serve
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Iterable
 
 import pandas as pd
@@ -16,7 +17,7 @@ from rules_engine.evaluate.findings import Finding
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.executor import run_workflow
-from rules_engine.playbooks.intake import process_alerts
+from rules_engine.playbooks.intake import _workflows_of, process_alerts
 from rules_engine.playbooks.payload import Alert, label_fingerprint
 from rules_engine.playbooks.runtime import Runtime
 from rules_engine.source.client import PrometheusClient
@@ -38,9 +39,19 @@ def finding_alert(finding: Finding) -> Alert:
         "fingerprint": label_fingerprint(labels)})
 
 
+@dataclass(frozen=True)
+class FixRun:
+    """What one `--fix` run did: the workflows it created, and why the other matching findings started none."""
+
+    created: list[st.Workflow]
+    existing: list[st.Workflow]  # earlier workflows of the same alert episodes: a rerun deduplicates against them
+    suppressed: int  # findings whose series was within its playbook's cooldown
+
+
 def run_findings(findings: Iterable[Finding], playbooks: Iterable[Playbook], store: st.Store, dry_run: bool = True,
-                 prometheus: PrometheusClient | None = None, variables: dict | None = None) -> list[st.Workflow]:
-    """Start the matching playbooks for each finding; returns the workflows created (already run when dry_run).
+                 prometheus: PrometheusClient | None = None, variables: dict | None = None) -> FixRun:
+    """Start the matching playbooks for each finding; returns the workflows created (already run when dry_run),
+    and those of the same episodes that already existed.
 
     `prometheus` is what verify steps and current settings query: the client the backtest read from, so they
     reach the same server with the same credentials and tenant."""
@@ -56,4 +67,8 @@ def run_findings(findings: Iterable[Finding], playbooks: Iterable[Playbook], sto
                               lease_owner=rt.owner, lease_until=time.time() + 3600)
             run_workflow(rt, workflow_id)
     with store.read() as conn:
-        return [st.get_workflow(conn, workflow_id) for workflow_id in result.created]
+        known = {workflow_id for found in _workflows_of(conn, alerts).values() for _, workflow_id, _ in found}
+        return FixRun(created=[st.get_workflow(conn, workflow_id) for workflow_id in result.created],
+                      existing=[st.get_workflow(conn, workflow_id)
+                                for workflow_id in sorted(known - set(result.created))],
+                      suppressed=result.suppressed)

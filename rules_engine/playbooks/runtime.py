@@ -12,6 +12,7 @@ from typing import Callable, Iterable
 import requests
 
 from rules_engine.playbooks.store import Store
+from rules_engine.playbooks.targets import configured_targets
 from rules_engine.source.client import PrometheusClient
 from rules_engine.spec.playbook import Playbook
 
@@ -24,13 +25,19 @@ class Runtime:
     # Verify steps, baselines and current settings query it; None: verify steps fail, recommend uses defaults.
     prometheus: PrometheusClient | None = None
     variables: dict = field(default_factory=dict)  # `vars` in templates, e.g. the orchestrator's URL
+    # Base URLs http steps may call; empty: the http(s) URLs among `variables` (see playbooks.targets).
+    targets: tuple[str, ...] = ()
     lease_seconds: float = 60.0  # an IN_PROGRESS workflow whose owner stops renewing is resumed after this
+    max_resumes: int = 5  # resumed more often than this without progress: failed (its owners keep dying on it)
     notify_urls: list[str] = field(default_factory=list)  # outbound webhooks on workflow state changes
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
     stop: threading.Event = field(default_factory=threading.Event)
     http: requests.Session = field(default_factory=requests.Session)
     # Called as observe_step(step_type, outcome, seconds) after each step; the server wires its metrics here.
     observe_step: Callable[[str, str, float], None] = lambda step_type, outcome, seconds: None
+
+    def allowed_targets(self) -> tuple[str, ...]:
+        return configured_targets(self.targets, self.variables)
 
 
 def load_playbooks(paths: Iterable[str | Path]) -> dict[str, Playbook]:

@@ -50,7 +50,7 @@ def create_app(config: ServerConfig, playbooks: dict | None = None, start_runner
     loaded = playbooks if playbooks is not None else load_playbooks(config.playbooks)
     metrics = engine_metrics(store)
     runtime = Runtime(store=store, playbooks=loaded, dry_run=config.dry_run, prometheus=prometheus_client(config),
-                      variables=dict(config.variables),
+                      variables=dict(config.variables), targets=tuple(config.targets),
                       lease_seconds=config.lease_seconds, notify_urls=list(config.notify_urls),
                       observe_step=metrics.observe_step)
     start = config.process if start_runner is None else start_runner

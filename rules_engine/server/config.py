@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rules_engine.playbooks.targets import base_url_problem
 from rules_engine.source.base import SourceError
 from rules_engine.source.client import PrometheusClient, PrometheusSettings
 from rules_engine.spec.playbook import OPTIMIZATION_LEVELS, OptimizationLevel
@@ -113,6 +114,8 @@ class ServerConfig(BaseModel):
     prometheus: ServerPrometheus | None = None  # shorthand: prometheus_url (+ prometheus_timeout)
     dry_run: bool = False
     variables: dict = Field(default_factory=dict)
+    # Base URLs playbook http steps may call (the orchestrator); empty: the http(s) URLs among `variables`.
+    targets: list[str] = Field(default_factory=list)
     alertmanager_auth: AlertmanagerAuth | None = None
     operators: list[Operator] = Field(default_factory=list)
     # role -> the optimization levels it may approve or reject
@@ -149,6 +152,14 @@ class ServerConfig(BaseModel):
         if url is not None:
             raw["prometheus"] = {"url": url, **({"timeout": timeout} if timeout is not None else {})}
         return raw
+
+    @field_validator("targets")
+    @classmethod
+    def _targets(cls, targets: list[str]) -> list[str]:
+        problems = [problem for problem in map(base_url_problem, targets) if problem]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return targets
 
     @model_validator(mode="after")
     def _roles(self) -> "ServerConfig":

@@ -117,7 +117,12 @@ class Approval(BaseModel):
 
 class HttpRequest(BaseModel):
     """An outbound call. `url` and header values are text templates; `json` is a structure whose string leaves are
-    templates (a leaf that is one `{{ expression }}` keeps the expression's native type, e.g. a dict of changes)."""
+    templates (a leaf that is one `{{ expression }}` keeps the expression's native type, e.g. a dict of changes).
+    In `url` every output but a `vars` value is percent-encoded as one path segment, and the rendered URL must lie
+    under a configured target (see rules_engine.playbooks.targets).
+
+    `timeout` is a total deadline per attempt (connect, send, the whole answer), `deadline` one for all attempts
+    together (default: every attempt's timeout plus the pauses between them)."""
 
     model_config = ConfigDict(extra="forbid")
     method: Literal["GET", "POST", "PUT", "PATCH", "DELETE"] = "POST"
@@ -127,12 +132,19 @@ class HttpRequest(BaseModel):
     timeout: Seconds = 10.0
     retries: int = Field(default=2, ge=0, le=10)
     retry_backoff: Seconds = 1.0
+    deadline: Seconds | None = None
     expect_status: list[int] = Field(default_factory=lambda: list(range(200, 300)))
 
     @field_validator("url")
     @classmethod
     def _url(cls, url: str) -> str:
         return _check_template(url)
+
+    def total_seconds(self) -> float:
+        """How long all attempts together may take."""
+        if self.deadline is not None:
+            return self.deadline
+        return self.timeout * (self.retries + 1) + self.retry_backoff * (2 ** self.retries - 1)
 
     @field_validator("headers")
     @classmethod

@@ -1,0 +1,85 @@
+"""One outbound call of an http step, within a total deadline, saying whether anything reached the target.
+
+`requests`' timeout bounds each socket read, so a server trickling one byte a second holds a call with
+`timeout: 2s` for as long as it likes. Here a timer shuts the socket down when the deadline passes, whatever
+phase the call is in. Whether the request may have reached the target decides the rollback: a connection that
+was never established (refused, unreachable, unresolvable) changed nothing; after the first byte is sent, the
+outcome is unknown.
+"""
+from __future__ import annotations
+
+import http.client
+import socket
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+RESPONSE_KEEP = 2000  # characters of a response body kept in the step output
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What one attempt came to: a status (and body), or an error; `sent`: the request may have reached the target."""
+
+    sent: bool
+    seconds: float
+    status: int | None = None
+    body: str = ""
+    error: str | None = None
+
+    def record(self) -> dict:
+        if self.status is not None:
+            return {"status": self.status, "seconds": round(self.seconds, 4)}
+        return {"error": self.error, "sent": self.sent, "seconds": round(self.seconds, 4)}
+
+
+def send(method: str, url: str, body: bytes | None, headers: dict[str, str], deadline: float) -> Answer:
+    """Send one request and read its whole answer within `deadline` seconds (connect included)."""
+    parts = urlsplit(url)
+    started = time.monotonic()
+    if parts.scheme == "https":
+        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=deadline, context=ssl.create_default_context())
+    else:
+        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=deadline)
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        if connection.sock is not None:
+            try:
+                connection.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(deadline, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        try:
+            connection.connect()
+        except OSError as error:  # refused, unreachable, unresolvable, or too slow: nothing was sent
+            late = expired.is_set() or isinstance(error, TimeoutError)
+            return Answer(False, time.monotonic() - started,
+                          error=f"not connected within {deadline:.3g}s" if late else f"{type(error).__name__}: {error}")
+        if expired.is_set():
+            return Answer(False, time.monotonic() - started, error=f"not connected within {deadline:.3g}s")
+        try:
+            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            connection.request(method, path, body=body, headers=headers)
+            response = connection.getresponse()
+            text = response.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as error:
+            late = expired.is_set() or isinstance(error, TimeoutError)
+            return Answer(True, time.monotonic() - started,
+                          error=f"no complete answer within {deadline:.3g}s (total deadline)" if late
+                          else f"{type(error).__name__}: {error}")
+        if expired.is_set():  # the shutdown raced a complete read: still late
+            return Answer(True, time.monotonic() - started, error=f"no complete answer within {deadline:.3g}s")
+        return Answer(True, time.monotonic() - started, status=response.status, body=text[:RESPONSE_KEEP])
+    finally:
+        timer.cancel()
+        connection.close()
+
