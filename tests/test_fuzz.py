@@ -9,7 +9,6 @@ import collections
 import json
 import string
 
-import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as hs
@@ -19,19 +18,11 @@ from sqlalchemy import select
 from rules_engine.playbooks import limits
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks.payload import PayloadError, canonical_time, parse_payload
-from rules_engine.server.app import create_app, shutdown
-from tests.test_playbooks import alert, payload, playbook
-from tests.test_server import AM_TOKEN, config, drain
+from tests.test_playbooks import alert, payload
+from tests.test_server import AM_TOKEN, drain
+from tests.test_server_inputs import app  # noqa: F401 (the served app fixture, on each store)
 
 FUZZ_CASES = 300  # per dialect: about 7 s on SQLite or PostgreSQL on 2 shared cores, so not marked slow
-
-
-@pytest.fixture
-def app(tmp_path, database_url):
-    application = create_app(config(tmp_path, database_url=database_url), playbooks={"pb": playbook()},
-                             start_runner=False)
-    yield application
-    shutdown(application)
 
 
 def test_the_http_api_never_answers_5xx(app, capsys):
