@@ -36,7 +36,10 @@ def load_in_capped_child(loader: str, path: Path) -> dict:
             outcome = {{"loaded": True}}
         except SpecError as error:
             outcome = {{"problems": [str(p) for p in error.problems]}}
-        outcome["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # VmHWM, not getrusage's ru_maxrss: Linux carries ru_maxrss over exec from the forking parent (pytest,
+        # hundreds of MB late in a suite); VmHWM belongs to this process's own memory map.
+        status = open("/proc/self/status").read().split()
+        outcome["peak_rss_kb"] = int(status[status.index("VmHWM:") + 1])
         print(json.dumps(outcome))
     """)
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60,
