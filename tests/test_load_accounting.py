@@ -48,7 +48,7 @@ from tests import processes
 from tests.conftest import require_binary
 from tests.test_e2e_alerting import AM_TOKEN, OPERATOR_TOKEN, running_serve
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 DEFAULT_ALERTS = 2000
 ALERTS = int(os.environ.get("RULES_ENGINE_LOAD_ALERTS", DEFAULT_ALERTS))
@@ -193,6 +193,15 @@ def vm_rss(pid: int) -> int:
     raise AssertionError(f"no VmRSS for pid {pid}")
 
 
+def thread_count(pid: int) -> int:
+    """Threads of a process (0 once it is gone)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Threads:")))
+
+
 def wait_for(what: str, probe: Callable[[], object], timeout: float = DEADLINE, interval: float = 0.25):
     deadline = time.monotonic() + timeout
     while True:
@@ -239,6 +248,7 @@ def serve_config(root: Path, port: int, database_url: str) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_alertmanager_delivering_thousands_of_alerts_through_two_kill_9s_loses_and_doubles_nothing(
         tmp_path, database_url):
     for binary in (processes.ALERTMANAGER,):
@@ -371,3 +381,31 @@ def test_alertmanager_delivering_thousands_of_alerts_through_two_kill_9s_loses_a
 
 def parse_seconds(duration: str) -> float:
     return float(duration.removesuffix("s"))
+
+
+def test_a_worker_that_exits_is_replaced_and_the_receiver_stays_up(tmp_path):
+    """gunicorn replaces a worker that exits (SIGTERM, or SIGABRT after a request outlived the worker timeout;
+    both leave through sys.exit, which runs the atexit handlers the worker inherited from the master). The
+    master's cleanup of the shared metrics directory ran in the exiting worker too: the replacement found no
+    directory, failed to boot, and gunicorn shut the whole receiver down."""
+    (tmp_path / "playbooks").mkdir()
+    (tmp_path / "playbooks" / "load.yaml").write_text(PLAYBOOK)
+    (tmp_path / "am-token").write_text(AM_TOKEN + "\n")
+    port = processes.free_port()
+    with running_serve(serve_config(tmp_path, port, f"sqlite:///{tmp_path / 'engine.db'}"), port) as proc:
+        first = wait_for("two workers", lambda: len(pids := worker_pids(proc.pid)) == 2 and pids, timeout=30)
+        os.kill(first[0], signal.SIGTERM)
+        replacement = wait_for("a replacement worker", lambda: [
+            pid for pid in worker_pids(proc.pid) if pid not in first], timeout=30)[0]
+        # Booted means the app is built: its background loops (intake, executors, event committer) run as threads.
+        wait_for("the replacement to boot, or the receiver to stop",
+                 lambda: proc.poll() is not None or thread_count(replacement) > 3, timeout=30)
+        body = {"version": "4", "groupKey": "after-replacement", "status": "firing", "receiver": "rules-engine",
+                "alerts": load_alerts(1, time.time())}
+        body["alerts"][0].update(status="firing", fingerprint=label_fingerprint(body["alerts"][0]["labels"]))
+        for _ in range(4):  # whichever worker answers
+            assert proc.poll() is None, "the receiver shut down"
+            accepted = requests.post(f"http://127.0.0.1:{port}/alertmanager/webhook", json=body, timeout=10,
+                                     headers={"Authorization": f"Bearer {AM_TOKEN}"})
+            assert accepted.status_code == 200, accepted.text
+            assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).status_code == 200
