@@ -4,6 +4,9 @@ The throwaway cluster and the `pg_store` fixture are in tests/conftest.py.
 """
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DatabaseError
@@ -11,6 +14,7 @@ from sqlalchemy.exc import DatabaseError
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.executor import claim_next, run_workflow
+from tests.conftest import drop_schema
 from tests.test_playbooks import alert, drain_concurrently_into_one_workflow, ingest, playbook, runtime
 from tests.test_playbooks_orchestrator import running_orchestrator
 
@@ -42,3 +46,24 @@ def test_workflow_runs_and_audit_is_append_only_on_postgres(pg_store):
             conn.execute(update(st.audit).values(actor="someone else"))
     with pg_store.read() as conn:
         assert conn.execute(select(func.count()).select_from(st.audit)).scalar_one() > 3
+
+
+def test_receivers_opening_the_store_at_once_all_start(postgres_url):
+    """gunicorn boots its workers at the same moment and each opens the store, which creates the schema and
+    replaces the audit trigger's function: on PostgreSQL two such DDL transactions at once failed one of them
+    ("tuple concurrently updated"), that worker failed to boot and gunicorn stopped the whole receiver. Both on an
+    empty database and on one whose schema exists (the common case: `serve` opens it once before forking)."""
+    try:
+        for _ in range(2):
+            barrier = threading.Barrier(4)
+
+            def open_at_once() -> st.Store:
+                barrier.wait()
+                return st.open_store(postgres_url)
+
+            with ThreadPoolExecutor(4) as pool:
+                stores = [future.result() for future in [pool.submit(open_at_once) for _ in range(4)]]
+            for store in stores:
+                store.dispose()
+    finally:
+        drop_schema(postgres_url)

@@ -46,11 +46,19 @@ def serve(config_path, listen, database_url, playbooks, prometheus_url, dry_run,
         # Before any worker imports prometheus_client: /metrics then sums every worker's samples.
         metrics_dir = tempfile.mkdtemp(prefix="rules-engine-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
-        atexit.register(shutil.rmtree, metrics_dir, True)
+        atexit.register(_remove_metrics_dir, metrics_dir, os.getpid())
     click.echo(f"rules-engine serve: listening on {config.listen}, store {redacted_url(config.database_url)}, "
                f"{config.workers} worker(s) x {config.threads} thread(s)"
                f"{', dry run' if config.dry_run else ''}{', receive only' if not config.process else ''}", err=True)
     run_gunicorn(config)
+
+
+def _remove_metrics_dir(path: str, owner: int) -> None:
+    """Remove the shared metrics directory when the master exits. gunicorn's workers are forks that inherit this
+    atexit handler and leave through sys.exit; a worker removing the directory made its replacement fail to boot,
+    and gunicorn then stopped the whole server."""
+    if os.getpid() == owner:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _check(config: ServerConfig) -> None:

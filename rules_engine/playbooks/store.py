@@ -141,6 +141,7 @@ _POSTGRES_APPEND_ONLY = [
     "FOR EACH ROW EXECUTE FUNCTION audit_append_only()",
 ]
 INTAKE_LOCK_KEY = 7_300_511  # PostgreSQL advisory lock serializing intake across receiver processes
+SCHEMA_LOCK_KEY = 7_300_512  # and the one serializing schema creation when several open the store at once
 
 
 @dataclass
@@ -244,8 +245,13 @@ def open_store(url: str, synchronous: str = "FULL", lock_timeout: float = 30.0) 
         dialect = engine.dialect.name
         lock_path = None
         relaxed_engine = None
-    metadata.create_all(engine)
     with engine.begin() as conn:
+        if dialect == "postgresql":
+            # Receivers open the store at the same moment (gunicorn boots its workers together), and PostgreSQL's
+            # DDL is not safe against itself: two CREATE TABLE of one name, or two CREATE OR REPLACE FUNCTION,
+            # fail one transaction, and a worker that fails to boot stops the whole server. One at a time.
+            conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        metadata.create_all(conn)
         for statement in (_SQLITE_APPEND_ONLY if dialect == "sqlite" else
                           _POSTGRES_APPEND_ONLY if dialect == "postgresql" else []):
             conn.exec_driver_sql(statement)
