@@ -36,7 +36,9 @@ def load_in_capped_child(loader: str, path: Path) -> dict:
             outcome = {{"loaded": True}}
         except SpecError as error:
             outcome = {{"problems": [str(p) for p in error.problems]}}
-        outcome["peak_rss_kb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # VmHWM is this process image's own peak; ru_maxrss would start at the forking pytest process's size.
+        with open("/proc/self/status") as status:
+            outcome["peak_rss_kb"] = next(int(l.split()[1]) for l in status if l.startswith("VmHWM:"))
         print(json.dumps(outcome))
     """)
     done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=60,
