@@ -7,7 +7,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test deps system-deps python-deps demo golden snapshot
+.PHONY: test deps system-deps python-deps demo golden snapshot audit
 
 test: deps
 	$(PYTHON) -m pytest -ra
@@ -40,3 +40,9 @@ golden: python-deps
 # Re-record the shipped demo snapshot (simulate, backfill, record); needed when a shipped rule's query changes.
 snapshot: python-deps
 	$(PYTHON) scripts/make_demo_snapshot.py
+
+# Dependency audit (pip-audit against PyPI's advisory data; needs the network, skips with the reason without it).
+# Not part of `make test`: .ci/run may call `make audit` where the runner reaches PyPI. SECURITY.md has the result.
+audit: python-deps
+	$(PYTHON) -m pip install --quiet pip-audit
+	PATH=$(VENV)/bin:$$PATH $(PYTHON) -m pytest -q -rs tests/test_dependency_audit.py

@@ -98,3 +98,19 @@ def test_a_category_without_rules_or_with_failed_rules_is_not_covered():
     assert health.categories["high_latency"] is None and health.categories["error_rate"] is None
     assert health.not_covered["high_latency"] == "1 of 2 could not be evaluated"
     assert health.not_covered["slo_burn"] == "no rule or SLO in the set"
+
+
+def test_one_low_finding_costs_five_points():
+    health = health_scores([finding("Queue", "low", "queue_buildup", "a")], EVERY_CATEGORY, instances=["a"])
+    assert health.instances["a"].score == 95 and health.overall == 95
+    assert health.categories["queue_buildup"] == 95
+
+
+@pytest.mark.parametrize("severity, points", [("low", 5), ("medium", 10), ("high", 15), ("critical", 25)])
+def test_a_fleet_level_finding_costs_its_category_and_the_overall_score_in_full(severity, points):
+    # No `instance` label and no instance serving model "m": the finding is fleet-level.
+    health = health_scores([finding("FleetErrors", severity, "error_rate")], EVERY_CATEGORY, instances=["a", "b"])
+    assert health.categories["error_rate"] == 100 - points
+    assert health.overall == 100 - points and health.fleet_findings == 1
+    assert {name: h.score for name, h in health.instances.items()} == {"a": 100, "b": 100}
+    assert health.categories["queue_buildup"] == 100

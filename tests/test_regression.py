@@ -208,3 +208,45 @@ rules:
     assert f"{path}:10: rules[0].baseline: give exactly one of `offset: 1d`, `preceding: true`" in text
     assert f"{path}:13: rules[1]: give exactly one of `ratio_above`" in text
     assert f"{path}:22: rules[2].histogram: `measure: share_above` needs `le`" in text
+
+
+def overlapping_shift(rng):
+    """ITL with noise as large as its 25% shift: the two windows' samples interleave, so moving either window by a
+    single sample changes the U statistic (and the p-value) of the comparison."""
+    return itl(rng, DAY + 900, factor=1.25, sd=0.0075)
+
+
+def expected_comparison(values, fire_row, k, baseline_last, kb, stat):
+    """Window statistics and the U test's p-value from the raw samples, without the code under test."""
+    current = values[fire_row - k + 1:fire_row + 1]
+    baseline = values[baseline_last - kb + 1:baseline_last + 1]
+    reduce = np.mean if stat == "mean" else (lambda x: np.quantile(x, {"p50": 0.5, "p95": 0.95, "p99": 0.99}[stat]))
+    p_value = scipy.stats.mannwhitneyu(current, baseline, method="asymptotic", use_continuity=True).pvalue
+    return reduce(current), reduce(baseline), p_value
+
+
+@pytest.mark.parametrize("stat", ["mean", "p95"])
+def test_offset_baseline_compares_the_window_one_offset_earlier(stat):
+    values = overlapping_shift(np.random.default_rng(21))
+    (finding, *_) = run(pack(stat=stat), {"signal": frame({"a": values})})
+    fire_row = GRID.get_loc(finding.start)
+    current, baseline, p_value = expected_comparison(values, fire_row, 120, fire_row - DAY, 120, stat)
+    details = finding.details
+    assert details["current_value"] == pytest.approx(current, rel=1e-9)
+    assert details["baseline_value"] == pytest.approx(baseline, rel=1e-9)
+    assert details["p_value"] == pytest.approx(p_value, rel=1e-9)
+    assert details["samples"] == {"current": 120, "baseline": 120}
+
+
+@pytest.mark.parametrize("stat", ["mean", "p95"])
+def test_preceding_baseline_is_the_baseline_window_just_before_the_current_one(stat):
+    values = overlapping_shift(np.random.default_rng(22))
+    rule_pack = pack(stat=stat, baseline={"preceding": True, "window": "2h"})
+    (finding, *_) = run(rule_pack, {"signal": frame({"a": values})})
+    fire_row = GRID.get_loc(finding.start)
+    current, baseline, p_value = expected_comparison(values, fire_row, 120, fire_row - 120, 240, stat)
+    details = finding.details
+    assert details["current_value"] == pytest.approx(current, rel=1e-9)
+    assert details["baseline_value"] == pytest.approx(baseline, rel=1e-9)
+    assert details["p_value"] == pytest.approx(p_value, rel=1e-9)
+    assert details["samples"] == {"current": 120, "baseline": 240}

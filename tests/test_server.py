@@ -102,6 +102,35 @@ def test_basic_auth_for_alertmanager(tmp_path):
     shutdown(application)
 
 
+@pytest.mark.parametrize("scheme", ["Token", "Basic", "Digest", "bearer-ish", ""])
+def test_the_alertmanager_token_under_another_scheme_gets_401(client, app, scheme):
+    headers = {"Authorization": f"{scheme} {AM_TOKEN}".lstrip(), "Content-Type": "application/json"}
+    assert client.post("/alertmanager/webhook", data=payload(alert()), headers=headers).status_code == 401
+    assert event_count(app) == 0
+    # The scheme is case-insensitive (RFC 9110): the same token under "bearer" is accepted.
+    headers["Authorization"] = f"bearer {AM_TOKEN}"
+    assert client.post("/alertmanager/webhook", data=payload(alert()), headers=headers).status_code == 200
+
+
+@pytest.mark.parametrize("scheme", ["Token", "Basic", "Digest", ""])
+def test_an_operator_token_under_another_scheme_gets_401(client, scheme):
+    headers = {"Authorization": f"{scheme} senior-token".lstrip()}
+    assert client.get("/api/v1/workflows", headers=headers).status_code == 401
+    assert client.get("/api/v1/workflows", headers={"Authorization": "BEARER senior-token"}).status_code == 200
+
+
+def test_basic_auth_credentials_under_the_bearer_scheme_get_401(tmp_path):
+    (tmp_path / "pw").write_text("s3cret")
+    application = create_app(config(tmp_path, alertmanager_auth={
+        "basic_username": "alertmanager", "basic_password": {"file": str(tmp_path / "pw")}}),
+        playbooks={"pb": playbook()}, start_runner=False)
+    encoded = base64.b64encode(b"alertmanager:s3cret").decode()
+    for scheme in ("Bearer", "Token"):
+        assert application.test_client().post("/alertmanager/webhook", data=payload(alert()), headers={
+            "Authorization": f"{scheme} {encoded}"}).status_code == 401
+    shutdown(application)
+
+
 def test_malformed_payloads_get_400_naming_the_field(client, app):
     bad = client.post("/alertmanager/webhook", data="{not json", headers=am_headers())
     assert bad.status_code == 400 and "not valid JSON" in bad.json["problems"][0]

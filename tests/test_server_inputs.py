@@ -7,9 +7,11 @@ import contextlib
 import http.client
 import sqlite3
 import threading
+import time
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import OperationalError
 from werkzeug.serving import make_server
 
 from rules_engine.server.app import create_app, shutdown
@@ -137,6 +139,29 @@ def test_a_locked_store_gets_503_and_the_event_is_not_stored_later(tmp_path):
         assert event_count(application) == 1
     finally:
         holder.close()
+        shutdown(application)
+
+
+def test_a_commit_that_fails_gets_503_not_an_early_200(tmp_path):
+    """The INSERT succeeds and only the COMMIT fails (an fsync error, a lost connection): the request must still
+    be waiting for the commit, so it answers 503, not a 200 given before the event was durable. The commit is
+    slow as well as failing, so a 200 released before it is seen every run, not only when threads race."""
+    application = sqlite_app(tmp_path)
+    store = application.extensions["rules_engine"].runtime.store
+
+    @event.listens_for(store.engine, "commit")
+    def _commit_fails(conn):
+        time.sleep(0.5)
+        raise OperationalError("COMMIT", None, sqlite3.OperationalError("disk I/O error"))
+
+    try:
+        response = application.test_client().post("/alertmanager/webhook", data=payload(alert()),
+                                                  headers=am_headers())
+        assert response.status_code == 503, response.json
+        assert "disk I/O error" in response.json["error"] and "nothing was stored" in response.json["error"]
+        event.remove(store.engine, "commit", _commit_fails)
+        assert event_count(application) == 0
+    finally:
         shutdown(application)
 
 

@@ -11,6 +11,7 @@ from rules_engine.promql.slo import slo_queries
 from rules_engine.evaluate.series import RangeWindow
 from rules_engine.source.frame import RangeFrame
 from rules_engine.spec import SpecError, load_ruleset, parse_duration
+from rules_engine.spec.models import format_duration
 from rules_engine.spec.slo import SLO
 
 STEP = pd.Timedelta("1m")
@@ -289,3 +290,33 @@ sli:
 def test_shipped_slos_load():
     ruleset = load_ruleset(["rules/slo"])
     assert {s.sli.type for s in ruleset.slos} == {"ratio", "latency", "timeslices"}
+
+
+def test_every_catalog_window_reports_a_burn_rate_equal_to_independent_counts():
+    rng = np.random.default_rng(31)
+    requests, errors = traffic(rng, columns=1)
+    errors[-500:-200, 0] += rng.binomial(requests[-500:-200, 0].astype(np.int64), 0.02)
+    frames = {"errors": frame(counters(errors), ["a"]), "total": frame(counters(requests), ["a"])}
+    (result,) = slo_eval.evaluate_slo(make_slo(), frames, WINDOW)
+    minutes = {"5m": 5, "30m": 30, "1h": 60, "2h": 120, "6h": 360, "1d": 1440, "3d": 4320}
+    assert set(result.burn_rates) == set(minutes)
+    for window, length in minutes.items():
+        assert result.burn_rates[window] == pytest.approx(independent(requests, errors, 0, length) / 0.005, rel=1e-9)
+
+
+def test_alert_windows_are_computed_even_when_not_reported(tmp_path):
+    """A catalog reporting only 1d still judges every pair on its own short and long windows."""
+    path = tmp_path / "30d.yaml"
+    path.write_text(DEFAULT_WINDOWS.read_text().replace("burnWindows: [5m, 30m, 1h, 2h, 6h, 1d, 3d]",
+                                                        "burnWindows: [1d]"))
+    catalog = load_windows(path)
+    assert [format_duration(w) for w in catalog.windows] == ["5m", "30m", "1h", "2h", "6h", "1d", "3d"]
+    rng = np.random.default_rng(32)
+    requests, errors = traffic(rng, columns=1)
+    burst = slice(ROWS - 200, ROWS - 120)
+    errors[burst] = requests[burst] * 0.2  # 40x the budget for 80 minutes: both pages
+    frames = {"errors": frame(counters(errors), ["a"]), "total": frame(counters(requests), ["a"])}
+    (result,) = slo_eval.evaluate_slo(make_slo(alerting={"windows": str(path)}), frames, WINDOW)
+    assert list(result.burn_rates) == ["1d"]
+    assert {(f.details["alert"], f.details["speed"]) for f in result.findings} >= {("page", "quick"), ("page", "slow")}
+    assert result.warnings == []

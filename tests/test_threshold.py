@@ -79,3 +79,19 @@ def test_episode_resolved_during_warmup_is_not_reported():
     rule = rule_pack.rules[0]
     findings = threshold.evaluate(rule, rule_pack, {"signal": frame("q", {"a": values})}, RangeWindow(GRID[10], GRID[-1], STEP))
     assert findings == []
+
+
+def test_below_ratio_ladder_is_threshold_over_trough():
+    # below 0.2: a trough of 0.1 is twice as far past it (0.2 / 0.1 = 2.0, critical); 0.16 is 1.25 (medium).
+    rule = pack(below=0.2).rules[0]
+    assert threshold.severity_of(rule, np.array([0.19, 0.16, 0.13, 0.1])) == ["low", "medium", "high", "critical"]
+
+
+def test_a_value_equal_to_the_threshold_does_not_fire():
+    at_limit = np.full(120, 5.0)  # exactly the bound, never past it
+    assert run(pack(above=5), {"signal": frame("q", {"a": at_limit})}) == []
+    assert run(pack(below=5), {"signal": frame("q", {"a": at_limit})}) == []
+    just_past = at_limit.copy()
+    just_past[60] = 5.001
+    (finding,) = run(pack(above=5), {"signal": frame("q", {"a": just_past})})
+    assert (finding.start, finding.end) == (GRID[60], GRID[61])

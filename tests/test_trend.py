@@ -167,3 +167,17 @@ def test_shipped_trend_rules_load():
     ruleset = load_ruleset(["rules/vllm-trends.yaml"])
     kinds = {rule.type for _, rule in ruleset.rules()}
     assert kinds == {"trend", "regression"}
+
+
+def test_the_fit_uses_window_over_step_plus_one_samples():
+    """[1h:30s] holds 121 samples (both ends): the fit of each evaluation uses exactly those."""
+    rows = np.arange(len(GRID))
+    curve = 0.5 + 1e-6 * (rows - 300.0) ** 2  # a parabola: the slope depends on which samples are fitted
+    rule_pack = pack(slope_above=0, per="1m", min_r2=0.0)
+    findings = run(rule_pack, {"signal": frame({"a": curve})}, start_row=700)
+    assert findings
+    finding = findings[0]
+    assert finding.details["fit_samples"] == 121
+    fire_row = GRID.get_loc(finding.start)
+    slope_per_step = np.polyfit(rows[fire_row - 120:fire_row + 1], curve[fire_row - 120:fire_row + 1], 1)[0]
+    assert finding.details["slope_per_second"] == pytest.approx(slope_per_step / 30, rel=1e-9)

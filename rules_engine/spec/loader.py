@@ -43,6 +43,8 @@ class RuleSet:
     playbooks: list[Any] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # document name -> file it came from
     rule_lines: dict[tuple[str, str], int] = field(default_factory=dict)  # (pack, rule) -> line of the rule
+    # (pack, index in its rules) -> line: two rules sharing a name each keep their own line
+    rule_item_lines: dict[tuple[str, int], int] = field(default_factory=dict)
 
     def rules(self):
         """(pack, rule) for every rule of every pack, in file order."""
@@ -142,6 +144,7 @@ def _load_file(path: Path, kinds: dict, ruleset: RuleSet) -> list[Problem]:
         ruleset.files[f"{kind}/{getattr(parsed, 'name', '')}"] = name
         for index, rule in enumerate(getattr(parsed, "rules", []) if kind == "RulePack" else []):
             ruleset.rule_lines[(parsed.name, rule.name)] = lines.get(("rules", index))
+            ruleset.rule_item_lines[(parsed.name, index)] = lines.get(("rules", index))
     return problems
 
 
@@ -197,8 +200,8 @@ def _cross_document_problems(ruleset: RuleSet) -> list[Problem]:
     seen: dict[str, str] = {}
     for pack in ruleset.packs:
         where = ruleset.files.get(f"RulePack/{pack.name}", pack.name)
-        for rule in pack.rules:
-            line = ruleset.rule_lines.get((pack.name, rule.name))
+        for index, rule in enumerate(pack.rules):
+            line = ruleset.rule_item_lines.get((pack.name, index))
             if rule.name in seen:
                 problems.append(Problem(where, line, f"rules.{rule.name}", f"duplicate rule name (also at {seen[rule.name]})"))
             seen[rule.name] = f"{where}:{line}" if line else where
