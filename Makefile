@@ -41,8 +41,7 @@ golden: python-deps
 snapshot: python-deps
 	$(PYTHON) scripts/make_demo_snapshot.py
 
-# Dependency audit (pip-audit against PyPI's advisory data; needs the network, skips with the reason without it).
-# Not part of `make test`: .ci/run may call `make audit` where the runner reaches PyPI. SECURITY.md has the result.
+# Dependency audit alone (pip-audit against PyPI's advisory data; `make test` runs it too; without the network it
+# skips with the reason). SECURITY.md has the result.
 audit: python-deps
-	$(PYTHON) -m pip install --quiet pip-audit
-	PATH=$(VENV)/bin:$$PATH $(PYTHON) -m pytest -q -rs tests/test_dependency_audit.py
+	$(PYTHON) -m pytest -q -rs tests/test_dependency_audit.py
