@@ -18,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import requests
 import yaml
@@ -45,6 +45,18 @@ STOP_TIMEOUT = 10.0
 
 class ProcessStartError(RuntimeError):
     """A binary exited or never became ready; the message carries the tail of its log."""
+
+
+def wait_for(what: str, probe: Callable[[], object], timeout: float = 60.0, interval: float = 0.2):
+    """Poll `probe` until it returns something truthy (returned), or fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found:
+            return found
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+        time.sleep(interval)
 
 
 def free_port() -> int:

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import pandas as pd
 import pytest
@@ -30,6 +30,7 @@ from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.payload import label_fingerprint
 from rules_engine.spec import load_ruleset
 from tests import processes
+from tests.processes import wait_for
 from tests.conftest import require_binary
 from tests.test_playbooks_orchestrator import running_orchestrator
 
@@ -153,17 +154,6 @@ def scrape(orchestrator_url: str) -> list[dict]:
 def api(port: int, path: str, method: str = "GET", token: str = OPERATOR_TOKEN, **kwargs) -> requests.Response:
     return requests.request(method, f"http://127.0.0.1:{port}{path}", timeout=10,
                             headers={"Authorization": f"Bearer {token}"}, **kwargs)
-
-
-def wait_for(what: str, probe: Callable[[], object], timeout: float = 60.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
 
 
 def workflow_of(port: int, model: str, states: tuple[str, ...]) -> dict | None:

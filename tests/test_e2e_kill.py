@@ -19,7 +19,8 @@ from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.payload import label_fingerprint
 from tests import processes
-from tests.test_e2e_alerting import AM_TOKEN, OPERATOR_TOKEN, running_serve, wait_for
+from tests.processes import wait_for
+from tests.test_e2e_alerting import AM_TOKEN, OPERATOR_TOKEN, running_serve
 from tests.test_playbooks_orchestrator import running_orchestrator
 
 PLAYBOOK = """\

@@ -204,14 +204,7 @@ def thread_count(pid: int) -> int:
 
 
 def wait_for(what: str, probe: Callable[[], object], timeout: float = DEADLINE, interval: float = 0.25):
-    deadline = time.monotonic() + timeout
-    while True:
-        found = probe()
-        if found:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(interval)
+    return processes.wait_for(what, probe, timeout, interval)
 
 
 @dataclass
