@@ -8,12 +8,14 @@ broken config reads as the binary's own error message.
 from __future__ import annotations
 
 import contextlib
+import http.server
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -45,6 +47,22 @@ STOP_TIMEOUT = 10.0
 
 class ProcessStartError(RuntimeError):
     """A binary exited or never became ready; the message carries the tail of its log."""
+
+
+@contextlib.contextmanager
+def serving(handler: type, poll_interval: float = 0.02) -> Iterator[str]:
+    """A ThreadingHTTPServer with `handler` on a free 127.0.0.1 port, serving in a thread; yields its base URL and
+    stops it on exit (a short poll interval: shutdown() waits up to one interval for the serve loop to notice)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": poll_interval}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
 
 
 def wait_for(what: str, probe: Callable[[], object], timeout: float = 60.0, interval: float = 0.2):

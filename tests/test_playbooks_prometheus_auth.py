@@ -7,9 +7,8 @@ playbook runtime is built by the server from its `prometheus:` config section, t
 from __future__ import annotations
 
 import contextlib
-import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Iterator
 
 import pytest
@@ -17,6 +16,7 @@ import requests
 
 from rules_engine.playbooks import workflow as wf
 from rules_engine.server.app import EXTENSION, create_app, shutdown
+from tests import processes
 from tests.test_playbooks import alert, get, ingest, run_claimed, verify_playbook
 from tests.test_playbooks_orchestrator import running_orchestrator
 from tests.test_server import config
@@ -62,17 +62,9 @@ def bearer_token_proxy(upstream: str, token: str) -> Iterator[BearerProxy]:
             self.end_headers()
             self.wfile.write(payload)
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    proxy.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
+    with processes.serving(Handler) as url:
+        proxy.url = url
         yield proxy
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 @contextlib.contextmanager

@@ -360,18 +360,9 @@ def fake_prometheus(answer: Answer, prefix: str = "") -> Iterator[FakeServer]:
         def log_message(self, *args: object) -> None:
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    server_state.url = f"http://127.0.0.1:{server.server_address[1]}{prefix}"
-    # A short poll interval: shutdown() waits for the serve loop to notice, up to one interval.
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
-    thread.start()
-    try:
+    with processes.serving(Handler) as url:
+        server_state.url = url + prefix
         yield server_state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 def _json_error(error_type: str, error: str) -> bytes:
