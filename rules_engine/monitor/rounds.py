@@ -29,7 +29,7 @@ from rules_engine.evaluate.engine import select_rules
 from rules_engine.evaluate.findings import Finding
 from rules_engine.evaluate.series import EvaluationError
 from rules_engine.monitor.alertmanager import Alertmanager, push_all
-from rules_engine.monitor.alerts import AlertLabeler
+from rules_engine.compile.alerts import AlertLabeler
 from rules_engine.monitor.metrics import MonitorMetrics
 from rules_engine.promql.kinds import RuleKind
 from rules_engine.promql.slo import slo_exact_in_promql

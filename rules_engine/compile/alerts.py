@@ -1,5 +1,8 @@
 """Findings as the alerts the generated rules would send: same alertname, labels and annotations.
 
+`rules-engine monitor` sends these for the episodes it evaluates; the promtool tests made from a backtest
+(promtool_tests.backtest_checks) expect them from the generated rule files.
+
 The labels and annotation templates come from the compiler itself (compile/prometheus.py for rule packs,
 compile/slo.py for SLO burn-rate alerts), never restated here: a finding of severity S takes the compiled alert
 of its rule at level S (its SLO window pair), whose labels are added to the series' labels as Prometheus adds a
@@ -17,7 +20,6 @@ import pandas as pd
 
 from rules_engine.compile.prometheus import compile_pack
 from rules_engine.compile.slo import SLOCompileError, compile_slo, sloth_labels
-from rules_engine.evaluate.findings import Finding
 from rules_engine.promql.burn_windows import slo_catalog
 from rules_engine.promql.kinds import RuleKind
 from rules_engine.promql.templates import Unrenderable, render_template
@@ -65,7 +67,8 @@ class AlertLabeler:
         self._shapes[(rule, pair, severity)] = shape
         self._first.setdefault(rule, shape)
 
-    def shape(self, finding: Finding) -> AlertShape:
+    # A finding is rules_engine.evaluate.findings.Finding (that layer is beside this one, not below it).
+    def shape(self, finding) -> AlertShape:
         pair = finding.details.get("alert", "") if finding.kind == "slo" else ""
         found = self._shapes.get((finding.rule, pair, finding.severity))
         if found is not None:
@@ -76,7 +79,7 @@ class AlertLabeler:
         return AlertShape(first.alertname, {**first.labels, "severity": finding.severity}, first.annotations,
                           first.series_labels)
 
-    def alert(self, finding: Finding) -> tuple[dict[str, str], dict[str, str]]:
+    def alert(self, finding) -> tuple[dict[str, str], dict[str, str]]:
         """The alert's labels (series labels, then the rule's, then alertname, as Prometheus sets them) and its
         rendered annotations."""
         shape = self.shape(finding)
