@@ -183,6 +183,9 @@ def test_rounds_and_pushes_survive_unreachable_prometheus_and_alertmanager(tmp_p
     labels, annotations = live.labeler.alert(finding)
     assert labels == {"instance": "i", "rule_pack": "t", "severity": "high", "category": "queue_buildup",
                       "alertname": "Climb"}
+    generated = api.generate(ruleset).packs[0].alerts[0].annotations
+    assert "fit_filter" in generated and "fit_filter" not in annotations  # the engine does check the fit
+    assert {k: v for k, v in generated.items() if k != "fit_filter"} == annotations
     live.alerts[tuple(sorted(labels.items()))] = TrackedAlert(labels, annotations, T0, version=1)
     target = Alertmanager(down, timeout=2)
     errors = live.send([target], T0)

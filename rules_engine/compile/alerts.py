@@ -47,7 +47,9 @@ class AlertLabeler:
         self._first: dict[str, AlertShape] = {}
         for pack in ruleset.packs:
             for alert in compile_pack(pack, kinds, interval).alerts:
-                self._add(alert.rule, "", alert.severity, AlertShape(alert.alert, alert.labels, alert.annotations,
+                # The alert the engine sends has none of the caveats about what PromQL leaves out.
+                annotations = {k: v for k, v in alert.annotations.items() if k not in alert.caveats}
+                self._add(alert.rule, "", alert.severity, AlertShape(alert.alert, alert.labels, annotations,
                                                                     {"rule_pack": pack.name}))
         for slo in ruleset.slos:
             try:
