@@ -4,7 +4,8 @@ to a real Alertmanager, which notifies a webhook receiver of the test.
 The exporter's gauge climbs linearly (a trend rule, evaluated only by the monitor by default, fires), one replica
 is killed with SIGKILL while the alert fires (Alertmanager keeps exactly one active alert, with the same
 startsAt, throughout), the gauge goes flat (the alert resolves, and the receiver gets it resolved), and the
-surviving replica stops with exit code 0 on SIGTERM. Its own /metrics count what it did.
+surviving replica stops with exit code 0 on SIGTERM. Its own /metrics count what it did, and with --fix it handed
+the new episode to the matching playbook once.
 """
 from __future__ import annotations
 
@@ -50,6 +51,18 @@ RULES = textwrap.dedent("""\
         signal: max by (instance) (test_load)
         above: 1000000
         recommendation: Never fires; a threshold rule is left to Prometheus by default.
+    ---
+    kind: Playbook
+    name: shed-load
+    match:
+      matchers: ['alertname="LoadClimbing"']
+    steps:
+      - name: shed
+        type: http
+        request:
+          method: POST
+          url: "{{ vars.orchestrator_url }}/v1/shed"
+          json: {instance: "{{ labels.instance }}"}
 """)
 
 
@@ -93,12 +106,12 @@ def handler_for(exporter: Exporter, received: list) -> type:
     return Handler
 
 
-def start_monitor(tmp_path, name: str, prometheus_url: str, alertmanager_url: str):
+def start_monitor(tmp_path, name: str, prometheus_url: str, alertmanager_url: str, *extra: str):
     port = processes.free_port()
     log_path = tmp_path / f"{name}.log"
     cmd = [sys.executable, "-m", "rules_engine.cli", "monitor", "--rules", str(tmp_path / "rules.yaml"),
            "--prometheus", prometheus_url, "--alertmanager", alertmanager_url, "--interval", "1s",
-           "--resend", "2s", "--listen", f"127.0.0.1:{port}"]
+           "--resend", "2s", "--listen", f"127.0.0.1:{port}", *extra]
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=tmp_path)
     processes.wait_ready(proc, f"http://127.0.0.1:{port}/metrics", log_path, name, 60)
@@ -132,8 +145,11 @@ def test_alert_fires_survives_a_killed_replica_and_resolves(tmp_path):
         with processes.running_prometheus(scrape_configs=scrape) as prometheus, \
                 processes.running_alertmanager(config) as alertmanager:
             first, first_metrics, _ = start_monitor(tmp_path, "replica-a", prometheus.url, alertmanager.url)
+            # The surviving replica also hands new episodes to the playbooks (a dry run, recorded in its store).
             second, second_metrics, second_log = start_monitor(tmp_path, "replica-b", prometheus.url,
-                                                               alertmanager.url)
+                                                               alertmanager.url, "--fix", "--dry-run", "--database",
+                                                               f"sqlite:///{tmp_path / 'workflows.db'}", "--var",
+                                                               "orchestrator_url=http://orchestrator.invalid")
             try:
                 exporter.set_rising(True)
                 (alert,) = processes.wait_for("the alert in Alertmanager", lambda: active(alertmanager, "LoadClimbing"))
@@ -177,4 +193,8 @@ def test_alert_fires_survives_a_killed_replica_and_resolves(tmp_path):
                 second.wait(30)
                 first.wait(30)
             assert second.returncode == 0, second_log.read_text()
-            assert "monitor: stopped" in second_log.read_text()
+            log = second_log.read_text()
+            assert "monitor: stopped" in log
+            assert "Dry run: 1 workflow(s) from 1 finding(s)" in log  # once: the episode is new only once
+            assert "shed: POST http://orchestrator.invalid/v1/shed {\"instance\": " in log, log
+            assert log.count("Dry run:") == 1
