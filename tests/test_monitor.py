@@ -3,6 +3,7 @@ what `generate --monitor` leaves out), the config file, and rounds and pushes wh
 are unreachable."""
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import textwrap
@@ -195,3 +196,25 @@ def test_rounds_and_pushes_survive_unreachable_prometheus_and_alertmanager(tmp_p
     assert len(live.due(target.name, T0 + STEP)) == 1
     payload = live.payload(next(iter(live.alerts.values())), T0)
     assert payload["startsAt"] == "2026-01-01T00:00:00Z" and payload["endsAt"] == "2026-01-01T00:04:00Z"
+
+
+def test_cli_from_config_keeps_running_while_prometheus_is_down_and_stops_on_sigterm(tmp_path):
+    (tmp_path / "rules.yaml").write_text(TREND)
+    down = f"http://127.0.0.1:{processes.free_port()}"
+    (tmp_path / "monitor.yml").write_text(yaml.safe_dump({
+        "rules": [str(tmp_path / "rules.yaml")], "prometheus": down, "alertmanager": [down], "interval": "1s",
+        "timeout": 1}))
+    log_path = tmp_path / "monitor.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "rules_engine.cli", "monitor", "--config",
+                                 str(tmp_path / "monitor.yml")], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        processes.wait_for("two failed rounds", lambda: log_path.read_text().count("1 failed") >= 2)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = log_path.read_text()
+    assert "rule Climb not evaluated" in text and "monitor: stopped" in text
