@@ -36,12 +36,14 @@ Step = pd.Timedelta | str | float
 def backtest(ruleset: RuleSet, source: Source, start: Time, end: Time, step: Step = "30s", *,
              rules: Iterable[str] | None = None, engine: Literal["pandas", "promql"] = "pandas",
              concurrency: int = DEFAULT_CONCURRENCY, pushdown: bool = True,
-             on_query: Callable[[str], None] | None = None) -> Backtest:
+             on_query: Callable[[str], None] | None = None, keep_signals: bool = False) -> Backtest:
     """What the rules (and SLOs) would have fired over [start, end] evaluated every `step`.
 
     `rules` selects rules or SLOs by name. `engine="promql"` range-queries the compiled alert conditions in
     Prometheus instead of evaluating in pandas (what the live path in Prometheus would do). Times are pandas
     Timestamps (naive ones are UTC), RFC 3339 text with a zone, unix seconds or `now-1h`; `step` a Timedelta, a Prometheus duration or seconds.
+    `keep_signals` keeps on each rule outcome the value it compared over the range and its levels, for plots
+    (rules_engine.report.html); the pandas engine only.
     Raises EvaluationError for an empty range or unknown rule names; a rule whose data cannot be fetched or
     evaluated is reported in `Backtest.failed`, not raised.
     """
@@ -49,7 +51,7 @@ def backtest(ruleset: RuleSet, source: Source, start: Time, end: Time, step: Ste
     if engine == "promql":
         return run_promql_backtest(ruleset, source, start_at, end_at, step_at, RULE_KINDS, rules)
     return pandas_engine.run_backtest(ruleset, source, start_at, end_at, step_at, RULE_KINDS, rules, on_query=on_query,
-                               concurrency=concurrency, pushdown=pushdown)
+                               concurrency=concurrency, pushdown=pushdown, keep_signals=keep_signals)
 
 
 def fetch_plan(ruleset: RuleSet, start: Time, step: Step, rules: Iterable[str] | None = None

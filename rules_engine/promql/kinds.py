@@ -37,3 +37,6 @@ class RuleKind:
     # Severity of an episode from its peak, when the kind grades peaks (a threshold ladder); the PromQL engine
     # otherwise takes the highest compiled level that held during the episode.
     grade_peaks: Callable | None = None
+    # The value compared with the threshold at every step, (rule, pack, frames by role, RangeWindow) -> DataFrame,
+    # when it is not the signal frame's own values (a window statistic computed here): what reports plot.
+    compared_values: Callable | None = None
