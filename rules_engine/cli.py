@@ -24,6 +24,8 @@ from rules_engine.commands.evaluate import evaluate, record, validate  # noqa: E
 main.add_command(evaluate)
 main.add_command(validate)
 main.add_command(record)
+from rules_engine.commands.tune import tune  # noqa: E402
+main.add_command(tune)
 
 
 if __name__ == "__main__":  # `python3 -m rules_engine.cli`, how a checkout runs without installing

@@ -35,8 +35,10 @@ range_options = [
     click.option("--end", help="Range end (default: now, or the snapshot's end)."),
     click.option("--time-range", help="Range length ending at --end, e.g. 24h or 7d (instead of --start)."),
     click.option("--step", help="Evaluation step, like Prometheus' evaluation_interval (default 30s, or the snapshot's)."),
-    click.option("--rule", "rule_names", multiple=True, help="Evaluate only this rule (repeatable)."),
 ]
+rule_names_option = click.option("--rule", "rule_names", multiple=True, help="Evaluate only this rule (repeatable).")
+snapshot_option = click.option("--snapshot", type=click.Path(dir_okay=False),
+                               help="Replay a file made by `rules-engine record` instead of querying Prometheus.")
 
 
 def with_options(options):
@@ -49,9 +51,10 @@ def with_options(options):
 
 @click.command()
 @rules_option
-@click.option("--snapshot", type=click.Path(dir_okay=False), help="Replay a file made by `rules-engine record` instead of querying Prometheus.")
+@snapshot_option
 @prometheus_options
 @with_options(range_options)
+@rule_names_option
 @click.option("--min-severity", type=click.Choice(SEVERITIES), default="low", show_default=True, help="Report only findings at least this severe.")
 @click.option("--export", "export_path", type=click.Path(dir_okay=False, allow_dash=True),
               help="Write the findings as JSON (the export contract); `-`: to stdout, instead of the text report.")
@@ -82,7 +85,7 @@ def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min
     (or, with --fail-on, some rule could not be).
     """
     ruleset = load_or_exit(rule_paths)
-    source, source_name, (start_at, end_at, step_at) = _source_and_range(snapshot, prometheus, start, end, time_range, step)
+    source, source_name, (start_at, end_at, step_at) = source_and_range(snapshot, prometheus, start, end, time_range, step)
     backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress, concurrency, engine,
                     keep_signals=report_path is not None)
 
@@ -141,6 +144,7 @@ def validate(rule_paths, output_format):
 @rules_option
 @prometheus_options
 @with_options(range_options)
+@rule_names_option
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Snapshot file to write.")
 def record(rule_paths, start, end, time_range, step, rule_names, out_path, **prometheus):
     """Save every range result the rules need for a range to one compressed file, for `evaluate --snapshot`."""
@@ -177,7 +181,8 @@ def _prometheus_source(prometheus: dict):
         fail(str(error))
 
 
-def _source_and_range(snapshot, prometheus, start, end, time_range, step):
+def source_and_range(snapshot, prometheus, start, end, time_range, step):
+    """The source (a snapshot or Prometheus), its name for reports, and the range: a snapshot's by default."""
     if snapshot and prometheus.get("prometheus_url"):
         fail("give --prometheus or --snapshot, not both")
     if snapshot:

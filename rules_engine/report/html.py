@@ -7,7 +7,8 @@
   comparison ran in Prometheus has samples only where they were past the threshold, and the plot says so.
 - Per SLO group: the error budget remaining over the range (the burn-down), burn alerts shaded.
 
-`render_html(backtest, source)` returns the page as a string, for the CLI (`evaluate --report`) and the server.
+`render_html(backtest, source)` returns the page as a string, for the CLI (`evaluate --report`) and the server;
+`render_tune_html(sweep, source)` the curves of a threshold sweep (`tune --report`).
 Labels are data: every text is escaped, nothing is evaluated.
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from plotly.subplots import make_subplots
 from rules_engine.evaluate.engine import Backtest, RuleOutcome
 from rules_engine.evaluate.findings import SEVERITIES, Finding, severity_rank
 from rules_engine.evaluate.slo import SLOResult
+from rules_engine.evaluate.tune import Sweep
 from rules_engine.spec.models import CATEGORIES, format_duration
 from rules_engine.spec.times import rfc3339
 
@@ -54,7 +56,7 @@ def render_html(backtest: Backtest, source: str, title: str = "rules-engine back
     slo_results = [result for result in backtest.slos if not result.error]
     page = _TEMPLATE.render(
         title=title, source=source, start=rfc3339(backtest.start), end=rfc3339(backtest.end),
-        step=format_duration(backtest.step), plotlyjs=get_plotlyjs(),
+        step=format_duration(backtest.step), plotlyjs=get_plotlyjs(), style=_STYLE,
         overall=None if health.overall is None else f"{health.overall:.1f}",
         counts=_severity_counts(backtest.findings), rules=len(backtest.outcomes), legend=SEVERITY_COLOURS.items(),
         fleet=_div(_fleet_figure(backtest)) if backtest.findings or backtest.instances else None,
@@ -243,20 +245,75 @@ def _severity_counts(findings: list[Finding]) -> list[tuple[str, int, str]]:
     return [(s, counts[s], SEVERITY_COLOURS[s]) for s in reversed(SEVERITIES) if counts[s]]
 
 
+def render_tune_html(sweep: Sweep, source: str) -> str:
+    """Alerts per day, and with incidents the share detected and the median delay, against the threshold."""
+    scored = bool(sweep.incidents)
+    rows = 3 if scored else 1
+    titles = ["alerts per day (fleet)"] + (["incidents detected (%)", "median delay to first alert (min)"] if scored
+                                           else [])
+    figure = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.07, subplot_titles=titles)
+    palette = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2"]
+    for index, for_ in enumerate(sorted({c.for_ for c in sweep.candidates})):
+        chosen = sorted((c for c in sweep.candidates if c.for_ == for_), key=lambda c: c.threshold)
+        x = [c.threshold for c in chosen]
+        style = {"color": palette[index % len(palette)]}
+        name = f"for {format_duration(for_)}"
+        figure.add_trace(go.Scatter(x=x, y=[c.alerts_per_day for c in chosen], mode="lines+markers", name=name,
+                                    line=style, legendgroup=name), row=1, col=1)
+        if scored:
+            judged = len(sweep.incidents)
+            figure.add_trace(go.Scatter(x=x, y=[100.0 * c.detected / judged for c in chosen], mode="lines+markers",
+                                        name=name, line=style, legendgroup=name, showlegend=False), row=2, col=1)
+            delays = [c.median_delay.total_seconds() / 60 if c.median_delay is not None else None for c in chosen]
+            figure.add_trace(go.Scatter(x=x, y=delays, mode="lines+markers", name=name, line=style,
+                                        legendgroup=name, showlegend=False), row=3, col=1)
+    for row in range(1, rows + 1):
+        figure.add_vline(x=sweep.threshold, line={"color": "#555", "dash": "dash", "width": 1}, row=row, col=1)
+    figure.update_xaxes(title_text=f"threshold ({sweep.direction}; dashed: the rule's own, {sweep.threshold:g})",
+                        row=rows, col=1)
+    if scored:
+        figure.update_yaxes(range=[0, 105], row=2, col=1)
+    figure.update_layout(height=320 * rows, template="plotly_white", margin={"l": 60, "r": 20, "t": 70, "b": 50},
+                         legend={"orientation": "h", "x": 0, "xanchor": "left", "y": 1.0, "yanchor": "bottom"})
+    notes = list(sweep.notes) + [f"not judged: {i.describe()}: no series of the rule has its labels"
+                                 for i in sweep.unmatched_incidents]
+    return _TUNE_TEMPLATE.render(
+        title=f"rules-engine tune: {sweep.rule}", source=source, start=rfc3339(sweep.start), end=rfc3339(sweep.end),
+        step=format_duration(sweep.step), plotlyjs=get_plotlyjs(), style=_STYLE, curve=_div(figure),
+        rule=f"{sweep.rule} [{sweep.category}], now {sweep.direction} {sweep.threshold:g} for "
+             f"{format_duration(sweep.for_)}; {sweep.series} series",
+        incidents=[i.describe() for i in sweep.incidents], notes=notes)
+
+
 def _div(figure: go.Figure) -> str:
     return figure.to_html(full_html=False, include_plotlyjs=False, config=PLOT_CONFIG)
 
 
-_TEMPLATE = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined).from_string("""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
+_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; padding: 0 1em; }
 h1 { font-size: 1.5em; margin-bottom: .2em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 1.6em; }
 .meta { color: #555; } .chip { display: inline-block; padding: .1em .6em; border-radius: .8em; color: #fff; margin-right: .3em; }
 table { border-collapse: collapse; } td, th { padding: .25em .8em; border-bottom: 1px solid #eee; text-align: left; }
 .bad { color: #d62728; font-weight: bold; } .plot { margin-bottom: 1em; }
-</style>
+"""
+_ENVIRONMENT = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined)
+_TUNE_TEMPLATE = _ENVIRONMENT.from_string("""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<style>{{ style }}</style>
+<script>{{ plotlyjs|safe }}</script></head>
+<body>
+<h1>{{ title }}</h1>
+<p class="meta">{{ start }} .. {{ end }}, step {{ step }}; {{ source }}</p>
+<p>{{ rule }}</p>
+{% if incidents %}<p>incidents judged: {{ incidents|join("; ") }}</p>{% endif %}
+{% for note in notes %}<p class="meta">note: {{ note }}</p>{% endfor %}
+<div class="plot" id="curve">{{ curve|safe }}</div>
+</body></html>
+""")
+_TEMPLATE = _ENVIRONMENT.from_string("""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>{{ title }}</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<style>{{ style }}</style>
 <script>{{ plotlyjs|safe }}</script></head>
 <body>
 <h1>{{ title }}</h1>
