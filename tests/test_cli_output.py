@@ -79,6 +79,7 @@ def test_validate_json(tmp_path):
     ["evaluate", "--snapshot", str(SNAPSHOT)],
     ["record", "--prometheus", "http://127.0.0.1:9", "--time-range", "1h", "--out", "{tmp}/x.snapshot"],
     ["generate", "--out", "{tmp}/out"],
+    ["tune", "--rule", "A", "--snapshot", str(SNAPSHOT)],
 ])
 def test_every_command_exits_2_on_bad_rules(tmp_path, command):
     (tmp_path / "bad.yaml").write_text(BAD_RULES)

@@ -28,7 +28,7 @@ EXIT_NOT_EVALUATED = 3
 @snapshot_option
 @prometheus_options
 @with_options(range_options)
-@click.option("--thresholds", help="Candidates: a comma list (0.9,0.95,0.97) or LOW:HIGH:COUNT, evenly spaced. "
+@click.option("--thresholds", help="Candidates: a comma list (0.9,0.95,0.97) or LOW:HIGH:COUNT, evenly spaced; the rule's own is added. "
               "Default: 25 from half to one and a half times the rule's threshold, within the values seen.")
 @click.option("--for", "fors", help="`for` durations to sweep too, a comma list (5m,10m,15m). Default: the rule's.")
 @click.option("--incidents", "incidents_path", type=click.Path(dir_okay=False),

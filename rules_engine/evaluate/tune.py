@@ -90,7 +90,8 @@ def run_tune(ruleset: RuleSet, source: Source, name: str, start: pd.Timestamp, e
                   filtered_at=rule.threshold if filtered else None, grace=grace)
     if thresholds is None:
         thresholds = default_thresholds(rule, observed[first_row:], sweep.filtered_at)
-    candidates = np.array(sorted(set(float(t) for t in thresholds)), dtype=float)
+    # The rule's own threshold is always a row: the reference the others are read against.
+    candidates = np.array(sorted({float(t) for t in thresholds} | {rule.threshold}), dtype=float)
     if filtered:
         looser = candidates < rule.threshold if rule.direction == "above" else candidates > rule.threshold
         if looser.any():
@@ -184,9 +185,11 @@ def _score(episodes: Episodes, thresholds: np.ndarray, series: int, first_row: i
     count = len(thresholds)
     candidate = episodes.column // series
     alerts = np.bincount(candidate, minlength=count)
-    firing_rows = episodes.resolved_row - np.maximum(episodes.firing_row, first_row)
+    # Time from firing (or the range start) to resolution (or the range end), as findings measure it.
+    last_row = episodes.rows - 1
+    firing_rows = np.minimum(episodes.resolved_row, last_row) - np.maximum(episodes.firing_row, first_row)
     firing = np.bincount(candidate, weights=firing_rows, minlength=count)
-    range_rows = episodes.rows - first_row
+    range_rows = last_row - first_row
     share = firing / (range_rows * series) if range_rows and series else np.zeros(count)
 
     incidents = sweep.incidents
