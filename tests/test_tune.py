@@ -7,16 +7,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 import rules_engine
 from rules_engine.evaluate.series import EvaluationError
 from rules_engine.simulate import FleetSpec, Incident, simulate
+from rules_engine.source.frame import RangeFrame
 from rules_engine.source.snapshot import SnapshotSource
 from rules_engine.spec.incidents import load_incidents
 from tests import processes
 from tests.conftest import require_binary
+from tests.frames import instance_frame
 
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = ROOT / "snapshots" / "vllm-demo.snapshot"
@@ -191,3 +194,62 @@ def test_incident_files_name_the_item_and_field(tmp_path):
     (incident,) = load_incidents(path)
     assert incident.labels == {"instance": "b", "model_name": "m"} and incident.end is None
     assert incident.start == pd.Timestamp("2026-11-19T02:00:00Z")
+
+
+def test_threshold_runs_equal_the_runs_of_each_comparison():
+    from rules_engine.evaluate.alerting import _runs, threshold_runs
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        rows, series = rng.integers(1, 40), rng.integers(1, 5)
+        values = np.round(rng.normal(0, 1, (rows, series)), 1)  # rounded: ties with thresholds happen
+        values[rng.random((rows, series)) < 0.2] = np.nan
+        thresholds = np.unique(np.round(rng.normal(0, 1, rng.integers(1, 8)), 1))
+        runs = threshold_runs(values, thresholds)
+        each = (values[None] > thresholds[:, None, None]).transpose(1, 0, 2).reshape(rows, -1)
+        expected = _runs(each)
+        assert np.array_equal(runs.column, expected.column)
+        assert np.array_equal(runs.first, expected.first) and np.array_equal(runs.last, expected.last)
+
+
+class FrameSource:
+    """Generated range frames by query (pure-logic test of a below rule with a guard; no server involved)."""
+
+    def __init__(self, frames):
+        self.frames = frames
+
+    def query_range(self, query, start, end, step):
+        frame = self.frames[query]
+        return RangeFrame(query, frame.values.loc[start:end], frame.labels)
+
+
+def test_a_below_rule_with_a_guard_sweeps_like_its_backtests(tmp_path):
+    (tmp_path / "pack.yaml").write_text(
+        "kind: RulePack\nname: t\nkeep_labels: [instance]\nrules:\n"
+        "  - {name: Low, category: batch_size_suboptimal, signal: running, stat: min, window: 5m, below: 4,"
+        " for: 3m, keep_firing_for: 1m, guard: waiting > 2}\n")
+    ruleset = rules_engine.load_ruleset([str(tmp_path / "pack.yaml")])
+    rng = np.random.default_rng(3)
+    grid = pd.date_range("2026-01-01", periods=2000, freq="30s", tz="UTC")
+    running = rng.poisson(6, (2000, 4)).astype(float)
+    running[rng.random((2000, 4)) < 0.02] = np.nan
+    waiting = np.where(rng.random((2000, 4)) < 0.8, 3.0, np.nan)
+    source = FrameSource({"running": instance_frame(grid, {f"i{n}": running[:, n] for n in range(4)}, "running"),
+                          "waiting > 2": instance_frame(grid, {f"i{n}": waiting[:, n] for n in range(4)},
+                                                        "waiting > 2")})
+    start, end = grid[100], grid[-1]
+    thresholds = [1.0, 2.0, 3.0, 4.0, 5.5]
+    for for_ in ("0s", "3m"):
+        # One `for` per sweep: a sweep fetches the warm-up of its longest `for`, a backtest that of its own.
+        sweep = rules_engine.tune(ruleset, source, "Low", start, end, thresholds=thresholds, fors=[for_])
+        assert len(sweep.candidates) == 5
+        for candidate in sweep.candidates:
+            changed = with_rule(ruleset, "Low", candidate.threshold, candidate.for_)
+            backtest = rules_engine.backtest(changed, source, start, end, rules=["Low"], pushdown=False)
+            alerts, firing, _ = expected_from_backtest(backtest, [], sweep.grace)
+            assert candidate.alerts == alerts
+            assert (candidate.firing_share * sweep.series * (end - start)).total_seconds() \
+                == pytest.approx(firing.total_seconds(), abs=1)
+        assert sum(c.alerts for c in sweep.candidates) > 0
+    both = rules_engine.tune(ruleset, source, "Low", start, end, thresholds=thresholds, fors=["0s", "3m"])
+    assert [c for c in both.candidates if c.for_ == pd.Timedelta("3m")] == sweep.candidates

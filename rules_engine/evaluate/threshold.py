@@ -23,22 +23,14 @@ def compared_values(rule: ThresholdRule, pack: RulePack, frames: dict[str, Range
     return window_stat(values, rule.stat, rule.window, window.step) if rule.stat is not None else values
 
 
-def condition_holds(rule: ThresholdRule, pack: RulePack, frames: dict[str, RangeFrame], observed: np.ndarray,
-                    threshold: float | np.ndarray) -> np.ndarray:
-    """Where `observed` is past `threshold` (broadcast: a column of thresholds sweeps them) and the guard holds."""
-    with np.errstate(invalid="ignore"):
-        active = observed > threshold if rule.direction == "above" else observed < threshold
-    if "guard" in frames:
-        signal = frames["windowed"] if "windowed" in frames else frames["signal"]
-        active &= guard_holds(signal, frames["guard"], pack.keep_labels)
-    return active
-
-
 def evaluate(rule: ThresholdRule, pack: RulePack, frames: dict[str, RangeFrame], window: RangeWindow) -> list[Finding]:
     signal = frames["windowed"] if "windowed" in frames else frames["signal"]
     values = compared_values(rule, pack, frames, window)
     observed = values.to_numpy()
-    active = condition_holds(rule, pack, frames, observed, rule.threshold)
+    with np.errstate(invalid="ignore"):
+        active = observed > rule.threshold if rule.direction == "above" else observed < rule.threshold
+    if "guard" in frames:
+        active &= guard_holds(signal, frames["guard"], pack.keep_labels)
     episodes = firing_episodes(active, steps_for(rule.for_, window.step), steps_for(rule.keep_firing_for, window.step))
     episodes = window.overlapping(episodes, values.index)
     peaks = episode_extremes(observed, episodes, largest=rule.direction == "above")

@@ -1,9 +1,10 @@
 """Threshold tuning: one threshold rule's alerts over history for many thresholds (and `for` durations) at once.
 
-The rule's compared value is computed once (fetch, window statistic, guard); then every candidate threshold is one
-column of a broadcast comparison, (rows × series) → (rows × candidates·series), and `for`/`keep_firing_for` run
-on that one boolean matrix with the engine's own alert-state code (evaluate/alerting.py), once per `for`
-candidate. So a sweep of 50 thresholds costs little more than one backtest of the rule (bench/bench_tune.py).
+The rule's compared value is computed once (fetch, window statistic, guard); the runs of "condition holds" for
+every candidate threshold come from one pass over it (evaluate/alerting.threshold_runs: each step of a series
+starts or ends a run for a range of sorted thresholds, found by binary search, so the work does not grow with
+thresholds × rows), and `for`/`keep_firing_for` apply to those runs with the engine's own alert-state code, once
+per `for` candidate. So a sweep of 50 thresholds costs little more than one backtest (bench/bench_tune.py).
 
 Per candidate: alerts (firing episodes overlapping the range, over all series) and alerts per day, the share of
 series-time spent firing and, given labelled incidents (spec/incidents.py) of the rule's category, how many were
@@ -18,10 +19,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from rules_engine.evaluate.alerting import Episodes, firing_episodes, steps_for
+from rules_engine.evaluate.alerting import Episodes, episodes_from_runs, steps_for, threshold_runs
 from rules_engine.evaluate.engine import align, fetch_all, is_filtering, rule_queries, select_rules
-from rules_engine.evaluate.series import EvaluationError, RangeWindow
-from rules_engine.evaluate.threshold import compared_values, condition_holds
+from rules_engine.evaluate.series import EvaluationError, RangeWindow, guard_holds
+from rules_engine.evaluate.threshold import compared_values
 from rules_engine.promql.kinds import RuleKind
 from rules_engine.source.base import Source, SourceError
 from rules_engine.source.frame import RangeFrame
@@ -109,14 +110,20 @@ def run_tune(ruleset: RuleSet, source: Source, name: str, start: pd.Timestamp, e
     sweep.unmatched_incidents = [incident for incident, found in zip(judged, matching) if not len(found)]
     columns = [found for found in matching if len(found)]
 
-    # (candidates, rows, series) -> (rows, candidates·series): one column per candidate and series.
-    active = condition_holds(rule, pack, frames, observed[None, :, :], candidates[:, None, None])
+    # Where the guard fails the condition cannot hold: a missing value. A `below` rule is `-value > -threshold`.
     rows, series = observed.shape
-    active = active.transpose(1, 0, 2).reshape(rows, len(candidates) * series)
+    if "guard" in frames:
+        observed = np.where(guard_holds(signal, frames["guard"], pack.keep_labels), observed, np.nan)
+    if rule.direction == "below":
+        observed, candidates = -observed, -candidates[::-1]
+    runs = threshold_runs(observed, candidates)  # column k · series + s: candidate k on series s
+    if rule.direction == "below":
+        candidates = -candidates  # back to the rule's values, in the order of the runs' columns
     keep_steps = steps_for(rule.keep_firing_for, step)
     for for_ in fors:
-        episodes = window.overlapping(firing_episodes(active, steps_for(for_, step), keep_steps), values.index)
+        episodes = window.overlapping(episodes_from_runs(runs, rows, steps_for(for_, step), keep_steps), values.index)
         sweep.candidates.extend(_score(episodes, candidates, series, first_row, for_, sweep, columns, values.index))
+    sweep.candidates.sort(key=lambda candidate: (candidate.for_, candidate.threshold))
     return sweep
 
 
