@@ -1,5 +1,5 @@
 # `make test` is the test command of the README and of .ci/run: it installs what the tests need (Debian's prometheus,
-# prometheus-alertmanager and postgresql; the Python test extras), then runs them.
+# prometheus-alertmanager, postgresql and chromium, which renders the HTML report; the Python test extras), then runs them.
 # Python packages go into a virtual environment of the project's own (.venv): a Debian/Ubuntu system Python refuses
 # pip outside one (PEP 668), so the same steps work on a developer's machine and in CI.
 SHELL := /bin/bash
@@ -16,17 +16,18 @@ deps: system-deps python-deps
 
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus-alertmanager >/dev/null || ! command -v amtool >/dev/null \
-	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	    || ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
 	  $(SUDO) apt-get update && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y --no-install-recommends \
-	    prometheus prometheus-alertmanager postgresql; \
+	    prometheus prometheus-alertmanager postgresql chromium chromium-driver; \
 	fi
 
 $(PYTHON):
 	python3 -m venv $(VENV)
 
 python-deps: $(PYTHON)
-	$(PYTHON) -m pip install --quiet -e '.[test]'
+	PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1 $(PYTHON) -m pip install --quiet -e '.[test]'
 
 # The README's first command: a virtual environment, since a Debian/Ubuntu system Python refuses pip outside one.
 demo:

@@ -56,7 +56,7 @@ def test_generate_reports_bad_rules_with_file_and_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: RulePack\nname: bad\nrules:\n  - name: X\n    category: queue_buildup\n    signal: up\n")
     result = CliRunner().invoke(main, ["generate", "--rules", str(bad), "--out", str(tmp_path / "out")])
-    assert result.exit_code != 0
+    assert result.exit_code == 2  # bad rules exit 2 from every command
     assert f"{bad}:4" in result.output and "above" in result.output
     assert not (tmp_path / "out").exists()
 

@@ -8,10 +8,10 @@ import click
 import yaml
 
 from rules_engine.api import generate as generate_files
+from rules_engine.commands.options import fail, load_or_exit
 from rules_engine.compile import alertmanager
 from rules_engine.compile.generate import GenerateOptions, write_outputs
 from rules_engine.compile.render import dump_yaml
-from rules_engine.spec.loader import SpecError, load_ruleset
 from rules_engine.spec.models import parse_duration
 
 
@@ -34,12 +34,9 @@ from rules_engine.spec.models import parse_duration
 @click.option("--strict", is_flag=True, help="Exit 1 when any rule could not be compiled.")
 def generate(rules_paths, out_dir, tests, interval, webhook_url, token_file, alertmanager_base, for_monitor, strict) -> None:
     """Write Prometheus rule files, promtool tests, Alertmanager config and Grafana dashboards to OUT."""
-    try:
-        ruleset = load_ruleset(list(rules_paths))
-    except SpecError as error:
-        raise click.ClickException(f"invalid rules:\n{error}") from None
+    ruleset = load_or_exit(rules_paths)
     if not ruleset.packs and not ruleset.slos:
-        raise click.ClickException(f"nothing to generate: no rule pack or SLO in {', '.join(rules_paths)}")
+        fail(f"nothing to generate: no rule pack or SLO in {', '.join(rules_paths)}")
     try:
         step = parse_duration(interval)
     except ValueError as error:

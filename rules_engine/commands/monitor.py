@@ -9,9 +9,8 @@ import threading
 import click
 from click.core import ParameterSource
 
-from rules_engine.commands.evaluate import (EXIT_BAD_INPUT, fix_findings, load_or_exit, parse_variables,
-                                            require_playbooks)
-from rules_engine.commands.options import fix_options, prometheus_options, source_from_options
+from rules_engine.commands.evaluate import fix_findings, parse_variables, require_playbooks
+from rules_engine.commands.options import fail, fix_options, load_or_exit, prometheus_options, source_from_options
 from rules_engine.evaluate.series import EvaluationError
 from rules_engine.kinds import RULE_KINDS
 from rules_engine.monitor.alertmanager import Alertmanager
@@ -59,14 +58,14 @@ def monitor(ctx, config_path, **given):
     settings = _settings(ctx, config_path, given)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     if not settings["rule_paths"]:
-        _fail("--rules is required (or `rules:` in --config)")
+        fail("--rules is required (or `rules:` in --config)")
     if not settings["alertmanagers"]:
-        _fail("--alertmanager URL is required (or `alertmanager:` in --config)")
+        fail("--alertmanager URL is required (or `alertmanager:` in --config)")
     interval, resend, refetch = (_duration(settings[name], name) for name in ("interval", "resend", "refetch"))
     ruleset = load_or_exit(tuple(settings["rule_paths"]))
     names = monitored(ruleset, RULE_KINDS, settings["everything"])
     if not names:
-        _fail("nothing for the monitor to evaluate: every rule and SLO is exact in PromQL (the generated rules "
+        fail("nothing for the monitor to evaluate: every rule and SLO is exact in PromQL (the generated rules "
               "alert on them in Prometheus); --all evaluates them here too")
     if settings["fix"]:
         require_playbooks(ruleset)
@@ -76,12 +75,12 @@ def monitor(ctx, config_path, **given):
                                          settings["basic_auth"], settings["ca_file"], settings["insecure_skip_verify"],
                                          tuple(settings["headers"]), settings["timeout"])
     except SourceError as error:
-        _fail(str(error))
+        fail(str(error))
     metrics = monitor_metrics()
     try:
         live = Monitor(ruleset, CachingSource(prometheus, refetch), names, interval, RULE_KINDS, resend, metrics)
     except EvaluationError as error:
-        _fail(str(error))
+        fail(str(error))
     if settings["listen"]:
         _serve_metrics(settings["listen"], metrics.registry)
     targets = [Alertmanager(url) for url in settings["alertmanagers"]]
@@ -110,7 +109,7 @@ def _settings(ctx: click.Context, config_path: str | None, given: dict) -> dict:
     try:
         config = load_config(config_path)
     except MonitorConfigError as error:
-        _fail(f"invalid --config:\n{error}")
+        fail(f"invalid --config:\n{error}")
     settings = dict(given)
     for name in given:
         key = CONFIG_KEYS.get(name, name)
@@ -124,9 +123,9 @@ def _duration(text: str, name: str):
     try:
         value = parse_duration(text)
     except ValueError as error:
-        _fail(f"--{name}: {error}")
+        fail(f"--{name}: {error}")
     if value.total_seconds() <= 0:
-        _fail(f"--{name}: must be positive, got {text!r}")
+        fail(f"--{name}: must be positive, got {text!r}")
     return value
 
 
@@ -135,13 +134,9 @@ def _serve_metrics(listen: str, registry) -> None:
 
     host, sep, port = listen.rpartition(":")
     if not sep or not port.isdigit():
-        _fail(f"--listen {listen!r} is not HOST:PORT")
+        fail(f"--listen {listen!r} is not HOST:PORT")
     try:
         start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1", registry=registry)
     except OSError as error:
-        _fail(f"--listen {listen}: {error.strerror}")
+        fail(f"--listen {listen}: {error.strerror}")
 
-
-def _fail(message: str) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(EXIT_BAD_INPUT)

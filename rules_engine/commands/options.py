@@ -1,13 +1,39 @@
-"""Click options shared by commands: reaching Prometheus, turned into a PrometheusSource."""
+"""What commands share: loading rules (exit 2 when they are bad), colour, and reaching Prometheus."""
 from __future__ import annotations
 
-from typing import Callable
+import os
+import sys
+from typing import IO, Callable, NoReturn
 
 import click
 
 from rules_engine.source.base import SourceError
 from rules_engine.source.client import read_secret
 from rules_engine.source.prometheus import PrometheusSource
+from rules_engine.spec import RuleSet, SpecError, load_ruleset
+
+EXIT_BAD_INPUT = 2
+
+
+def load_or_exit(paths: tuple[str, ...]) -> RuleSet:
+    """The rule set, or every problem with file:line on stderr and exit 2 (the same for every command)."""
+    try:
+        return load_ruleset(list(paths))
+    except SpecError as error:
+        click.echo(f"error: the rules were rejected ({len(error.problems)} problem(s)); nothing was done:", err=True)
+        for problem in error.problems:
+            click.echo(f"  {problem}", err=True)
+        sys.exit(EXIT_BAD_INPUT)
+
+
+def fail(message: str, code: int = EXIT_BAD_INPUT) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def use_colour(stream: IO) -> bool:
+    """Colour on a terminal, unless NO_COLOR is set to anything non-empty (https://no-color.org)."""
+    return stream.isatty() and not os.environ.get("NO_COLOR")
 
 
 def prometheus_options(command: Callable) -> Callable:

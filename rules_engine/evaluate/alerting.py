@@ -40,8 +40,11 @@ def steps_for(duration: pd.Timedelta, step: pd.Timedelta) -> int:
 
 def firing_episodes(active: np.ndarray, for_steps: int, keep_firing_steps: int) -> Episodes:
     """Episodes of firing for a (rows × series) boolean array of "condition holds at this evaluation"."""
-    rows, series = active.shape
-    runs = _runs(np.asarray(active, dtype=bool))
+    return episodes_from_runs(_runs(np.asarray(active, dtype=bool)), active.shape[0], for_steps, keep_firing_steps)
+
+
+def episodes_from_runs(runs: Runs, rows: int, for_steps: int, keep_firing_steps: int) -> Episodes:
+    """Episodes of firing from the runs of consecutive evaluations where the condition held (see firing_episodes)."""
     if len(runs.column) == 0:
         empty = np.empty(0, dtype=np.int64)
         return Episodes(empty, empty, empty, rows)
@@ -88,13 +91,55 @@ def episode_extremes(values: np.ndarray, episodes: Episodes, largest: bool) -> n
 
 
 @dataclass(frozen=True)
-class _Runs:
+class Runs:
+    """Maximal runs of evaluations where a condition held: series column, first and last row; ordered by column
+    then time."""
+
     column: np.ndarray
     first: np.ndarray
     last: np.ndarray
 
 
-def _runs(active: np.ndarray) -> _Runs:
+def threshold_runs(values: np.ndarray, thresholds: np.ndarray) -> Runs:
+    """The runs of `values > threshold` (rows × series; NaN never holds) for every threshold at once, as columns
+    `k · series + s` (k: the threshold's index in ascending `thresholds`).
+
+    A run at threshold T starts at a row whose value is above T while the previous one is not, i.e. T lies in
+    [previous, value); so each upward step of a series is a start for a contiguous range of sorted thresholds
+    (two binary searches), and each downward step an end. The work grows with the steps and the runs found, not
+    with thresholds × rows as comparing every threshold at every row would.
+    """
+    rows, series = values.shape
+    padded = np.full((series, rows + 2), -np.inf)
+    padded[:, 1:-1] = np.where(np.isnan(values), -np.inf, values).T
+    # Index of the first threshold >= each value: the thresholds a value is above are those before it.
+    rank = np.searchsorted(thresholds, padded.ravel(), side="left").reshape(series, rows + 2)
+    before, after = rank[:, :-1], rank[:, 1:]  # across each boundary between padded positions b and b+1
+    starts = _expand(np.flatnonzero(after > before), before, after, series, len(thresholds), rows)
+    ends = _expand(np.flatnonzero(before > after), after, before, series, len(thresholds), rows)
+    # Per column, runs start and end alternately in time: sorted, the i-th start pairs with the i-th end.
+    starts.sort()
+    ends.sort()
+    width = rows + 1
+    # Boundary b lies between padded positions b and b+1: a run starting there has its first row at b (unpadded),
+    # one ending there its last row at b - 1.
+    return Runs(column=starts // width, first=starts % width, last=ends % width - 1)
+
+
+def _expand(boundaries: np.ndarray, low: np.ndarray, high: np.ndarray, series: int, count: int, rows: int
+            ) -> np.ndarray:
+    """Sortable keys (threshold k · series + series column) · (rows + 1) + boundary, one per threshold in
+    [low, high) of each boundary."""
+    width = rows + 1
+    column, position = boundaries // width, boundaries % width
+    first, last = low.ravel()[boundaries], high.ravel()[boundaries]
+    repeats = last - first
+    offsets = np.arange(repeats.sum()) - np.repeat(np.cumsum(repeats) - repeats, repeats)
+    k = np.repeat(first, repeats) + offsets
+    return (k * series + np.repeat(column, repeats)) * width + np.repeat(position, repeats)
+
+
+def _runs(active: np.ndarray) -> Runs:
     """Maximal runs of True per series, ordered by series then time."""
     rows, series = active.shape
     padded = np.zeros((series, rows + 2), dtype=np.int8)
@@ -103,4 +148,4 @@ def _runs(active: np.ndarray) -> _Runs:
     width = rows + 2
     starts = np.flatnonzero(edges == 1) + 1  # flat position of the first True of each run
     ends = np.flatnonzero(edges == -1)  # flat position of the last True of each run
-    return _Runs(column=starts // width, first=starts % width - 1, last=ends % width - 1)
+    return Runs(column=starts // width, first=starts % width - 1, last=ends % width - 1)

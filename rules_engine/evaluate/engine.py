@@ -42,6 +42,12 @@ class RuleOutcome:
     findings: int = 0
     error: str | None = None
     warnings: list[str] = field(default_factory=list)  # Prometheus' warnings about its queries: partial data
+    # With keep_signals: the value the rule compared over the range (one column per series), its thresholds by
+    # severity where the kind compares that value itself, and whether the query returned only the samples past
+    # the threshold (a comparison pushed down into Prometheus).
+    signal: RangeFrame | None = field(default=None, repr=False)
+    levels: list[tuple[str, float]] = field(default_factory=list)
+    signal_filtered: bool = False
 
 
 @dataclass
@@ -158,6 +164,29 @@ def instance_labels(frames: Iterable[RangeFrame]) -> dict[str, dict[str, str]]:
     return found
 
 
+def keep_signal(outcome: RuleOutcome, kind: RuleKind, rule, pack, frames: dict[str, RangeFrame],
+                window: RangeWindow) -> None:
+    """Keep on the outcome what a report plots for the rule: its compared value over the range, and its levels."""
+    role, frame = next(iter(frames.items()))
+    values = frame.values
+    if kind.compared_values is not None:
+        values = kind.compared_values(rule, pack, frames, window)
+        outcome.levels = [(level.severity, level.bound) for level in kind.alert_condition(rule, pack, window.step).levels]
+    outcome.signal = RangeFrame(query=frame.query, values=values.loc[window.start:window.end], labels=frame.labels,
+                                warnings=frame.warnings)
+    outcome.signal_filtered = is_filtering(frame.query)
+
+
+def is_filtering(query: str) -> bool:
+    """Whether a query returns only the samples past a number (`expr > 2`, also `... and on(...) guard`)."""
+    tree = promql_parser.parse(query)
+    if isinstance(tree, promql_parser.BinaryExpr) and str(tree.op) == "and":
+        tree = tree.lhs
+    return (isinstance(tree, promql_parser.BinaryExpr) and str(tree.op) in NUMPY_COMPARISONS
+            and not (tree.modifier is not None and tree.modifier.return_bool)
+            and isinstance(tree.rhs, promql_parser.NumberLiteral))
+
+
 @dataclass(frozen=True)
 class Filtered:
     """A query that is a filtering comparison (`expr > 2`) of another query fetched anyway: computed locally."""
@@ -232,7 +261,7 @@ def fetch_all(source: Source, queries: list[str], start: pd.Timestamp, end: pd.T
 def run_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta,
                  kinds: Mapping[str, RuleKind], names: Iterable[str] | None = None,
                  on_query: Callable[[str], None] | None = None, concurrency: int = DEFAULT_CONCURRENCY,
-                 pushdown: bool = True) -> Backtest:
+                 pushdown: bool = True, keep_signals: bool = False) -> Backtest:
     start, end = align(start, end, step)
     queries, fetch_start = fetch_plan(ruleset, start, step, kinds, names, pushdown)
     frames, errors = fetch_all(source, queries, fetch_start, end, step, concurrency, on_query)
@@ -260,6 +289,8 @@ def run_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, end: pd.
             continue
         outcome.findings = len(found)
         backtest.findings.extend(found)
+        if keep_signals:
+            keep_signal(outcome, kind, rule, pack, rule_frames, window)
 
     backtest.instances = instance_labels(frames.values())
     slos = select_slos(ruleset, names)

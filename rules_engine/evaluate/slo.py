@@ -83,6 +83,8 @@ class SLOResult:
     findings: list[Finding] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     error: str | None = None
+    # Budget remaining at every step of the range (the period ending at that step): the report's burn-down.
+    burn_down: pd.Series | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON export's entry of the `slos` list (timestamps RFC 3339, durations in seconds)."""
@@ -347,6 +349,7 @@ def evaluate_slo(slo: SLO, frames: dict[str, RangeFrame], window: RangeWindow,
             warnings.append(f"{pair.alert} {pair.speed} alert can never fire: its factor {pair.factor(slo.period):.3g} × "
                             f"error budget {budget:.3g} is >= 1 (objective {slo.objective}% is too low for it)")
     findings = _burn_findings(slo, pairs, burn, event_rate, keys, judged, window)
+    burn_down = _budget_remaining(cumulative_errors, cumulative_total, start_row, end_row, period_steps, budget)
     worst_window = catalog.pairs[0].long if catalog.pairs else catalog.windows[0]
     results = []
     for index, key in enumerate(keys):
@@ -370,8 +373,20 @@ def evaluate_slo(slo: SLO, frames: dict[str, RangeFrame], window: RangeWindow,
         if slice_values is not None:
             _timeslice_summary(slo, result, slice_values, group_of, index, first_row, end_row)
         result.findings = [f for f in findings if tuple(f.details["group"]) == key]
+        result.burn_down = pd.Series(burn_down[:, index], index=grid[start_row:end_row + 1])
         results.append(result)
     return results
+
+
+def _budget_remaining(cumulative_errors: np.ndarray, cumulative_total: np.ndarray, start_row: int, end_row: int,
+                      period_steps: int, budget: float) -> np.ndarray:
+    """(range rows × groups): the budget remaining for the period ending at each row, as at the range end."""
+    rows = np.arange(start_row, end_row + 1)
+    first = np.maximum(rows - period_steps, 0)
+    errors = cumulative_errors[rows + 1] - cumulative_errors[first + 1]
+    total = cumulative_total[rows + 1] - cumulative_total[first + 1]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(total > 0, 1.0 - errors / total / budget, np.nan)
 
 
 def _at(values: np.ndarray, row: int, column: int) -> float | None:

@@ -4,6 +4,7 @@ Its queries and PromQL meaning: rules_engine/promql/threshold.py."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 
 from rules_engine.evaluate.alerting import episode_extremes, firing_episodes, steps_for
 from rules_engine.evaluate.findings import Finding
@@ -13,11 +14,18 @@ from rules_engine.source.frame import RangeFrame
 from rules_engine.spec.models import RulePack, SeverityLadder, ThresholdRule
 
 
+def compared_values(rule: ThresholdRule, pack: RulePack, frames: dict[str, RangeFrame], window: RangeWindow
+                    ) -> pd.DataFrame:
+    """The value the rule compares with its threshold at every step: the signal, or its window statistic."""
+    if "windowed" in frames:
+        return frames["windowed"].values
+    values = frames["signal"].values
+    return window_stat(values, rule.stat, rule.window, window.step) if rule.stat is not None else values
+
+
 def evaluate(rule: ThresholdRule, pack: RulePack, frames: dict[str, RangeFrame], window: RangeWindow) -> list[Finding]:
     signal = frames["windowed"] if "windowed" in frames else frames["signal"]
-    values = signal.values
-    if rule.stat is not None and "windowed" not in frames:
-        values = window_stat(values, rule.stat, rule.window, window.step)
+    values = compared_values(rule, pack, frames, window)
     observed = values.to_numpy()
     with np.errstate(invalid="ignore"):
         active = observed > rule.threshold if rule.direction == "above" else observed < rule.threshold

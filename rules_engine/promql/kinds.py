@@ -41,3 +41,6 @@ class RuleKind:
     # filter, the regression Mann-Whitney test have no PromQL form) is what `rules-engine monitor` evaluates by
     # default, and what `generate --monitor` leaves out of the alerting rules, so nothing fires twice.
     exact_in_promql: bool = True
+    # The value compared with the threshold at every step, (rule, pack, frames by role, RangeWindow) -> DataFrame,
+    # when it is not the signal frame's own values (a window statistic computed here): what reports plot.
+    compared_values: Callable | None = None

@@ -63,8 +63,12 @@ def backtest_record(backtest: Backtest, source: str, extra: dict[str, Any] | Non
     return record
 
 
+def export_text(record: dict[str, Any]) -> str:
+    return json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n"
+
+
 def write_export(record: dict[str, Any], path: str | Path) -> None:
-    Path(path).write_text(json.dumps(record, indent=2, sort_keys=False, allow_nan=False) + "\n")
+    Path(path).write_text(export_text(record))
 
 
 def _jsonable(value: Any) -> Any:
