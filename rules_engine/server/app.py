@@ -16,6 +16,7 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.intake import intake_stall
+from rules_engine.playbooks.notify import RetryPolicy
 from rules_engine.playbooks.payload import PayloadError, parse_payload
 from rules_engine.playbooks.runner import Runner
 from rules_engine.playbooks.runtime import Runtime, load_playbooks
@@ -52,6 +53,7 @@ def create_app(config: ServerConfig, playbooks: dict | None = None, start_runner
     runtime = Runtime(store=store, playbooks=loaded, dry_run=config.dry_run, prometheus=prometheus_client(config),
                       variables=dict(config.variables), targets=tuple(config.targets),
                       lease_seconds=config.lease_seconds, notify_urls=list(config.notify_urls),
+                      notify_policy=RetryPolicy(**config.notify.model_dump()),
                       observe_step=metrics.observe_step)
     start = config.process if start_runner is None else start_runner
     runner = Runner(runtime, executor_threads=config.executor_threads, poll_interval=config.poll_interval)
