@@ -67,6 +67,9 @@ class LabelSelector(BaseModel):
     def _storable(cls, value: str | None) -> str | None:
         if value is not None and (problem := limits.text_problem(value)):
             raise ValueError(problem)
+        if value is not None and any(c in value for c in '"\\\n'):
+            # The selector renderer (rules_engine.promql.selectors) writes matcher values unescaped.
+            raise ValueError("a double quote, backslash or newline is not accepted in a label value here")
         return value
 
     def matchers(self) -> list[str]:
@@ -214,7 +217,7 @@ def choose_rules(request: AnalysisRequest, configured: Callable[[], RuleSet], se
 
 def load_inline(text: str, max_bytes: int) -> RuleSet:
     """Rule packs and SLOs from YAML text, through the spec loader (its bounded YAML, its file:line problems,
-    told as `body.inline_rules:LINE`). Playbooks are not accepted inline, nor SLO window-catalog paths: a
+    told as `body.inline_rules: line N: field: message`). Playbooks are not accepted inline, nor SLO window-catalog paths: a
     request never makes the server read one of its files."""
     if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise RequestProblem("body.inline_rules", f"larger than {max_bytes} bytes")
@@ -226,9 +229,9 @@ def load_inline(text: str, max_bytes: int) -> RuleSet:
         try:
             ruleset = load_ruleset([path])
         except SpecError as error:
-            problems = [str(p).replace(str(path), "body.inline_rules") for p in error.problems]
-            raise RequestProblem("body.inline_rules", "; ".join(problems[:10]).removeprefix(
-                "body.inline_rules").lstrip(":")) from None
+            problems = [": ".join(part for part in (f"line {p.line}" if p.line else "", p.field, p.message) if part)
+                        for p in error.problems]
+            raise RequestProblem("body.inline_rules", "; ".join(problems[:10])) from None
     if ruleset.playbooks:
         raise RequestProblem("body.inline_rules", "kind: Playbook is not accepted here; playbooks come from the "
                                                   "server's configuration")
