@@ -152,7 +152,8 @@ def test_analysis_recommendations_and_a_workflow_from_a_finding(prometheus, tmp_
                           and "vllm-1:8000" in r["instances"])
             assert set(sizing["settings"]) == {"vllm", "tgi", "sglang"} and sizing["server_kind"] == "vllm"
             utilization = next(s for s in sizing["settings"]["vllm"] if s["flag"] == "--gpu-memory-utilization")
-            assert utilization["current"] == 0.9 and utilization["current_source"] == "prometheus vllm:cache_config_info"
+            assert utilization["current"] == 0.9
+            assert utilization["current_source"] == "prometheus vllm:cache_config_info"
             assert utilization["value"] == 0.93 and sizing["playbook"] == "vllm-kv-cache-pressure"
             assert "GiB" in sizing["estimated_improvement"]["method"] and sizing["risks"]
             scale = next(r for r in recommendations if r["optimization"] == "scale_out")

@@ -216,9 +216,9 @@ def choose_rules(request: AnalysisRequest, configured: Callable[[], RuleSet], se
 
 
 def load_inline(text: str, max_bytes: int) -> RuleSet:
-    """Rule packs and SLOs from YAML text, through the spec loader (its bounded YAML, its file:line problems,
-    told as `body.inline_rules: line N: field: message`). Playbooks are not accepted inline, nor SLO window-catalog paths: a
-    request never makes the server read one of its files."""
+    """Rule packs and SLOs from YAML text, through the spec loader (its bounded YAML, its file:line problems, told
+    as `body.inline_rules: line N: field: message`). Playbooks are not accepted inline, nor SLO window-catalog
+    paths: a request never makes the server read one of its files."""
     if len(text.encode("utf-8", "surrogatepass")) > max_bytes:
         raise RequestProblem("body.inline_rules", f"larger than {max_bytes} bytes")
     if problem := limits.text_problem(text):

@@ -119,14 +119,3 @@ def next_due(store: st.Store) -> float | None:
             st.notification_deliveries.c.sent_at.is_(None), st.notification_deliveries.c.gave_up_at.is_(None))
             .order_by(st.notification_deliveries.c.next_at).limit(1)).scalar_one_or_none()
 
-
-def deliveries(conn, workflow_id: str | None = None) -> list[dict]:
-    """Every delivery (of one workflow's notifications), oldest first: what the API shows."""
-    query = (select(st.notification_deliveries, st.notifications.c.workflow_id, st.notifications.c.body)
-             .join(st.notifications, st.notifications.c.id == st.notification_deliveries.c.notification_id)
-             .order_by(st.notification_deliveries.c.id))
-    if workflow_id:
-        query = query.where(st.notifications.c.workflow_id == workflow_id)
-    return [{"workflow_id": r.workflow_id, "url": r.url, "attempts": r.attempts, "sent": r.sent_at is not None,
-             "gave_up": r.gave_up_at is not None, "error": r.error, "notification": st.loads(r.body)}
-            for r in conn.execute(query).all()]
