@@ -130,7 +130,7 @@ class Plan:
 
     def estimate(self, series: dict[str, int] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"queries": len(self.queries), "points_per_series": self.points_per_series,
-                                "min_points": len(self.queries) * self.points_per_series}
+                                "points_at_one_series_each": len(self.queries) * self.points_per_series}
         if series is not None:
             body["series"] = sum(series.values())
             body["points"] = sum(count * self.points_per_series for count in series.values())
@@ -165,7 +165,7 @@ def plan(request: AnalysisRequest, configured: Callable[[], RuleSet], settings: 
         raise RequestProblem("body.rules", str(error)) from None
     points = int((end - earliest) / step) + 1
     found = Plan(ruleset, request.rules, start, end, step, queries, points, timeout)
-    least = found.estimate()["min_points"]
+    least = found.estimate()["points_at_one_series_each"]
     if least > settings.max_points:
         raise RequestProblem("body.step", f"{len(queries)} queries x {points:,} points per series (the range, "
                                           f"with the history its rules and SLOs need, at this step) is {least:,} "
