@@ -46,7 +46,14 @@ def documented(summary: str, responses: dict[int, tuple[str, type[BaseModel] | N
     return attach
 
 
-def openapi_document(app: Flask) -> dict:
+def openapi_document(app: Flask | None = None) -> dict:
+    """The description of `app`'s routes (without one: of the server's blueprints, as create_app registers them)."""
+    if app is None:
+        from rules_engine.server.app import api_blueprint, health_blueprint, webhook_blueprint
+
+        app = Flask("rules_engine")
+        for blueprint in (webhook_blueprint, api_blueprint, health_blueprint):
+            app.register_blueprint(blueprint)
     operations = []
     for rule in app.url_map.iter_rules():
         operation = getattr(app.view_functions.get(rule.endpoint), "openapi", None)

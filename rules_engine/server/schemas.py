@@ -44,7 +44,8 @@ class Ready(BaseModel):
 class Step(BaseModel):
     idx: int
     name: str
-    type: Literal[step_types()]  # type: ignore[valid-type]
+    # The enum is read from the step registry whenever the description is generated, never typed here.
+    type: str = Field(json_schema_extra=lambda schema: schema.update(enum=list(step_types())))
     state: Literal["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "SKIPPED"]
     started_at: str | None
     finished_at: str | None
