@@ -131,6 +131,8 @@ def test_analysis_recommendations_and_a_workflow_from_a_finding(prometheus, tmp_
             job = processes.wait_for("the analysis job", lambda: finished(port, location), timeout=120)
             assert job["state"] == "succeeded", job["error"]
             result = job["result"]
+            listed = call(port, "GET", "/api/v1/analysis").json()["jobs"]
+            assert [(j["id"], j["state"], j["result"]) for j in listed] == [(job["id"], "succeeded", None)]
             assert {"findings", "slos", "health", "rules", "range", "not_evaluated"} <= set(result)
             assert result["range"] == {"start": "2026-11-19T14:00:00Z", "end": "2026-11-20T00:00:00Z", "step": "1m"}
             assert result["analysis"]["estimate"]["series"] > 0 and result["slos"]

@@ -6,6 +6,9 @@ import re
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st_
+from pydantic import ValidationError
 
 from rules_engine.playbooks.analysis import AnalysisLimits, AnalysisRequest, RequestProblem, plan
 from rules_engine.spec import load_ruleset
@@ -86,3 +89,30 @@ def test_docs_page_loads_only_packaged_assets(client):  # noqa: F811
     assert {"/api/v1/analysis", "/api/v1/analysis/{job_id}", "/api/v1/optimization/recommend"} <= set(
         document["paths"]) and "post" in document["paths"]["/api/v1/workflows"]
     assert document["components"]["schemas"]["AnalysisRequest"]["properties"]["selector"]
+
+
+JSONISH = st_.none() | st_.booleans() | st_.integers() | st_.floats() | st_.text(max_size=30)
+TIMES = st_.sampled_from(["now", "now-1h", "now-7d", "now-100000d", "2026-11-19T00:00:00Z", "1763510400", "0",
+                          "-5", "1e300", "nan", "", "now-", "now-1x"]) | st_.floats() | st_.text(max_size=12)
+
+
+@settings(max_examples=300, deadline=None, database=None)
+@given(st_.fixed_dictionaries({}, optional={
+    "start": TIMES, "end": TIMES, "step": TIMES | st_.sampled_from(["1s", "30s", "1h", "0s", "1ms"]),
+    "packs": st_.lists(st_.sampled_from(["vllm", "vllm-trends", "x"]), max_size=2) | JSONISH,
+    "slos": st_.lists(st_.text(max_size=10), max_size=2), "rules": st_.lists(st_.text(max_size=10), max_size=2),
+    "inline_rules": st_.text(max_size=200) | st_.sampled_from(["kind: SLO\n", "kind: RulePack\nname: p\n"]),
+    "timeout": JSONISH, "selector": st_.dictionaries(st_.sampled_from(["instance", "model", "job", "pod"]),
+                                                     JSONISH, max_size=3)}))
+def test_any_request_is_planned_or_refused_naming_a_field(body):
+    try:
+        request = AnalysisRequest.model_validate(body)
+    except ValidationError as error:
+        assert error.errors()
+        return
+    try:
+        found = plan(request, configured, AnalysisLimits(max_points=10_000_000), NOW)
+    except RequestProblem as problem:
+        assert problem.location.startswith("body") and problem.message
+        return
+    assert found.end > found.start and found.queries is not None

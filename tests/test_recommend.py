@@ -70,3 +70,15 @@ def test_ranked_with_priority_settings_for_every_server_kind_and_current_values_
 @pytest.mark.parametrize("dtype, expected", [("auto", 2.0), ("fp8", 1.0), ("fp8_e4m3", 1.0), ("bfloat16", 2.0)])
 def test_kv_dtype_bytes(dtype, expected):
     assert rc.kv_dtype_bytes(dtype) == expected
+
+
+def test_a_prometheus_that_does_not_answer_is_noted_once_and_defaults_are_used():
+    from rules_engine.source.client import PrometheusClient
+    from tests.processes import free_port
+
+    with PrometheusClient(f"http://127.0.0.1:{free_port()}", retries=0, timeout=2) as down:
+        out = rc.recommend_findings([KV, {**KV, "labels": {"instance": "vllm-7:8000", "model_name": "other"}}],
+                                    prometheus=down)
+    assert len(out["notes"]) == 1 and "not read from Prometheus" in out["notes"][0]
+    sizing = next(r for r in out["recommendations"] if r["optimization"] == "kv_cache_sizing")
+    assert {s["current_source"] for s in sizing["settings"]["vllm"]} == {"default"}

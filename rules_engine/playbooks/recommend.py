@@ -607,12 +607,10 @@ def _quoted(value: str) -> str:
 
 
 def read_exposed(prometheus: PrometheusClient, instance: str, at: float) -> tuple[str | None, dict, dict]:
-    """(server kind, settings, knob -> source) as the instance's servers expose them at `at`; (None, {}, {})."""
+    """(server kind, settings, knob -> source) as the instance's servers expose them at `at`; (None, {}, {}).
+    Raises SourceError when Prometheus does not answer."""
     for kind, metric in EXPOSED.items():
-        try:
-            series = prometheus.instant_query(f"last_over_time({metric}{{instance={_quoted(instance)}}}[1h])", at)
-        except SourceError:
-            continue
+        series = prometheus.instant_query(f"last_over_time({metric}{{instance={_quoted(instance)}}}[1h])", at)
         if not series:
             continue
         labels, value = series[0]
@@ -631,14 +629,12 @@ def read_exposed(prometheus: PrometheusClient, instance: str, at: float) -> tupl
 
 
 def count_replicas(prometheus: PrometheusClient, kind: str, model: str, at: float) -> int | None:
+    """Instances serving `model` at `at` (None for TGI, whose series carry no model label). Raises SourceError."""
     metric = RUNNING.get(kind)
-    if metric is None or kind == "tgi":  # TGI series carry no model label
+    if metric is None or kind == "tgi":
         return None
-    try:
-        series = prometheus.instant_query(f"count(count by (instance) (last_over_time({metric}"
-                                          f"{{model_name={_quoted(model)}}}[10m])))", at)
-    except SourceError:
-        return None
+    series = prometheus.instant_query(f"count(count by (instance) (last_over_time({metric}"
+                                      f"{{model_name={_quoted(model)}}}[10m])))", at)
     return int(series[0][1]) if series else None
 
 
@@ -661,9 +657,24 @@ def _kind_from_rule(finding: dict, pack_servers: dict[str, str]) -> str | None:
 
 
 def build_targets(findings: list[dict], current: dict[str, dict], prometheus: PrometheusClient | None,
-                  pack_servers: dict[str, str] | None = None) -> dict[str, Target]:
-    """One Target per model (or instance) of the findings, with what the request and Prometheus say of it."""
+                  pack_servers: dict[str, str] | None = None, notes: list[str] | None = None) -> dict[str, Target]:
+    """One Target per model (or instance) of the findings, with what the request and Prometheus say of it. The
+    first Prometheus failure is noted in `notes` and Prometheus is not asked again for this request: an answer
+    without current settings now beats one that waits on every instance's timeouts."""
     catalog = model_catalog()
+    notes = notes if notes is not None else []
+
+    def asked(question, *arguments):
+        nonlocal prometheus
+        if prometheus is None:
+            return None
+        try:
+            return question(prometheus, *arguments)
+        except SourceError as error:
+            notes.append(f"current settings not read from Prometheus: {error}")
+            prometheus = None
+            return None
+
     by_key: dict[str, list[dict]] = {}
     for finding in findings:
         labels = finding.get("labels") or {}
@@ -678,16 +689,16 @@ def build_targets(findings: list[dict], current: dict[str, dict], prometheus: Pr
         kind, values, sources, given = None, {}, {}, {}
         for instance in instances:  # the request's word first, then what the servers expose
             given = {**current.get(instance, {}), **given}
-            if prometheus is not None and not values:
-                kind, values, sources = read_exposed(prometheus, instance, at)
+            if not values:
+                kind, values, sources = asked(read_exposed, instance, at) or (None, {}, {})
         settings = dict(given.get("settings") or {})
         values = {**values, **settings}
         sources.update({knob: "request" for knob in settings})
         kind = given.get("server") or kind or next(filter(None, (_kind_from_rule(f, pack_servers or {})
                                                                   for f in members)), None)
         replicas = given.get("replicas")
-        if replicas is None and prometheus is not None and model and kind:
-            replicas = count_replicas(prometheus, kind, model, at)
+        if replicas is None and model and kind:
+            replicas = asked(count_replicas, kind, model, at)
         hardware = {"gpus": int(given.get("gpus") or 1), "gpu_memory_gib": given.get("gpu_memory_gib"),
                     "weight_dtype": given.get("weight_dtype") or "bf16"}
         targets[key] = Target(key=key, model=model, instances=instances, server_kind=kind, current=values,
@@ -699,7 +710,8 @@ def build_targets(findings: list[dict], current: dict[str, dict], prometheus: Pr
 def recommend_findings(findings: list[dict], current: dict[str, dict] | None = None,
                        prometheus: PrometheusClient | None = None, playbooks: list | None = None,
                        pack_servers: dict[str, str] | None = None) -> dict[str, Any]:
-    """POST /api/v1/optimization/recommend: {"recommendations": [...ranked...], "unanswered": [...]}."""
-    targets = build_targets(findings, current or {}, prometheus, pack_servers)
+    """POST /api/v1/optimization/recommend: {"recommendations": [...ranked...], "unanswered": [...], "notes"}."""
+    notes: list[str] = []
+    targets = build_targets(findings, current or {}, prometheus, pack_servers, notes)
     recommendations, unanswered = rank(findings, targets, playbooks)
-    return {"recommendations": recommendations, "unanswered": unanswered}
+    return {"recommendations": recommendations, "unanswered": unanswered, "notes": notes}

@@ -313,6 +313,16 @@ def submit_analysis():
     return jsonify({**job, "url": location}), 202, {"Location": location}
 
 
+@api_blueprint.get("/analysis")
+@documented("Analysis jobs, newest first (without their results)", {200: ("jobs", sc.AnalysisJobList)},
+            query=sc.AnalysisQuery)
+def list_analysis():
+    limit = inputs.query_limit(request, default=100, maximum=1000)
+    with engine().runtime.store.read() as conn:
+        jobs = analysis.list_jobs(conn, limit)
+    return jsonify(jobs=[{**job, "url": url_for("api.show_analysis", job_id=job["id"])} for job in jobs])
+
+
 @api_blueprint.get("/analysis/<job_id>")
 @documented("An analysis job: its state and, once succeeded, its findings, SLOs and health (the export contract)",
             {200: ("the job", sc.AnalysisJob), 404: ("no such job", sc.Error)})

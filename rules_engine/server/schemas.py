@@ -127,6 +127,14 @@ class AnalysisJob(BaseModel):
                                                       "health, rules, not_evaluated, range, source)")
 
 
+class AnalysisJobList(BaseModel):
+    jobs: list[AnalysisJob]
+
+
+class AnalysisQuery(BaseModel):
+    limit: int | None = Field(default=None, ge=1, description="at most this many (default 100); above 1000: 1000")
+
+
 # --- recommendations --------------------------------------------------------------------------------------------
 class Finding(BaseModel):
     """A finding of the export contract (the keys recommendations use; others are accepted and ignored)."""
@@ -182,7 +190,8 @@ class RecommendResponse(BaseModel):
                                                   "estimated_improvement {metric, amount, unit, method}, risks, "
                                                   "settings {server kind: [{flag, value, current, ...}]}, "
                                                   "playbook, findings, instances, model, server_kind")
-    unanswered: list[dict[str, Any]]
+    unanswered: list[dict[str, Any]] = Field(description="findings no setting answers, and why")
+    notes: list[str] = Field(default_factory=list, description="e.g. why current settings were not read")
 
 
 # --- starting workflows -----------------------------------------------------------------------------------------
