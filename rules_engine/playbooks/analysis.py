@@ -389,12 +389,14 @@ class DeadlineSource:
         return self.source.series_exists(match, start, end)
 
 
-def count_series(client: PrometheusClient, found: Plan) -> dict[str, int]:
+def count_series(client: PrometheusClient, found: Plan, deadline: float = math.inf) -> dict[str, int]:
     """The most series each query returned at any of ~10 instants over the range: what fetching it will bring."""
     span = max(int((found.end - found.start).total_seconds()), 1)
     resolution = max(span // 10, int(found.step.total_seconds()), 1)
     counts = {}
     for query in found.queries:
+        if time.monotonic() > deadline:
+            raise JobTimedOut(f"timed out after {found.timeout:g}s while measuring the series")
         answer = client.instant_query(f"max_over_time(count({query})[{span}s:{resolution}s])",
                                       found.end.timestamp())
         counts[query] = int(answer[0][1]) if answer and math.isfinite(answer[0][1]) else 0
@@ -404,7 +406,7 @@ def count_series(client: PrometheusClient, found: Plan) -> dict[str, int]:
 def run_job(found: Plan, client: PrometheusClient, settings: AnalysisLimits, job_id: str) -> dict:
     """Measure, check the size, backtest; the export record. Raises SourceError/ValueError with the reason."""
     deadline = time.monotonic() + found.timeout
-    series = count_series(client, found)
+    series = count_series(client, found, deadline)
     estimate = found.estimate(series)
     if estimate["points"] > settings.max_points:
         raise ValueError(f"too large: {estimate['series']:,} series x {found.points_per_series:,} points over "
