@@ -81,7 +81,9 @@ class LabelSelector(BaseModel):
 class AnalysisRequest(BaseModel):
     """A backtest to run: rules (by name from the server's rules, or inline), series, range and step."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"packs": ["vllm"], "slos": ["vllm_ttft_p99_timeslices"], "selector": {"model": "llama-3.1-8b-instruct"},
+         "start": "now-7d", "end": "now", "step": "1m"}]})
     packs: list[str] | None = Field(default=None, description="RulePack names from the server's `rules:`; "
                                     "default: every pack when neither packs, slos nor inline_rules is given")
     slos: list[str] | None = Field(default=None, description="SLO names from the server's `rules:`")

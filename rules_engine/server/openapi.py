@@ -18,6 +18,9 @@ from rules_engine import __version__
 from rules_engine.server.schemas import Error
 
 REF = "#/components/schemas/{model}"
+# Sections of the browsable description, by path prefix (the first that matches; otherwise "service").
+TAGS = (("/alertmanager/", "webhook"), ("/api/v1/analysis", "analysis"), ("/api/v1/optimization/", "analysis"),
+        ("/api/v1/workflows", "workflows"), ("/api/v1/playbooks", "workflows"), ("/api/v1/audit", "workflows"))
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,8 @@ def openapi_document(app: Flask | None = None) -> dict:
         for code in operation.errors:
             responses.setdefault(str(code), {"description": COMMON_ERRORS.get(code, "refused"),
                                              "content": {"application/json": {"schema": ref(Error)}}})
-        body: dict = {"summary": operation.summary, "responses": responses, **operation.extra}
+        tag = next((name for prefix, name in TAGS if path.startswith(prefix)), "service")
+        body: dict = {"summary": operation.summary, "tags": [tag], "responses": responses, **operation.extra}
         if operation.security:
             body["security"] = [{operation.security: []}]
         parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
