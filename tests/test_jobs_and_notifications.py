@@ -152,3 +152,13 @@ def test_a_playbook_that_needs_no_approval_is_started_only_by_who_may_approve_it
     started = client.post("/api/v1/workflows", json={"finding": finding("i1")}, headers=op("senior-token"))
     assert started.status_code == 201 and started.json["workflows"][0]["state"] == wf.APPROVED
     shutdown(application)
+
+
+def test_a_stored_request_that_no_longer_validates_fails_instead_of_blocking_the_queue(store):
+    settings = analysis.AnalysisLimits()
+    with store.write() as conn:
+        conn.execute(st.analysis_jobs.insert().values(id="old", state="queued", request='{"from": "elsewhere"}',
+                                                      requested_by="x", created_at=0.0, estimate="{}"))
+    good = queued(store, settings, 1)[0]
+    assert analysis.claim_next(store, "owner", settings)[0] == good
+    assert state(store, "old")["state"] == "failed" and "no longer validates" in state(store, "old")["error"]

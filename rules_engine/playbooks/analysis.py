@@ -350,8 +350,13 @@ def claim_next(store: st.Store, owner: str, settings: AnalysisLimits) -> tuple[s
         rows = conn.execute(select(st.analysis_jobs.c.id, st.analysis_jobs.c.request).where(
             st.analysis_jobs.c.state == QUEUED).order_by(st.analysis_jobs.c.created_at).limit(5)).all()
         for row in rows:
-            request = AnalysisRequest.model_validate_json(row.request)
             now = time.time()
+            try:
+                request = AnalysisRequest.model_validate_json(row.request)
+            except ValueError as error:  # stored by another version of the engine: it must not block the queue
+                conn.execute(update(st.analysis_jobs).where(st.analysis_jobs.c.id == row.id).values(
+                    state=FAILED, finished_at=now, error=f"the stored request no longer validates: {error}"))
+                continue
             timeout = min(request.timeout or settings.timeout, settings.timeout)
             took = conn.execute(update(st.analysis_jobs).where(
                 st.analysis_jobs.c.id == row.id, st.analysis_jobs.c.state == QUEUED).values(
