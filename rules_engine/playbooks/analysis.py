@@ -178,9 +178,10 @@ def plan(request: AnalysisRequest, configured: Callable[[], RuleSet], settings: 
 
 def _time(value: str | float, where: str, now: pd.Timestamp | None) -> pd.Timestamp:
     try:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"not a finite number: {value}")
-        return parse_time(value, now)
+        found = parse_time(value, now)
+        if pd.isna(found):  # "nan" parses as unix seconds into NaT
+            raise ValueError(f"not a time: {value!r}")
+        return found
     except (ValueError, TypeError, OverflowError) as error:
         raise RequestProblem(where, f"{error} (RFC 3339, unix seconds or now-<duration>)") from None
 
