@@ -38,6 +38,7 @@ def test_the_selector_reaches_every_query_and_names_select_packs_and_slos():
 @pytest.mark.parametrize("body, location", [
     ({"packs": ["nope"]}, "body.packs"), ({"slos": ["nope"]}, "body.slos"), ({"rules": ["Nope"]}, "body.rules"),
     ({"step": "0.1s"}, "body.step"), ({"step": "soon"}, "body.step"), ({"end": "now-7h"}, "body.end"),
+    ({"step": "inf"}, "body.step"), ({"step": "1e30"}, "body.step"), ({"start": "now-nan"}, "body.start"),
     ({"start": "then"}, "body.start"), ({"start": "nan"}, "body.start"), ({"end": float("nan")}, "body.end"),
     ({"timeout": 10_000}, "body.timeout"),
     ({"inline_rules": "kind: RulePack\nname: x\nrules: []\n"}, "body.inline_rules"),
