@@ -415,6 +415,8 @@ def ready():
             problems.append(stall)
     if found.runner is not None and not all(t.is_alive() for t in found.runner.threads):
         problems.append("a background loop has stopped")
+    if not all(t.is_alive() for t in found.analysis.threads):
+        problems.append("an analysis worker has stopped")
     if found.runner is not None and found.runner.intake_problem():
         problems.append(found.runner.intake_problem())
     if problems:
