@@ -1,4 +1,4 @@
-"""Background loops of a receiver process: intake (events → workflows), executors, and housekeeping.
+"""Background loops of a receiver process: intake (events → workflows), executors, notifications, housekeeping.
 
 Every loop reads its work from the store, so several processes can run them against one database: the webhook
 only persists and wakes the local intake, and a process that dies leaves nothing that another (or its own
