@@ -131,7 +131,8 @@ def drop_schema(url: str) -> None:
     """A clean schema for the next test (the audit trigger forbids DELETE)."""
     engine = create_engine("postgresql+psycopg://" + url.split("://", 1)[1])
     with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS events, episodes, workflows, steps, audit, notifications CASCADE"))
+        conn.execute(text("DROP TABLE IF EXISTS events, episodes, workflows, steps, audit, notifications, "
+                          "notification_deliveries, analysis_jobs CASCADE"))
     engine.dispose()
 
 

@@ -29,8 +29,10 @@ def with_scale_step(monkeypatch):
 
 
 def _openapi_step_types() -> list[str]:
-    workflow = openapi_document()["paths"]["/api/v1/workflows/{id}"]["get"]["responses"]["200"]
-    return workflow["content"]["application/json"]["schema"]["properties"]["steps"]["items"]["properties"]["type"]["enum"]
+    document = openapi_document()
+    workflow = document["paths"]["/api/v1/workflows/{workflow_id}"]["get"]["responses"]["200"]
+    assert workflow["content"]["application/json"]["schema"] == {"$ref": "#/components/schemas/Workflow"}
+    return document["components"]["schemas"]["Step"]["properties"]["type"]["enum"]
 
 
 def test_every_step_type_declares_its_facts_and_has_a_handler():

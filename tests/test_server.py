@@ -206,7 +206,7 @@ def test_health_readiness_metrics_and_openapi(client, app):
         assert f'rules_engine_webhook_requests_total{{outcome="{outcome}"}} 1.0' in metrics
     assert 'rules_engine_webhook_alerts_total{status="firing"} 1.0' in metrics
     document = client.get("/api/v1/openapi.json").json
-    assert document["openapi"].startswith("3.") and "/api/v1/workflows/{id}/approve" in document["paths"]
+    assert document["openapi"].startswith("3.") and "/api/v1/workflows/{workflow_id}/approve" in document["paths"]
 
 
 def test_readiness_fails_when_the_store_is_gone(tmp_path):
@@ -351,12 +351,13 @@ def test_outbound_webhooks_on_workflow_state_changes(tmp_path):
         workflow_id = client.get("/api/v1/workflows", headers=op("viewer-token")).json["workflows"][0]["id"]
         client.post(f"/api/v1/workflows/{workflow_id}/reject", headers=op("senior-token"))
         rt = application.extensions["rules_engine"].runtime
-        assert deliver_notifications(rt) == 1
-        assert deliver_notifications(rt) == 0  # at most once
+        assert deliver_notifications(rt) == 2  # waiting for approval, then rejected
+        assert deliver_notifications(rt) == 0  # delivered: not sent again
         shutdown(application)
-    calls = orch.calls_to("/hooks/workflows")
+    calls = sorted(orch.calls_to("/hooks/workflows"), key=lambda c: c.body["at"])  # sent concurrently
     assert [(c.body["from_state"], c.body["to_state"], c.body["actor"]) for c in calls] == [
-        (wf.PENDING_APPROVAL, wf.REJECTED, "senior")]
+        (None, wf.PENDING_APPROVAL, "alertmanager"), (wf.PENDING_APPROVAL, wf.REJECTED, "senior")]
+    assert calls[0].body["alertname"] and calls[0].body["optimization_level"]
 
 
 def test_oversized_payloads_get_413_and_alertname_filter(tmp_path):

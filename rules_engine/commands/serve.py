@@ -25,6 +25,8 @@ from rules_engine.spec.times import rfc3339
 @click.option("--database", "database_url", help="SQLAlchemy URL (default sqlite:///rules-engine.db; "
                                                   "postgresql://... accepted).")
 @click.option("--playbooks", multiple=True, help="Playbook files or folders (repeatable; default rules/).")
+@click.option("--rules", "rules", multiple=True,
+              help="Rule packs and SLOs analysis jobs may name (files or folders, repeatable; default rules/).")
 @click.option("--prometheus", "prometheus_url",
               help="Prometheus URL for verify steps and current settings (replaces the url of the config's "
                    "`prometheus:` section; its credentials, CA and headers still apply).")
@@ -33,11 +35,14 @@ from rules_engine.spec.times import rfc3339
 @click.option("--threads", type=int, help="Threads per worker (default 16).")
 @click.option("--no-processing", is_flag=True, default=False,
               help="Only receive and persist webhooks; another process runs intake and workflows.")
-def serve(config_path, listen, database_url, playbooks, prometheus_url, dry_run, workers, threads, no_processing):
-    """Receive Alertmanager webhooks and run optimization playbooks."""
+def serve(config_path, listen, database_url, playbooks, rules, prometheus_url, dry_run, workers, threads,
+          no_processing):
+    """Receive Alertmanager webhooks, run optimization playbooks, analysis jobs and recommendations (the API is
+    described at /api/v1/openapi.json and browsable at /docs)."""
     try:
         config = load_config(config_path, listen=listen, database_url=database_url,
-                             playbooks=list(playbooks) or None, prometheus_url=prometheus_url, dry_run=dry_run,
+                             playbooks=list(playbooks) or None, rules=list(rules) or None,
+                             prometheus_url=prometheus_url, dry_run=dry_run,
                              workers=workers, threads=threads, process=False if no_processing else None)
         _check(config)
     except ConfigError as error:
@@ -66,7 +71,7 @@ def _check(config: ServerConfig) -> None:
     from rules_engine.playbooks.runtime import load_playbooks
     from rules_engine.playbooks.store import open_store
     from rules_engine.server.config import Credentials
-    from rules_engine.spec import SpecError
+    from rules_engine.spec import SpecError, load_ruleset
 
     if config.alertmanager_auth is None:
         raise ConfigError("alertmanager_auth is required: the webhook never runs unauthenticated")
@@ -76,6 +81,11 @@ def _check(config: ServerConfig) -> None:
         load_playbooks(config.playbooks)
     except SpecError as error:
         raise ConfigError("playbooks do not load:\n" + "\n".join(str(p) for p in error.problems)) from None
+    try:
+        load_ruleset(config.rules)
+    except SpecError as error:
+        raise ConfigError("rules (for analysis jobs) do not load:\n" + "\n".join(str(p) for p in error.problems)
+                          ) from None
     Credentials.from_config(config)
     client = prometheus_client(config)
     if client is not None:

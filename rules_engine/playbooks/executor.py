@@ -469,8 +469,8 @@ def _http(rt: Runtime, workflow: st.Workflow, playbook: Playbook, step: HttpStep
     for attempt in range(request.retries + 1):
         if attempt:
             # A refused connection changed nothing and costs nothing: retry soon. Anything else: back off.
-            pause = (request.retry_backoff if answers[-1].sent else min(request.retry_backoff, REFUSED_PAUSE)
-                     ) * 2 ** (attempt - 1)
+            pause = outbound.backoff_pause(request.retry_backoff if answers[-1].sent
+                                           else min(request.retry_backoff, REFUSED_PAUSE), attempt)
             if time.monotonic() + pause >= deadline:
                 break
             if rt.stop.wait(pause):

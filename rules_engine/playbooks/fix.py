@@ -26,17 +26,26 @@ from rules_engine.spec.times import rfc3339
 
 
 def finding_alert(finding: Finding) -> Alert:
-    labels = {**finding.labels, **finding.rule_labels, "alertname": finding.rule, "severity": finding.severity,
-              "category": finding.category}
-    if finding.pack:
-        labels["rule_pack"] = finding.pack
-    annotations = {key: value for key, value in {
-        "summary": finding.summary, "description": finding.description, "recommendation": finding.recommendation,
-        "playbook": finding.playbook or "", "runbook_url": finding.runbook_url}.items() if value}
+    return export_alert({
+        "rule": finding.rule, "severity": finding.severity, "category": finding.category, "pack": finding.pack,
+        "labels": finding.labels, "rule_labels": finding.rule_labels, "summary": finding.summary,
+        "description": finding.description, "recommendation": finding.recommendation, "playbook": finding.playbook,
+        "runbook_url": finding.runbook_url,
+        "start": rfc3339(pd.Timestamp(finding.start), "ns")})  # Alertmanager's canonical form (canonical_time)
+
+
+def export_alert(record: dict) -> Alert:
+    """The alert the live rule would have sent for a finding of the export contract: its labels (so its
+    fingerprint) and its start, so a workflow started from a finding is the live alert's episode."""
+    labels = {**(record.get("labels") or {}), **(record.get("rule_labels") or {}), "alertname": record["rule"],
+              "severity": record["severity"], "category": record["category"]}
+    if record.get("pack"):
+        labels["rule_pack"] = record["pack"]
+    annotations = {key: record.get(key) or "" for key in ("summary", "description", "recommendation", "playbook",
+                                                          "runbook_url")}
     return Alert.model_validate({
-        "status": "firing", "labels": labels, "annotations": annotations,
-        "startsAt": rfc3339(pd.Timestamp(finding.start), "ns"),  # Alertmanager's canonical form (canonical_time)
-        "fingerprint": label_fingerprint(labels)})
+        "status": "firing", "labels": labels, "annotations": {k: v for k, v in annotations.items() if v},
+        "startsAt": record["start"], "fingerprint": label_fingerprint(labels)})
 
 
 @dataclass(frozen=True)

@@ -289,6 +289,11 @@ def _start_workflow(conn: Connection, rt: Runtime, playbook: Playbook, alert: Al
     elif not playbook.approval.required:
         wf.transition(conn, workflow_id, wf.APPROVED, "policy:no-approval-required",
                       f"playbook {playbook.name} does not require approval", decided_by="policy")
+    else:  # approvers learn of it now, not only once someone has decided
+        wf.notify(conn, workflow_id, playbook.name, None, wf.PENDING_APPROVAL, actor, "waiting for approval", now,
+                  alertname=alert.labels.get("alertname", ""), instance=alert.labels.get("instance", ""),
+                  optimization_level=playbook.optimization_level, origin=origin,
+                  approval_timeout_seconds=playbook.approval.timeout)
     result.created.append(workflow_id)
     return workflow_id
 

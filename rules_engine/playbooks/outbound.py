@@ -19,6 +19,18 @@ from urllib.parse import urlsplit
 RESPONSE_KEEP = 2000  # characters of a response body kept in the step output
 
 
+def backoff_pause(base: float, retry: int, cap: float = float("inf")) -> float:
+    """Seconds to wait before retry number `retry` (1 for the first retry): base, 2 x base, 4 x base, ... at most
+    `cap`. http steps and outbound notifications back off on this one schedule."""
+    return min(base * 2 ** max(retry - 1, 0), cap)
+
+
+def worth_retrying(answer: "Answer") -> bool:
+    """Whether another attempt may succeed: no answer (refused, timed out, cut off), 5xx, 429 or 408. Any other
+    status is the target's final word on this request."""
+    return answer.status is None or answer.status >= 500 or answer.status in (408, 429)
+
+
 @dataclass(frozen=True)
 class Answer:
     """What one attempt came to: a status (and body), or an error; `sent`: the request may have reached the target."""

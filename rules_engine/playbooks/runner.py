@@ -1,4 +1,4 @@
-"""Background loops of a receiver process: intake (events → workflows), executors, and housekeeping.
+"""Background loops of a receiver process: intake (events → workflows), executors, notifications, housekeeping.
 
 Every loop reads its work from the store, so several processes can run them against one database: the webhook
 only persists and wakes the local intake, and a process that dies leaves nothing that another (or its own
@@ -11,8 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from sqlalchemy import select, update
-
+from rules_engine.playbooks import notify
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks.executor import Interrupted, LeaseLost, claim_next, release, run_workflow
 from rules_engine.playbooks.intake import expire_approvals, process_next_event
@@ -31,6 +30,7 @@ class Runner:
     intake_linger: float = 0.05
     intake_wake: threading.Event = field(default_factory=threading.Event)
     executor_wake: threading.Event = field(default_factory=threading.Event)
+    notify_wake: threading.Event = field(default_factory=threading.Event)
     threads: list[threading.Thread] = field(default_factory=list)
     intake_failures: int = 0  # intake rounds failed in a row
     intake_error: str | None = None  # why the last one failed
@@ -39,6 +39,8 @@ class Runner:
         self.threads = [threading.Thread(target=self._intake_loop, name="intake", daemon=True)]
         self.threads += [threading.Thread(target=self._executor_loop, name=f"executor-{i}", daemon=True)
                          for i in range(self.executor_threads)]
+        if self.rt.notify_urls:
+            self.threads.append(threading.Thread(target=self._notify_loop, name="notify", daemon=True))
         for thread in self.threads:
             thread.start()
         return self
@@ -46,6 +48,7 @@ class Runner:
     def wake(self) -> None:
         self.intake_wake.set()
         self.executor_wake.set()
+        self.notify_wake.set()
 
     def stop(self, timeout: float = 10.0) -> None:
         self.rt.stop.set()
@@ -77,7 +80,6 @@ class Runner:
                 if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL:
                     last_housekeeping = time.monotonic()
                     expire_approvals(self.rt)
-                deliver_notifications(self.rt)
                 self.intake_failures = 0
             except Exception as error:  # the database may be briefly unavailable; log and keep going
                 log.exception("intake loop")
@@ -85,6 +87,20 @@ class Runner:
                 self.rt.stop.wait(1.0)
             self.intake_wake.wait(self.poll_interval)
             self.intake_wake.clear()
+
+    def _notify_loop(self) -> None:
+        """Notifications on a thread of their own: a slow or failing target never holds up intake or executors."""
+        while not self.rt.stop.is_set():
+            try:
+                while deliver_notifications(self.rt):
+                    pass
+                due = notify.next_due(self.rt.store)
+            except Exception:
+                log.exception("notify loop")
+                due = None
+            wait = self.poll_interval if due is None else min(max(due - time.time(), 0.01), self.poll_interval)
+            self.notify_wake.wait(wait)
+            self.notify_wake.clear()
 
     def _executor_loop(self) -> None:
         while not self.rt.stop.is_set():
@@ -106,26 +122,9 @@ class Runner:
             self.executor_wake.clear()
 
 
-def deliver_notifications(rt: Runtime, batch: int = 20) -> int:
-    """POST pending workflow state changes to the configured outbound webhooks (at most once each)."""
+def deliver_notifications(rt: Runtime) -> int:
+    """Hand new workflow notifications over as deliveries and attempt those due; returns the attempts made."""
     if not rt.notify_urls:
         return 0
-    with rt.store.write() as conn:
-        rows = conn.execute(select(st.notifications.c.id, st.notifications.c.body, st.notifications.c.workflow_id)
-                            .where(st.notifications.c.sent_at.is_(None)).order_by(st.notifications.c.id)
-                            .limit(batch)).all()
-        if not rows:
-            return 0
-        conn.execute(update(st.notifications).where(st.notifications.c.id.in_([r.id for r in rows]))
-                     .values(sent_at=time.time(), attempts=st.notifications.c.attempts + 1))
-    for row in rows:
-        for url in rt.notify_urls:
-            try:
-                response = rt.http.post(url, data=row.body, headers={"Content-Type": "application/json"}, timeout=5)
-                failed = None if response.status_code < 300 else f"HTTP {response.status_code}"
-            except Exception as error:  # a notification target being down must not stop the engine
-                failed = f"{type(error).__name__}: {error}"
-            if failed:
-                with rt.store.write() as conn:
-                    st.record_audit(conn, "engine", "notification_failed", row.workflow_id, url=url, error=failed)
-    return len(rows)
+    notify.hand_over(rt.store, rt.notify_urls)
+    return notify.deliver_due(rt.store, rt.notify_policy)

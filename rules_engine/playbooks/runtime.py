@@ -11,6 +11,7 @@ from typing import Callable, Iterable
 
 import requests
 
+from rules_engine.playbooks.notify import RetryPolicy
 from rules_engine.playbooks.store import Store
 from rules_engine.playbooks.targets import configured_targets
 from rules_engine.source.client import PrometheusClient
@@ -30,6 +31,7 @@ class Runtime:
     lease_seconds: float = 60.0  # an IN_PROGRESS workflow whose owner stops renewing is resumed after this
     max_resumes: int = 5  # resumed more often than this without progress: failed (its owners keep dying on it)
     notify_urls: list[str] = field(default_factory=list)  # outbound webhooks on workflow state changes
+    notify_policy: RetryPolicy = field(default_factory=RetryPolicy)  # their retries (rules_engine.playbooks.notify)
     owner: str = field(default_factory=lambda: f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}")
     stop: threading.Event = field(default_factory=threading.Event)
     http: requests.Session = field(default_factory=requests.Session)

@@ -127,6 +127,44 @@ notifications = Table(
     Column("attempts", Integer, nullable=False, default=0),
 )
 
+# One delivery of a notification to one outbound URL: retried with backoff until it succeeds, its attempts run
+# out or its deadline passes (rules_engine.playbooks.notify). A row per URL, so one target that is down never holds
+# back the others, and the queue never waits on a slow target.
+notification_deliveries = Table(
+    "notification_deliveries", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("notification_id", Integer, nullable=False),
+    Column("url", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("next_at", Float, nullable=False),  # the next attempt is due then (also a claim: set ahead while sending)
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("sent_at", Float, nullable=True),
+    Column("gave_up_at", Float, nullable=True),
+    Column("error", Text, nullable=True),
+    Index("ix_notification_deliveries_due", "sent_at", "gave_up_at", "next_at"),
+)
+
+# Analysis jobs (POST /api/v1/analysis): queued -> running -> succeeded | failed. A running job's owner renews
+# `lease_until`; a job whose owner stopped (restart, crash) is failed by whoever sees the lease expired, so a
+# restart never loses a job nor leaves it running forever (rules_engine.playbooks.analysis).
+analysis_jobs = Table(
+    "analysis_jobs", metadata,
+    Column("id", String(32), primary_key=True),
+    Column("state", String(20), nullable=False),
+    Column("request", Text, nullable=False),
+    Column("requested_by", Text, nullable=False, default=""),
+    Column("created_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("deadline", Float, nullable=True),  # a running job still running then has timed out
+    Column("owner", Text, nullable=True),
+    Column("lease_until", Float, nullable=True),
+    Column("estimate", Text, nullable=False, default="{}"),
+    Column("error", Text, nullable=True),
+    Column("result", Text, nullable=True),
+    Index("ix_analysis_jobs_state", "state", "created_at"),
+)
+
 _SQLITE_APPEND_ONLY = [
     "CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit "
     "BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END",

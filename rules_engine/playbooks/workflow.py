@@ -78,10 +78,17 @@ def transition(conn: Connection, workflow_id: str, to_state: str, actor: str, re
     if changed != 1:
         raise TransitionError(f"workflow {workflow_id} changed state concurrently; retry")
     st.record_audit(conn, actor, "transition", workflow_id, from_state=from_state, to_state=to_state, reason=reason)
-    conn.execute(insert(st.notifications).values(at=now, workflow_id=workflow_id, body=st.dumps({
-        "workflow_id": workflow_id, "playbook": row.playbook, "from_state": from_state, "to_state": to_state,
-        "actor": actor, "reason": reason, "at": rfc3339(now, "us")})))
+    notify(conn, workflow_id, row.playbook, from_state, to_state, actor, reason, now)
     return from_state
+
+
+def notify(conn: Connection, workflow_id: str, playbook: str, from_state: str | None, to_state: str, actor: str,
+           reason: str, now: float, **extra) -> None:
+    """Queue the outbound notification of a state change (the outbox: delivered after the commit, with retries by
+    rules_engine.playbooks.notify). `from_state` is None for a workflow created waiting for approval."""
+    conn.execute(insert(st.notifications).values(at=now, workflow_id=workflow_id, body=st.dumps({
+        "workflow_id": workflow_id, "playbook": playbook, "from_state": from_state, "to_state": to_state,
+        "actor": actor, "reason": reason, "at": rfc3339(now, "us"), **extra})))
 
 
 def approve(store: st.Store, workflow_id: str, actor: str, comment: str = "") -> st.Workflow:

@@ -6,23 +6,31 @@ runner; nothing lives in module globals, so tests and several WSGI workers each 
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request, url_for
+from flask_swagger_ui import get_swaggerui_blueprint
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
+from rules_engine.playbooks import analysis
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
+from rules_engine.playbooks.recommend import recommend_findings
+from rules_engine.playbooks.start import start_workflows
 from rules_engine.playbooks.intake import intake_stall
-from rules_engine.playbooks.payload import PayloadError, parse_payload
+from rules_engine.playbooks.notify import RetryPolicy
+from rules_engine.playbooks.payload import PayloadError, WebhookPayload, parse_payload
 from rules_engine.playbooks.runner import Runner
 from rules_engine.playbooks.runtime import Runtime, load_playbooks
 from rules_engine.server import inputs
 from rules_engine.server.config import Credentials, Principal, ServerConfig, prometheus_client
 from rules_engine.server.metrics import EngineMetrics, engine_metrics
-from rules_engine.server.openapi import openapi_document
+from rules_engine.server import schemas as sc
+from rules_engine.server.openapi import documented, openapi_document
+from rules_engine.spec.loader import RuleSet, load_ruleset
 from rules_engine.spec.times import rfc3339
 
 log = logging.getLogger(__name__)
@@ -37,6 +45,22 @@ class Engine:
     metrics: EngineMetrics
     runner: Runner | None
     events: st.EventCommitter
+    analysis: analysis.AnalysisPool
+    _rules: RuleSet | None = None
+    _rules_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def rules(self) -> RuleSet:
+        """The packs and SLOs of the config's `rules:`, loaded on first use (SpecError if they do not load)."""
+        with self._rules_lock:
+            if self._rules is None:
+                self._rules = load_ruleset(self.config.rules)
+            return self._rules
+
+    def pack_servers(self) -> dict[str, str]:
+        try:
+            return {pack.name: pack.server for pack in self.rules().packs}
+        except Exception:  # broken rules do not stop recommendations: the server kind is then guessed
+            return {}
 
 
 def engine() -> Engine:
@@ -52,20 +76,29 @@ def create_app(config: ServerConfig, playbooks: dict | None = None, start_runner
     runtime = Runtime(store=store, playbooks=loaded, dry_run=config.dry_run, prometheus=prometheus_client(config),
                       variables=dict(config.variables), targets=tuple(config.targets),
                       lease_seconds=config.lease_seconds, notify_urls=list(config.notify_urls),
+                      notify_policy=RetryPolicy(**config.notify.model_dump()),
                       observe_step=metrics.observe_step)
     start = config.process if start_runner is None else start_runner
     runner = Runner(runtime, executor_threads=config.executor_threads, poll_interval=config.poll_interval)
     app = Flask("rules_engine")
     app.config["MAX_CONTENT_LENGTH"] = config.max_payload_bytes
-    app.extensions[EXTENSION] = Engine(config=config, runtime=runtime, credentials=Credentials.from_config(config),
-                                       metrics=metrics, runner=runner.start() if start else None,
-                                       events=st.EventCommitter(store))
+    found = Engine(config=config, runtime=runtime, credentials=Credentials.from_config(config), metrics=metrics,
+                   runner=runner.start() if start else None, events=st.EventCommitter(store), analysis=None)
+    found.analysis = analysis.AnalysisPool(
+        store=store, configured=found.rules, client_factory=lambda timeout: _job_client(config, timeout),
+        settings=analysis.AnalysisLimits(**config.analysis.model_dump()), poll_interval=config.poll_interval)
+    if start:
+        found.analysis.start()
+    app.extensions[EXTENSION] = found
     app.register_blueprint(webhook_blueprint)
     app.register_blueprint(api_blueprint)
     app.register_blueprint(health_blueprint)
+    app.register_blueprint(get_swaggerui_blueprint("/docs", "/api/v1/openapi.json",
+                                                   config={"app_name": "rules-engine API"}), name="docs")
     app.register_error_handler(413, lambda e: (jsonify(error=f"payload larger than {config.max_payload_bytes} "
                                                              "bytes"), 413))
-    app.register_error_handler(inputs.InputError, lambda e: (jsonify(error=str(e), problems=[str(e)]), 400))
+    app.register_error_handler(inputs.InputError, lambda e: (jsonify(error=str(e), problems=e.problems or [str(e)]),
+                                                             400))
     app.register_error_handler(DBAPIError, _store_unavailable)
     app.register_error_handler(404, lambda e: (jsonify(error="not found"), 404))
     app.register_error_handler(405, lambda e: (jsonify(error="method not allowed"), 405))
@@ -79,10 +112,20 @@ def _store_unavailable(error: DBAPIError):
     return jsonify(error=f"store unavailable ({reason}); retry later"), 503
 
 
+def _job_client(config: ServerConfig, timeout: float):
+    """A client of the serve config's Prometheus for one analysis job, with the jobs' request timeout."""
+    if config.prometheus is None:
+        return None
+    return prometheus_client(config.model_copy(update={"prometheus": config.prometheus.model_copy(
+        update={"timeout": timeout})}))
+
+
 def shutdown(app: Flask) -> None:
     found: Engine = app.extensions[EXTENSION]
     if found.runner is not None:
         found.runner.stop()
+    if found.analysis.threads:
+        found.analysis.stop()
     found.events.stop()
     found.runtime.store.dispose()
     if found.runtime.prometheus is not None:
@@ -94,6 +137,11 @@ webhook_blueprint = Blueprint("webhook", __name__)
 
 
 @webhook_blueprint.post("/alertmanager/webhook")
+@documented("Receive an Alertmanager webhook (v4); persisted before the 2xx, processed asynchronously",
+            {200: ("accepted and persisted", sc.WebhookAccepted),
+             400: ("not a v4 webhook payload, or a value the store cannot hold", sc.Error),
+             413: ("payload too large", sc.Error), 503: ("store unavailable; Alertmanager retries", sc.Error)},
+            body=WebhookPayload, security="alertmanager")
 def alertmanager_webhook():
     """Validate, persist, acknowledge. Processing happens in the intake loop, never in this request."""
     started = time.perf_counter()
@@ -131,6 +179,9 @@ def alertmanager_webhook():
 
 # --- operator API -----------------------------------------------------------------------------------------------
 api_blueprint = Blueprint("api", __name__, url_prefix="/api/v1")
+DECISION_RESPONSES = {200: ("the workflow after the decision", sc.Workflow),
+                      403: ("the operator's roles do not cover the playbook's level", sc.Error),
+                      404: ("no such workflow", sc.Error), 409: ("the workflow is not waiting for approval", sc.Error)}
 
 
 @api_blueprint.before_request
@@ -145,11 +196,13 @@ def _authenticate():
 
 
 @api_blueprint.get("/openapi.json")
+@documented("This document", {200: ("OpenAPI 3.1", None)}, security=None, errors=())
 def openapi():
-    return jsonify(openapi_document())
+    return jsonify(openapi_document(current_app))
 
 
 @api_blueprint.get("/workflows")
+@documented("List workflows, newest first", {200: ("workflows", sc.WorkflowList)}, query=sc.WorkflowQuery)
 def list_workflows():
     state = request.args.get("state")
     if state and state not in wf.STATES:
@@ -162,6 +215,8 @@ def list_workflows():
 
 
 @api_blueprint.get("/workflows/<workflow_id>")
+@documented("One workflow with its steps and audit trail",
+            {200: ("the workflow", sc.Workflow), 404: ("no such workflow", sc.Error)})
 def show_workflow(workflow_id: str):
     inputs.path_text(workflow_id, "id")
     with engine().runtime.store.read() as conn:
@@ -201,16 +256,19 @@ def _decide(workflow_id: str, decision: str):
 
 
 @api_blueprint.post("/workflows/<workflow_id>/approve")
+@documented("Approve a workflow waiting for approval", DECISION_RESPONSES, body=sc.Decision, body_required=False)
 def approve(workflow_id: str):
     return _decide(workflow_id, "approve")
 
 
 @api_blueprint.post("/workflows/<workflow_id>/reject")
+@documented("Reject a workflow waiting for approval", DECISION_RESPONSES, body=sc.Decision, body_required=False)
 def reject(workflow_id: str):
     return _decide(workflow_id, "reject")
 
 
 @api_blueprint.get("/playbooks")
+@documented("Loaded playbooks", {200: ("playbooks", sc.PlaybookList)})
 def list_playbooks():
     return jsonify(playbooks=[{
         "name": p.name, "description": p.description, "server_kind": p.server_kind, "category": p.category,
@@ -222,6 +280,7 @@ def list_playbooks():
 
 
 @api_blueprint.get("/audit")
+@documented("The append-only audit log", {200: ("audit entries", sc.AuditList)}, query=sc.AuditQuery)
 def audit_log():
     workflow_id = inputs.query_text(request, "workflow_id")
     limit = inputs.query_limit(request, default=1000, maximum=10000)
@@ -229,16 +288,119 @@ def audit_log():
         return jsonify(audit=st.audit_entries(conn, workflow_id, limit=limit))
 
 
+# --- analysis, recommendations, starting workflows ---------------------------------------------------------------
+@api_blueprint.post("/analysis")
+@documented("Start an analysis job: a backtest of the named (or inline) rules over the server's Prometheus",
+            {202: ("queued; poll the job's URL (also in Location)", sc.AnalysisJob),
+             409: ("this server has no Prometheus configured", sc.Error),
+             429: ("too many jobs are waiting; retry later (Retry-After)", sc.Error)}, body=sc.AnalysisRequest)
+def submit_analysis():
+    found = engine()
+    body = inputs.parse_body(request, sc.AnalysisRequest, found.config.max_payload_bytes)
+    if found.config.prometheus is None:
+        return jsonify(error="analysis jobs need the serve config's `prometheus:` section; none is configured"), 409
+    try:
+        planned = analysis.plan(body, found.rules, found.analysis.settings)
+    except analysis.RequestProblem as problem:
+        raise inputs.InputError(problem.location, problem.message) from None
+    try:
+        job = analysis.submit(found.runtime.store, body, planned, g.principal.name,
+                              found.analysis.settings.max_queued)
+    except analysis.QueueFull as full:
+        return jsonify(error=str(full)), 429, {"Retry-After": "30"}
+    found.analysis.wake.set()
+    location = url_for("api.show_analysis", job_id=job["id"])
+    return jsonify({**job, "url": location}), 202, {"Location": location}
+
+
+@api_blueprint.get("/analysis")
+@documented("Analysis jobs, newest first (without their results)", {200: ("jobs", sc.AnalysisJobList)},
+            query=sc.AnalysisQuery)
+def list_analysis():
+    limit = inputs.query_limit(request, default=100, maximum=1000)
+    with engine().runtime.store.read() as conn:
+        jobs = analysis.list_jobs(conn, limit)
+    return jsonify(jobs=[{**job, "url": url_for("api.show_analysis", job_id=job["id"])} for job in jobs])
+
+
+@api_blueprint.get("/analysis/<job_id>")
+@documented("An analysis job: its state and, once succeeded, its findings, SLOs and health (the export contract)",
+            {200: ("the job", sc.AnalysisJob), 404: ("no such job", sc.Error)})
+def show_analysis(job_id: str):
+    inputs.path_text(job_id, "id")
+    found = engine()
+    analysis.fail_abandoned(found.runtime.store)  # a job whose process stopped reads as failed at once
+    with found.runtime.store.read() as conn:
+        job = analysis.job_record(conn, job_id)
+    if job is None:
+        return jsonify(error=f"no analysis job {job_id!r}"), 404
+    return jsonify({**job, "url": url_for("api.show_analysis", job_id=job_id)})
+
+
+@api_blueprint.post("/optimization/recommend")
+@documented("Ranked recommendations for findings: priority, estimated improvement, risks, the exact settings per "
+            "server kind, the playbook that applies", {200: ("recommendations", sc.RecommendResponse)},
+            body=sc.RecommendRequest)
+def recommend_endpoint():
+    found = engine()
+    body = inputs.parse_body(request, sc.RecommendRequest, found.config.max_payload_bytes)
+    answer = recommend_findings([f.model_dump() for f in body.findings],
+                                {k: v.model_dump() for k, v in body.current.items()}, found.runtime.prometheus,
+                                list(found.runtime.playbooks.values()), found.pack_servers())
+    return jsonify(answer)
+
+
+@api_blueprint.post("/workflows")
+@documented("Start a playbook's workflow from an analysis finding or a recommendation (same approval rules as "
+            "alerts: it waits for approval unless its playbook needs none or runs dry)",
+            {201: ("workflows created (and any that already existed for the same episodes)", sc.StartedWorkflows),
+             200: ("every workflow already existed: nothing new was started", sc.StartedWorkflows),
+             403: ("the playbook runs without approval, and the operator's roles do not cover its level",
+                   sc.Error),
+             404: ("no such playbook", sc.Error),
+             409: ("the series is within the playbook's cooldown", sc.Error)}, body=sc.StartWorkflow)
+def start_workflow():
+    found = engine()
+    body = inputs.parse_body(request, sc.StartWorkflow, found.config.max_payload_bytes)
+    source = body.finding or body.recommendation
+    findings = [body.finding] if body.finding is not None else body.recommendation.findings
+    name = body.playbook or source.playbook or next((f.playbook for f in findings if f.playbook), None)
+    if not name:
+        raise inputs.InputError("body.playbook", "no playbook named here nor in the finding/recommendation")
+    playbook = found.runtime.playbooks.get(name)
+    if playbook is None:
+        return jsonify(error=f"no playbook {name!r} is loaded; have: {sorted(found.runtime.playbooks)}"), 404
+    principal: Principal = g.principal
+    runs_unapproved = not (found.runtime.dry_run or playbook.dry_run) and not playbook.approval.required
+    if runs_unapproved and playbook.optimization_level not in principal.levels:
+        return jsonify(error=f"playbook {name} runs without approval; {principal.name} (roles "
+                             f"{list(principal.roles)}) may not start {playbook.optimization_level} workflows"), 403
+    origin = "api:finding" if body.finding is not None else "api:recommendation"
+    context = {"started_from": origin, **({"recommendation": body.recommendation.model_dump()}
+                                         if body.recommendation is not None else {})}
+    started = start_workflows(found.runtime, playbook, [f.model_dump() for f in findings], principal.name, origin,
+                              context)
+    if found.runner is not None:
+        found.runner.wake()
+    if not started.workflows and started.suppressed:
+        return jsonify(error=f"the series is within playbook {name}'s cooldown "
+                             f"({playbook.cooldown:.0f}s); nothing was started"), 409
+    return jsonify(started.to_json()), 201 if started.created else 200
+
+
 # --- health, readiness, metrics -------------------------------------------------------------------------------
 health_blueprint = Blueprint("health", __name__)
 
 
 @health_blueprint.get("/api/v1/health")
+@documented("Liveness", {200: ("alive", sc.Health)}, security=None, errors=())
 def health():
     return jsonify(status="healthy", timestamp=rfc3339(time.time(), "us"))
 
 
 @health_blueprint.get("/api/v1/ready")
+@documented("Readiness (the store answers, background loops alive, the intake keeps up)",
+            {200: ("ready", sc.Ready), 503: ("not ready", sc.Ready)}, security=None, errors=())
 def ready():
     found = engine()
     problems = []
@@ -253,6 +415,8 @@ def ready():
             problems.append(stall)
     if found.runner is not None and not all(t.is_alive() for t in found.runner.threads):
         problems.append("a background loop has stopped")
+    if not all(t.is_alive() for t in found.analysis.threads):
+        problems.append("an analysis worker has stopped")
     if found.runner is not None and found.runner.intake_problem():
         problems.append(found.runner.intake_problem())
     if problems:
@@ -262,5 +426,7 @@ def ready():
 
 
 @health_blueprint.get("/metrics")
+@documented("The engine's own Prometheus metrics", {200: ("text exposition format", None)}, security=None,
+            errors=())
 def metrics():
     return Response(generate_latest(engine().metrics.registry), mimetype=CONTENT_TYPE_LATEST)

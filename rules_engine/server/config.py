@@ -105,6 +105,31 @@ DEFAULT_ROLES: dict[str, list[str]] = {
 }
 
 
+class AnalysisSettings(BaseModel):
+    """`analysis:`: how analysis jobs (POST /api/v1/analysis) are bounded. See rules_engine.playbooks.analysis."""
+
+    model_config = ConfigDict(extra="forbid")
+    workers: int = Field(default=2, ge=1, le=32)  # jobs run at once per server process
+    max_queued: int = Field(default=8, ge=1)  # jobs waiting across processes; beyond it a submission gets 429
+    timeout: float = Field(default=300.0, gt=0)  # seconds a job may run before it fails
+    max_points: int = Field(default=50_000_000, ge=1)  # samples a job may fetch (points x series x queries)
+    lease_seconds: float = Field(default=30.0, gt=0)  # a running job not renewed within this has lost its process
+    max_inline_bytes: int = Field(default=256 * 1024, ge=1)
+    query_timeout: float = Field(default=60.0, gt=0)  # per Prometheus request of a job
+    concurrency: int = Field(default=2, ge=1)  # range queries of one job in flight
+
+
+class NotifySettings(BaseModel):
+    """`notify:`: how outbound notifications (`notify_urls`) are retried. See rules_engine.playbooks.notify."""
+
+    model_config = ConfigDict(extra="forbid")
+    attempts: int = Field(default=6, ge=1, le=100)  # per URL, the first included
+    backoff: float = Field(default=1.0, gt=0)  # seconds before the second attempt; doubled each time
+    max_backoff: float = Field(default=60.0, gt=0)
+    deadline: float = Field(default=900.0, gt=0)  # seconds after which a delivery is given up, attempts left or not
+    timeout: float = Field(default=5.0, gt=0)  # one attempt: connect, send and the whole answer
+
+
 class ServerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     listen: str = "127.0.0.1:8080"
@@ -121,6 +146,10 @@ class ServerConfig(BaseModel):
     # role -> the optimization levels it may approve or reject
     roles: dict[str, list[OptimizationLevel]] = Field(default_factory=lambda: dict(DEFAULT_ROLES))
     notify_urls: list[str] = Field(default_factory=list)
+    notify: NotifySettings = Field(default_factory=NotifySettings)
+    # Rule packs and SLOs analysis jobs may name (files or folders, like `evaluate --rules`).
+    rules: list[str] = Field(default_factory=lambda: ["rules"])
+    analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     process: bool = True  # run intake and executors in the server processes (False: receive and persist only)
     lease_seconds: float = Field(default=60.0, gt=0)
     poll_interval: float = Field(default=0.5, gt=0)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from flask import Request
+from pydantic import BaseModel, ValidationError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from rules_engine.playbooks import limits
@@ -16,6 +17,7 @@ from rules_engine.playbooks import limits
 class InputError(Exception):
     location: str  # "query.limit", "body.comment"
     message: str
+    problems: list[str] | None = None  # every problem, when a body had several
 
     def __str__(self) -> str:
         return f"{self.location}: {self.message}"
@@ -73,3 +75,17 @@ def decision_text(request: Request, max_chars: int = 2000) -> str:
         if problem := limits.text_problem(value):
             raise InputError(f"body.{name}", problem)
     return (body.get("comment") or body.get("reason") or "")[:max_chars]
+
+
+def parse_body(request: Request, model: type[BaseModel], limit: int) -> BaseModel:
+    """The JSON body validated into `model`; every problem is an InputError location `body.<field>: message`."""
+    body = capped_body(request, limit)
+    try:
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as error:
+        problems = []
+        for item in error.errors(include_url=False):
+            where = ".".join(["body", *(str(part)[:60] for part in item["loc"])])
+            problems.append(f"body: not valid JSON: {item['msg']}" if item["type"] == "json_invalid"
+                            else f"{where}: {item['msg']}")
+        raise InputError(problems[0].split(": ", 1)[0], problems[0].split(": ", 1)[1], problems) from None

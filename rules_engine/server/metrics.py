@@ -10,9 +10,11 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
+from sqlalchemy import func, select
 
 from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
+from rules_engine.playbooks.analysis import JOB_STATES
 from rules_engine.spec.playbook import step_types
 
 
@@ -24,17 +26,24 @@ class _StoreCollector:
         states = GaugeMetricFamily("rules_engine_workflows", "Workflows in the store by state.", labels=["state"])
         backlog = GaugeMetricFamily("rules_engine_events_unprocessed",
                                     "Webhook events persisted but not yet processed.")
+        jobs = GaugeMetricFamily("rules_engine_analysis_jobs", "Analysis jobs in the store by state.",
+                                 labels=["state"])
         try:
             with self.store.read() as conn:
                 counts = st.workflow_state_counts(conn)
                 pending = st.unprocessed_event_count(conn)
+                job_counts = dict(conn.execute(select(st.analysis_jobs.c.state, func.count())
+                                               .group_by(st.analysis_jobs.c.state)).all())
         except Exception:  # a scrape must not fail because the store is briefly unavailable
             return
         for state in wf.STATES:
             states.add_metric([state], counts.get(state, 0))
         backlog.add_metric([], pending)
+        for state in JOB_STATES:
+            jobs.add_metric([state], job_counts.get(state, 0))
         yield states
         yield backlog
+        yield jobs
 
 
 @dataclass

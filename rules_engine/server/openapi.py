@@ -1,127 +1,115 @@
-"""The OpenAPI 3.1 description of the HTTP API (served at /api/v1/openapi.json)."""
+"""The OpenAPI 3.1 description (served at /api/v1/openapi.json, browsable at /docs), generated from the routes.
+
+Each view declares what it takes and answers with `@documented(...)` beside its route: pydantic models for the
+body, the query and each response. The document walks the application's URL map and asks pydantic for every
+model's JSON schema, so it lists exactly the routes that exist, with the schemas the server validates against.
+"""
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+from flask import Flask
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
 from rules_engine import __version__
-from rules_engine.playbooks.workflow import STATES
-from rules_engine.spec.playbook import step_types
+from rules_engine.server.schemas import Error
 
-_ERROR = {"type": "object", "properties": {"error": {"type": "string"},
-                                           "problems": {"type": "array", "items": {"type": "string"}}}}
-
-
-def _step_schema() -> dict:
-    return {"type": "object", "properties": {
-        "idx": {"type": "integer"}, "name": {"type": "string"},
-        "type": {"enum": list(step_types())},
-        "state": {"enum": ["PENDING", "RUNNING", "SUCCEEDED", "FAILED", "SKIPPED"]},
-        "started_at": {"type": ["string", "null"], "format": "date-time"},
-        "finished_at": {"type": ["string", "null"], "format": "date-time"},
-        "duration_seconds": {"type": ["number", "null"]}, "attempts": {"type": "integer"},
-        "output": {"type": "object"}, "note": {"type": ["string", "null"]}}}
+REF = "#/components/schemas/{model}"
+# Sections of the browsable description, by path prefix (the first that matches; otherwise "service").
+TAGS = (("/alertmanager/", "webhook"), ("/api/v1/analysis", "analysis"), ("/api/v1/optimization/", "analysis"),
+        ("/api/v1/workflows", "workflows"), ("/api/v1/playbooks", "workflows"), ("/api/v1/audit", "workflows"))
 
 
-def _workflow_schema() -> dict:
-    return {"type": "object", "properties": {
-        "id": {"type": "string"}, "playbook": {"type": "string"}, "state": {"enum": list(STATES)},
-        "phase": {"enum": ["main", "rollback", "done"]}, "dry_run": {"type": "boolean"},
-        "optimization_level": {"enum": ["conservative", "moderate", "aggressive"]},
-        "fingerprint": {"type": "string"}, "starts_at": {"type": "string"}, "alertname": {"type": "string"},
-        "instance": {"type": "string"}, "series_key": {"type": "string"},
-        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
-        "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
-        "origin": {"type": "string"}, "created_at": {"type": "string", "format": "date-time"},
-        "updated_at": {"type": "string", "format": "date-time"}, "decided_by": {"type": ["string", "null"]},
-        "reason": {"type": ["string", "null"]}, "context": {"type": "object"},
-        "steps": {"type": "array", "items": _step_schema()},
-        "audit": {"type": "array", "items": {"type": "object"}}}}
+@dataclass(frozen=True)
+class Operation:
+    summary: str
+    responses: dict[int, tuple[str, type[BaseModel] | None]]
+    body: type[BaseModel] | None = None
+    body_required: bool = True
+    query: type[BaseModel] | None = None
+    security: str | None = "operator"
+    content_type: str = "application/json"
+    errors: tuple[int, ...] = (400, 401, 503)
+    extra: dict = field(default_factory=dict)
 
 
-_ALERT = {"type": "object", "required": ["status", "labels", "startsAt", "fingerprint"], "properties": {
-    "status": {"enum": ["firing", "resolved"]}, "labels": {"type": "object"}, "annotations": {"type": "object"},
-    "startsAt": {"type": "string", "format": "date-time"}, "endsAt": {"type": "string", "format": "date-time"},
-    "generatorURL": {"type": "string"}, "fingerprint": {"type": "string"}}}
-_PAYLOAD = {"type": "object", "required": ["version", "groupKey", "status", "receiver", "alerts"], "properties": {
-    "version": {"const": "4"}, "groupKey": {"type": "string"}, "truncatedAlerts": {"type": "integer"},
-    "status": {"enum": ["firing", "resolved"]}, "receiver": {"type": "string"},
-    "groupLabels": {"type": "object"}, "commonLabels": {"type": "object"}, "commonAnnotations": {"type": "object"},
-    "externalURL": {"type": "string"}, "notification_reason": {"type": "string"}, "routeLabels": {"type": "object"},
-    "alerts": {"type": "array", "items": _ALERT}}}
+COMMON_ERRORS = {400: "a parameter or body the API does not accept; the error names it",
+                 401: "missing or wrong credentials",
+                 503: "the store is unavailable (locked, read-only, full); retry"}
 
 
-def _response(description: str, schema: dict | None = None) -> dict:
-    body: dict = {"description": description}
-    if schema is not None:
-        body["content"] = {"application/json": {"schema": schema}}
-    return body
+def documented(summary: str, responses: dict[int, tuple[str, type[BaseModel] | None]], **options) -> Callable:
+    """Attach the OpenAPI operation to a view function."""
+    def attach(view: Callable) -> Callable:
+        view.openapi = Operation(summary, responses, **options)  # type: ignore[attr-defined]
+        return view
+    return attach
 
 
-def _limit(default: int, maximum: int) -> dict:
-    return {"name": "limit", "in": "query", "required": False,
-            "description": f"at most this many entries (default {default}); values above {maximum} are clamped to it",
-            "schema": {"type": "integer", "minimum": 1}}
+def openapi_document(app: Flask | None = None) -> dict:
+    """The description of `app`'s routes (without one: of the server's blueprints, as create_app registers them)."""
+    if app is None:
+        from rules_engine.server.app import api_blueprint, health_blueprint, webhook_blueprint
 
+        app = Flask("rules_engine")
+        for blueprint in (webhook_blueprint, api_blueprint, health_blueprint):
+            app.register_blueprint(blueprint)
+    operations = []
+    for rule in app.url_map.iter_rules():
+        operation = getattr(app.view_functions.get(rule.endpoint), "openapi", None)
+        if operation is not None:
+            path = re.sub(r"<(?:[^:<>]+:)?([^<>]+)>", r"{\1}", rule.rule)
+            for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"}):
+                operations.append((path, method.lower(), operation, list(rule.arguments)))
+    models = {Error}
+    for _, _, operation, _ in operations:
+        models |= {m for _, m in operation.responses.values() if m is not None}
+        models |= {m for m in (operation.body, operation.query) if m is not None}
+    keys, schemas = models_json_schema([(m, "validation") for m in sorted(models, key=lambda m: m.__name__)],
+                                       ref_template=REF)
 
-def openapi_document() -> dict:
-    """Built per call, so its lists (step types, states) are whatever the code declares, never retyped here."""
-    workflow = _workflow_schema()
-    errors = {"400": _response("a parameter or body the API does not accept; the error names it", _ERROR),
-              "401": _response("missing or wrong credentials", _ERROR),
-              "503": _response("the store is unavailable (locked, read-only, full); retry", _ERROR)}
-    decision_body = {"content": {"application/json": {"schema": {"type": "object", "properties": {
-        "comment": {"type": "string"}, "reason": {"type": "string"}}}}}, "required": False}
+    def ref(model: type[BaseModel]) -> dict:
+        return keys[(model, "validation")]
+
+    paths: dict[str, dict] = {}
+    for path, method, operation, arguments in operations:
+        responses = {str(code): {"description": text, **({"content": {"application/json": {"schema": ref(model)}}}
+                                                         if model is not None else {})}
+                     for code, (text, model) in operation.responses.items()}
+        for code in operation.errors:
+            responses.setdefault(str(code), {"description": COMMON_ERRORS.get(code, "refused"),
+                                             "content": {"application/json": {"schema": ref(Error)}}})
+        tag = next((name for prefix, name in TAGS if path.startswith(prefix)), "service")
+        body: dict = {"summary": operation.summary, "tags": [tag], "responses": responses, **operation.extra}
+        if operation.security:
+            body["security"] = [{operation.security: []}]
+        parameters = [{"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+                      for name in arguments]
+        if operation.query is not None:
+            schema = operation.query.model_json_schema(ref_template=REF)
+            parameters += [{"name": name, "in": "query", "required": False,
+                            "description": prop.get("description", ""),
+                            "schema": {k: v for k, v in prop.items() if k not in ("title", "description")}}
+                           for name, prop in schema["properties"].items()]
+        if parameters:
+            body["parameters"] = parameters
+        if operation.body is not None:
+            body["requestBody"] = {"required": operation.body_required,
+                                   "content": {operation.content_type: {"schema": ref(operation.body)}}}
+        paths.setdefault(path, {})[method] = body
     return {
         "openapi": "3.1.0",
         "info": {"title": "rules-engine", "version": __version__,
-                 "description": "Alertmanager webhook receiver and optimization-playbook workflows."},
-        "components": {"securitySchemes": {
+                 "description": "Alertmanager webhook receiver, optimization-playbook workflows, analysis jobs "
+                                "and ranked recommendations. Browse it at /docs."},
+        "components": {"schemas": schemas.get("$defs", {}), "securitySchemes": {
             "alertmanager": {"type": "http", "scheme": "bearer",
                              "description": "The Alertmanager credential (bearer token or basic auth)."},
             "operator": {"type": "http", "scheme": "bearer",
                          "description": "An operator token; its roles decide which optimization levels it may "
-                                        "approve or reject."}}},
-        "paths": {
-            "/alertmanager/webhook": {"post": {
-                "summary": "Receive an Alertmanager webhook (v4); persisted before the 2xx, processed asynchronously",
-                "security": [{"alertmanager": []}],
-                "requestBody": {"required": True, "content": {"application/json": {"schema": _PAYLOAD}}},
-                "responses": {"200": _response("accepted and persisted", {"type": "object", "properties": {
-                    "status": {"const": "accepted"}, "event_id": {"type": "integer"}, "alerts": {"type": "integer"}}}),
-                    **errors, "400": _response("not a v4 webhook payload, or a value the store cannot hold "
-                                               "(NUL, over-long fingerprint, label name or value)", _ERROR),
-                    "413": _response("payload too large", _ERROR),
-                    "503": _response("store unavailable; Alertmanager retries", _ERROR)}}},
-            "/api/v1/health": {"get": {"summary": "Liveness", "responses": {"200": _response("alive")}}},
-            "/api/v1/ready": {"get": {"summary": "Readiness (the store answers, background loops alive, the intake "
-                                                 "keeps up: no event waits longer than intake_stall_seconds)",
-                                      "responses": {"200": _response("ready"), "503": _response("not ready")}}},
-            "/api/v1/workflows": {"get": {
-                "summary": "List workflows, newest first", "security": [{"operator": []}],
-                "parameters": [{"name": n, "in": "query", "required": False, "schema": {"type": "string"}}
-                               for n in ("state", "instance", "alertname", "playbook")] + [_limit(100, 1000)],
-                "responses": {"200": _response("workflows", {"type": "object", "properties": {
-                    "workflows": {"type": "array", "items": workflow}}}), **errors}}},
-            "/api/v1/workflows/{id}": {"get": {
-                "summary": "One workflow with its steps and audit trail", "security": [{"operator": []}],
-                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "responses": {"200": _response("the workflow", workflow), **errors,
-                              "404": _response("no such workflow", _ERROR)}}},
-            **{f"/api/v1/workflows/{{id}}/{action}": {"post": {
-                "summary": f"{action.capitalize()} a workflow waiting for approval", "security": [{"operator": []}],
-                "parameters": [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}],
-                "requestBody": decision_body,
-                "responses": {"200": _response("the workflow after the decision", workflow), **errors,
-                              "403": _response("the operator's roles do not cover the playbook's level", _ERROR),
-                              "404": _response("no such workflow", _ERROR),
-                              "409": _response("the workflow is not waiting for approval", _ERROR)}}}
-               for action in ("approve", "reject")},
-            "/api/v1/playbooks": {"get": {"summary": "Loaded playbooks", "security": [{"operator": []}],
-                                          "responses": {"200": _response("playbooks"), **errors}}},
-            "/api/v1/audit": {"get": {"summary": "The append-only audit log", "security": [{"operator": []}],
-                                      "parameters": [{"name": "workflow_id", "in": "query", "required": False,
-                                                      "schema": {"type": "string"}}, _limit(1000, 10000)],
-                                      "responses": {"200": _response("audit entries"), **errors}}},
-            "/api/v1/openapi.json": {"get": {"summary": "This document", "responses": {"200": _response("OpenAPI")}}},
-            "/metrics": {"get": {"summary": "The engine's own Prometheus metrics",
-                                 "responses": {"200": _response("text exposition format")}}},
-        },
+                                        "approve, reject or start without approval."}}},
+        "paths": dict(sorted(paths.items())),
     }

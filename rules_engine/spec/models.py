@@ -45,6 +45,10 @@ def parse_duration(value: Any) -> pd.Timedelta:
             return pd.Timedelta(promql_parser.parse_duration(text))
         except ValueError:
             raise ValueError(f"invalid duration {value!r}: use Prometheus durations like 30s, 5m, 1h30m, 7d") from None
+        except BaseException as error:  # the parser's Rust code panics on "inf", "nan", "1e30" (pyo3 PanicException)
+            if type(error).__name__ != "PanicException":
+                raise
+            raise ValueError(f"invalid duration {value!r}: use Prometheus durations like 30s, 5m, 1h30m, 7d") from None
     raise ValueError(f"invalid duration {value!r}: use Prometheus durations like 30s, 5m, 1h30m, 7d")
 
 
