@@ -15,7 +15,6 @@ import hashlib
 import http.server
 import json
 import threading
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -23,6 +22,7 @@ import pytest
 import requests
 import yaml
 
+from rules_engine.report.html import PLOTLYJS_SLOT
 from rules_engine.simulate import FleetSpec, Incident
 from tests import processes
 from tests.conftest import require_binary
@@ -141,6 +141,13 @@ def test_analysis_recommendations_and_a_workflow_from_a_finding(prometheus, tmp_
             assert any(f["category"] == "queue_buildup" and f["labels"]["instance"] == "vllm-2:8000"
                        for f in result["findings"])
 
+            # Its HTML report: self-contained (plotly.js inlined again when served), a plot per alerting series.
+            report = call(port, "GET", f"{location}/report.html")
+            assert report.status_code == 200 and report.headers["Content-Type"].startswith("text/html")
+            assert PLOTLYJS_SLOT not in report.text and "Plotly.newPlot" in report.text
+            assert "vllm-1:8000" in report.text and "VLLMKVCacheNearlyFull" in report.text
+            assert call(port, "GET", "/api/v1/analysis/nope/report.html").status_code == 404
+
             # Recommendations for those findings, with vLLM's current settings read from Prometheus.
             answer = call(port, "POST", "/api/v1/optimization/recommend", json={
                 "findings": result["findings"], "current": {"vllm-1:8000": {"gpu_memory_gib": 80}}})
@@ -184,6 +191,8 @@ def test_a_job_past_its_time_limit_fails_and_a_restart_fails_a_running_job(prome
             timed = call(port, "POST", "/api/v1/analysis", json={**body, "timeout": 0.5}).json()
             job = processes.wait_for("the job to time out", lambda: finished(port, timed["url"]), timeout=120)
             assert job["state"] == "failed" and "time" in job["error"], job
+            unfinished = call(port, "GET", f"{timed['url']}/report.html")
+            assert unfinished.status_code == 409 and "failed" in unfinished.json()["error"]
         with running_serve(path, port) as serve:
             running = call(port, "POST", "/api/v1/analysis", json=body).json()
             processes.wait_for("the job to run", lambda: call(port, "GET", running["url"]).json()["state"]

@@ -34,6 +34,7 @@ from rules_engine.playbooks import limits
 from rules_engine.playbooks import store as st
 from rules_engine.evaluate.series import EvaluationError
 from rules_engine.report.export import backtest_record
+from rules_engine.report.html import PLOTLYJS_SLOT, render_html
 from rules_engine.source.base import SourceError
 from rules_engine.source.client import PrometheusClient
 from rules_engine.source.prometheus import PrometheusSource
@@ -42,6 +43,7 @@ from rules_engine.spec.models import format_duration, parse_duration
 from rules_engine.spec.promql import parse_selector
 from rules_engine.spec.timerange import parse_time
 from rules_engine.spec.times import rfc3339
+from rules_engine.urls import redacted_url
 
 log = logging.getLogger(__name__)
 
@@ -293,6 +295,13 @@ def job_record(conn, job_id: str, with_result: bool = True) -> dict | None:
     return body
 
 
+def job_report(conn, job_id: str) -> tuple[str, str | None] | None:
+    """(state, HTML report rendered with PLOTLYJS_SLOT or None) of a job, None when there is no such job."""
+    row = conn.execute(select(st.analysis_jobs.c.state, st.analysis_jobs.c.report)
+                       .where(st.analysis_jobs.c.id == job_id)).first()
+    return None if row is None else (row.state, row.report)
+
+
 def list_jobs(conn, limit: int = 100) -> list[dict]:
     ids = conn.execute(select(st.analysis_jobs.c.id).order_by(st.analysis_jobs.c.created_at.desc())
                        .limit(limit)).scalars().all()
@@ -329,13 +338,13 @@ def release_owned(store: st.Store, owner: str, why: str) -> None:
 
 
 def _finish(conn, job_id: str, owner: str | None, state: str, error: str | None, now: float,
-            result: str | None = None) -> bool:
+            result: str | None = None, report: str | None = None) -> bool:
     """running -> `state`, only if still running (and still ours when `owner` is given)."""
     where = [st.analysis_jobs.c.id == job_id, st.analysis_jobs.c.state == RUNNING]
     if owner is not None:
         where.append(st.analysis_jobs.c.owner == owner)
     changed = conn.execute(update(st.analysis_jobs).where(*where).values(
-        state=state, finished_at=now, error=error, result=result, lease_until=None)).rowcount == 1
+        state=state, finished_at=now, error=error, result=result, report=report, lease_until=None)).rowcount == 1
     if changed:
         st.record_audit(conn, f"analysis:{owner or 'engine'}", f"analysis_{state}", None, job=job_id, error=error)
     return changed
@@ -411,8 +420,9 @@ def count_series(client: PrometheusClient, found: Plan, deadline: float = math.i
     return counts
 
 
-def run_job(found: Plan, client: PrometheusClient, settings: AnalysisLimits, job_id: str) -> dict:
-    """Measure, check the size, backtest; the export record. Raises SourceError/ValueError with the reason."""
+def run_job(found: Plan, client: PrometheusClient, settings: AnalysisLimits, job_id: str) -> tuple[dict, str]:
+    """Measure, check the size, backtest; the export record and the HTML report (without plotly.js).
+    Raises SourceError/ValueError with the reason."""
     deadline = time.monotonic() + found.timeout
     series = count_series(client, found, deadline)
     estimate = found.estimate(series)
@@ -422,10 +432,12 @@ def run_job(found: Plan, client: PrometheusClient, settings: AnalysisLimits, job
                          f"{settings.max_points:,}: narrow the selector or range, or raise the step")
     source = DeadlineSource(PrometheusSource(client), deadline)
     backtest = api.backtest(found.ruleset, source, found.start, found.end, found.step, rules=found.names,
-                            concurrency=settings.concurrency)
+                            concurrency=settings.concurrency, keep_signals=True)
     if time.monotonic() > deadline:
         raise JobTimedOut(f"timed out after {found.timeout:g}s")
-    return backtest_record(backtest, f"prometheus {client.url}", {"analysis": {"id": job_id, "estimate": estimate}})
+    described = f"prometheus {redacted_url(client.url)}"
+    record = backtest_record(backtest, described, {"analysis": {"id": job_id, "estimate": estimate}})
+    return record, render_html(backtest, described, title=f"rules-engine analysis {job_id}", plotlyjs=PLOTLYJS_SLOT)
 
 
 @dataclass
@@ -485,20 +497,20 @@ class AnalysisPool:
             client = self.client_factory(self.settings.query_timeout)
             if client is None:
                 raise SourceError("no Prometheus configured (the serve config's `prometheus:`)")
-            result, state, error = json.dumps(run_job(found, client, self.settings, job_id), allow_nan=False), \
-                SUCCEEDED, None
+            record, report = run_job(found, client, self.settings, job_id)
+            result, state, error = json.dumps(record, allow_nan=False), SUCCEEDED, None
         except (RequestProblem, SourceError, ValueError) as problem:
-            result, state, error = None, FAILED, str(problem)
+            result, report, state, error = None, None, FAILED, str(problem)
         except Exception as problem:  # a bug must still end the job in a defined state
             log.exception("analysis job %s", job_id)
-            result, state, error = None, FAILED, f"internal error: {type(problem).__name__}: {problem}"
+            result, report, state, error = None, None, FAILED, f"internal error: {type(problem).__name__}: {problem}"
         finally:
             renewing.set()
             heartbeat.join(5)
             if client is not None:
                 client.close()
         with self.store.write() as conn:
-            if not _finish(conn, job_id, self.owner, state, error, time.time(), result):
+            if not _finish(conn, job_id, self.owner, state, error, time.time(), result, report):
                 return FAILED  # failed meanwhile (deadline passed, lease lost): that verdict stands
         return state
 

@@ -162,6 +162,7 @@ analysis_jobs = Table(
     Column("estimate", Text, nullable=False, default="{}"),
     Column("error", Text, nullable=True),
     Column("result", Text, nullable=True),
+    Column("report", Text, nullable=True),  # the HTML report (report/html.py), plotly.js left out: see PLOTLYJS_SLOT
     Index("ix_analysis_jobs_state", "state", "created_at"),
 )
 

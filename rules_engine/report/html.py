@@ -47,17 +47,24 @@ class _Alert:
     findings: list[Finding]
 
 
+# Where a page rendered with `plotlyjs=PLOTLYJS_SLOT` takes plotly.js, filled by `with_plotlyjs` when it is served:
+# a stored report (an analysis job's) then holds its own data only, not 4.8 MB of the same library each time.
+PLOTLYJS_SLOT = "/* rules-engine: plotly.js */"
+
+
 def render_html(backtest: Backtest, source: str, title: str = "rules-engine backtest",
-                max_points: int = MAX_POINTS, max_plots: int = MAX_PLOTS) -> str:
-    """The whole report page for a backtest (run it with keep_signals=True to get the signal plots)."""
+                max_points: int = MAX_POINTS, max_plots: int = MAX_PLOTS, plotlyjs: str | None = None) -> str:
+    """The whole report page for a backtest (run it with keep_signals=True to get the signal plots).
+
+    `plotlyjs`: the library inlined in the page (None: plotly's own, so the file opens offline as it is)."""
     alerts = _alerts(backtest)
     health = backtest.health()
     plots = [_alert_figure(alert, backtest, max_points) for alert in alerts[:max_plots]]
     slo_results = [result for result in backtest.slos if not result.error]
     page = _TEMPLATE.render(
         title=title, source=source, start=rfc3339(backtest.start), end=rfc3339(backtest.end),
-        step=format_duration(backtest.step), plotlyjs=get_plotlyjs(), style=_STYLE,
-        overall=None if health.overall is None else f"{health.overall:.1f}",
+        step=format_duration(backtest.step), plotlyjs=get_plotlyjs() if plotlyjs is None else plotlyjs,
+        style=_STYLE, overall=None if health.overall is None else f"{health.overall:.1f}",
         counts=_severity_counts(backtest.findings), rules=len(backtest.outcomes), legend=SEVERITY_COLOURS.items(),
         fleet=_div(_fleet_figure(backtest)) if backtest.findings or backtest.instances else None,
         plots=[_div(figure) for figure in plots], more=[_alert_name(alert) for alert in alerts[max_plots:]],
@@ -67,6 +74,11 @@ def render_html(backtest: Backtest, source: str, title: str = "rules-engine back
         failed=[(o.rule, o.error) for o in backtest.failed] + [(f"SLO {r.slo}", r.error) for r in backtest.slos if r.error],
     )
     return page
+
+
+def with_plotlyjs(page: str) -> str:
+    """A page rendered with `plotlyjs=PLOTLYJS_SLOT`, self-contained again (the slot is in <head>, before any data)."""
+    return page.replace(PLOTLYJS_SLOT, get_plotlyjs(), 1)
 
 
 def _alerts(backtest: Backtest) -> list[_Alert]:

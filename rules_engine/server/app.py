@@ -25,6 +25,7 @@ from rules_engine.playbooks.notify import RetryPolicy
 from rules_engine.playbooks.payload import PayloadError, WebhookPayload, parse_payload
 from rules_engine.playbooks.runner import Runner
 from rules_engine.playbooks.runtime import Runtime, load_playbooks
+from rules_engine.report.html import with_plotlyjs
 from rules_engine.server import inputs
 from rules_engine.server.config import Credentials, Principal, ServerConfig, prometheus_client
 from rules_engine.server.metrics import EngineMetrics, engine_metrics
@@ -335,6 +336,25 @@ def show_analysis(job_id: str):
     if job is None:
         return jsonify(error=f"no analysis job {job_id!r}"), 404
     return jsonify({**job, "url": url_for("api.show_analysis", job_id=job_id)})
+
+
+@api_blueprint.get("/analysis/<job_id>/report.html")
+@documented("An analysis job's HTML report: per finding the signal with its thresholds and firing intervals, SLO "
+            "burn-downs, the fleet overview; one self-contained page",
+            {200: ("the report (text/html)", None), 404: ("no such job", sc.Error),
+             409: ("the job has not succeeded (yet)", sc.Error)})
+def show_analysis_report(job_id: str):
+    inputs.path_text(job_id, "id")
+    found = engine()
+    analysis.fail_abandoned(found.runtime.store)
+    with found.runtime.store.read() as conn:
+        job = analysis.job_report(conn, job_id)
+    if job is None:
+        return jsonify(error=f"no analysis job {job_id!r}"), 404
+    state, report = job
+    if report is None:
+        return jsonify(error=f"analysis job {job_id!r} is {state}: a report exists once it has succeeded"), 409
+    return Response(with_plotlyjs(report), mimetype="text/html")
 
 
 @api_blueprint.post("/optimization/recommend")
