@@ -104,7 +104,8 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
     served_rate = np.maximum(requests / dt, 0.05)
 
     # The router admits at most max_concurrent_requests in flight: the queue is capped, the rest is refused.
-    room = np.maximum(MAX_CONCURRENT_REQUESTS - base.running, 0)
+    running = np.minimum(base.running, MAX_CONCURRENT_REQUESTS)
+    room = MAX_CONCURRENT_REQUESTS - running
     queue = np.minimum(base.waiting, room)
     growth = np.maximum(np.diff(base.waiting, prepend=base.waiting[:1]), 0)
     overloaded = np.where(base.waiting > room, growth, 0).astype(np.int64)
@@ -151,7 +152,7 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
     backpressure = rng.binomial(concat, np.clip(0.3 + 0.5 * rho, 0.0, 1.0))
     return ServerSeries(
         **series_fields(base), labels=labels(base),
-        gauge_values={QUEUE_SIZE: [({}, queue)], BATCH_SIZE: [({}, base.running)],
+        gauge_values={QUEUE_SIZE: [({}, queue)], BATCH_SIZE: [({}, running)],
                       BATCH_MAX_TOKENS: [({}, current_max_tokens)],
                       BATCH_TOTAL_TOKENS: [({}, np.full(n, float(total_tokens)))]},
         counter_increments={
