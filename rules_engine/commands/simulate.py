@@ -1,4 +1,4 @@
-"""`rules-engine simulate`: write a simulated vLLM fleet history (OpenMetrics) and its ground truth."""
+"""`rules-engine simulate`: write a simulated vLLM (and TGI / SGLang) fleet history (OpenMetrics) and its ground truth."""
 from __future__ import annotations
 
 import time
@@ -33,8 +33,8 @@ def _time(ctx, param, value):
 @click.command("simulate")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="OpenMetrics file to write (load it with `promtool tsdb create-blocks-from openmetrics`).")
-@click.option("--instances", type=click.IntRange(min=1), default=None,
-              help="Number of vLLM instances (default: the scenario's, 8).")
+@click.option("--instances", type=click.IntRange(min=0), default=None,
+              help="Number of vLLM instances (default: the scenario's: 8, or 2 in `mixed`).")
 @click.option("--duration", callback=_duration, default=None, help="Length of history, e.g. 6h, 2d, 7d "
               "(default: the scenario's, 2d).")
 @click.option("--end", callback=_time, default=None,
