@@ -120,3 +120,18 @@ def test_slos_evaluate_on_the_servers_real_buckets(fleet):
         result = run(prometheus, f"rules/slo/{server}.yaml")
         assert result.slos and not [(s.slo, s.error) for s in result.slos if s.error]
         assert all(s.total > 0 and 0 < s.attainment <= 1 for s in result.slos), server
+
+
+@pytest.mark.parametrize("server", ["tgi", "sglang"])
+def test_compiled_alerts_in_prometheus_find_what_the_engine_finds(fleet, server):
+    """`--engine promql` range-queries the generated alert expressions: the live path in Prometheus must fire
+    where the backtest does, for TGI's odd boundaries and SGLang's rank aggregation alike."""
+    prometheus, _ = fleet
+    ruleset = load_ruleset(f"rules/{server}.yaml")
+    found = {}
+    for engine in ("pandas", "promql"):
+        result = backtest(ruleset, PrometheusSource(prometheus.url), END - pd.Timedelta(hours=HOURS - 1), END, STEP,
+                          engine=engine)
+        assert not result.failed, [(o.rule, o.error) for o in result.failed]
+        found[engine] = {(f.rule, f.labels["instance"], f.start, f.end) for f in result.findings}
+    assert found["pandas"] and found["pandas"] == found["promql"]
