@@ -91,3 +91,59 @@ def test_every_flag_the_pack_runbook_and_playbooks_name_is_a_real_flag(server):
 
 # Flags named in explanations rather than changed by a playbook.
 EXTRA_FLAGS = {"tgi": set(), "sglang": {"--enable-metrics", "--disable-radix-cache", "--pp-size"}}
+
+
+# SGLang scheduler metrics: one series per rank (reference/llm-servers.md §0.5, §9).
+SGLANG_PER_RANK = {"sglang:num_queue_reqs", "sglang:num_running_reqs", "sglang:token_usage",
+                   "sglang:num_retracted_requests_total", "sglang:gen_throughput", "sglang:cache_hit_rate"}
+INTERVAL_AVERAGES = {"sglang:gen_throughput", "sglang:cache_hit_rate"}
+
+
+def selectors_with_context(node, aggregations=(), calls=()):
+    """(metric name, enclosing aggregation operators outermost first, enclosing function names) per selector."""
+    import promql_parser
+
+    if isinstance(node, promql_parser.VectorSelector):
+        yield node.name, aggregations, calls
+    elif isinstance(node, promql_parser.MatrixSelector):
+        yield from selectors_with_context(node.vector_selector, aggregations, calls)
+    elif isinstance(node, promql_parser.AggregateExpr):
+        yield from selectors_with_context(node.expr, aggregations + (str(node.op),), calls)
+    elif isinstance(node, promql_parser.Call):
+        for arg in node.args:
+            yield from selectors_with_context(arg, aggregations, calls + (node.func.name,))
+    elif isinstance(node, promql_parser.BinaryExpr):
+        yield from selectors_with_context(node.lhs, aggregations, calls)
+        yield from selectors_with_context(node.rhs, aggregations, calls)
+    elif isinstance(node, (promql_parser.ParenExpr, promql_parser.UnaryExpr, promql_parser.SubqueryExpr)):
+        yield from selectors_with_context(node.expr, aggregations, calls)
+
+
+def sglang_expressions():
+    pack = load_ruleset(ROOT / "rules" / "sglang.yaml").packs[0]
+    for rule in pack.rules:
+        yield rule.name, rule.signal
+        if rule.guard:
+            yield rule.name + " guard", rule.guard
+    for name, playbook in load_playbooks(sorted((ROOT / "rules" / "playbooks").glob("sglang-*.yaml"))).items():
+        for step in playbook.steps:
+            if step.type == "verify":  # templates render label values inside strings only
+                yield f"{name}/{step.name}", re.sub(r"\{%.*?%\}", "", re.sub(r"\{\{.*?\}\}", "x", step.query))
+
+
+def test_sglang_rank_series_are_never_summed_and_interval_averages_never_rated():
+    import promql_parser
+
+    checked = 0
+    for where, expr in sglang_expressions():
+        for name, aggregations, calls in selectors_with_context(promql_parser.parse(expr)):
+            if name in SGLANG_PER_RANK:
+                # The innermost aggregation over a rank series is max: ranks report the same scheduler.
+                assert aggregations and aggregations[-1] == "max", (where, name, aggregations)
+                checked += 1
+            if name in INTERVAL_AVERAGES:
+                assert not {"rate", "irate", "increase", "deriv"} & set(calls), (where, name, calls)
+    assert checked >= 10
+    # The check bites: the naive aggregation is caught.
+    naive = promql_parser.parse("sum by (instance) (rate(sglang:num_retracted_requests_total[5m]))")
+    assert [a[-1] for _, a, _ in selectors_with_context(naive)] == ["sum"]
