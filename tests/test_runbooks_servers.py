@@ -147,3 +147,19 @@ def test_sglang_rank_series_are_never_summed_and_interval_averages_never_rated()
     # The check bites: the naive aggregation is caught.
     naive = promql_parser.parse("sum by (instance) (rate(sglang:num_retracted_requests_total[5m]))")
     assert [a[-1] for _, a, _ in selectors_with_context(naive)] == ["sum"]
+
+
+def test_tgi_names_have_no_total_suffix_no_model_label_and_slos_sit_on_its_boundaries():
+    from rules_engine.simulate import tgi
+
+    texts = [ROOT / "rules" / "tgi.yaml", ROOT / "rules" / "slo" / "tgi.yaml",
+             *(ROOT / "rules" / "playbooks").glob("tgi-*.yaml")]
+    for path in texts:
+        text = path.read_text()
+        assert not re.search(r"tgi_\w+_total\b", text), path
+        assert "model_name" not in re.sub(r"#.*", "", text), path
+    latency = [slo for slo in load_ruleset(ROOT / "rules" / "slo" / "tgi.yaml").slos if slo.sli.latency]
+    assert latency and all(slo.sli.latency.threshold in tgi.DURATION_BUCKETS for slo in latency)
+    pack = load_ruleset(ROOT / "rules" / "tgi.yaml").packs[0]
+    quantile_rules = [r for r in pack.rules if "histogram_quantile" in r.signal and "+" not in r.signal]
+    assert quantile_rules and all(r.threshold in tgi.DURATION_BUCKETS for r in quantile_rules)
