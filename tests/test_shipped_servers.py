@@ -1,5 +1,5 @@
-"""Every alert of the shipped TGI and SGLang packs links a runbook section that exists, and names a playbook
-that exists."""
+"""The shipped TGI and SGLang files, statically and in dry run: runbook links, playbooks and their launch flags,
+SGLang rank aggregation and interval averages, TGI names, labels and bucket boundaries."""
 from __future__ import annotations
 
 import re
