@@ -143,7 +143,8 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
             RETRACTIONS: per_rank(inc["preemptions"]),
         },
         histogram_values={
-            TTFT: [({"is_streaming": "true"}, hist(catalog.TTFT, streaming))],
+            TTFT: [({"is_streaming": "true"}, hist(catalog.TTFT, streaming)),
+                   ({"is_streaming": "false"}, hist(catalog.TTFT, requests - streaming))],
             ITL: [({}, hist(catalog.ITL, base.histograms[catalog.ITL].observations))],
             E2E: [({}, hist(catalog.E2E, requests))],
             QUEUE_TIME: [({}, hist(catalog.QUEUE_TIME, requests))],
