@@ -87,15 +87,17 @@ KNOBS: dict[str, dict[str, list[dict[str, Any]]]] = {
              "why": "admit more requests instead of rejecting them as overloaded"},
         ],
         "kv_cache_pressure": [
-            {"knob": "max_batch_total_tokens", "flag": "--max-batch-total-tokens", "default": 16000,
-             "moves": [("mul", 0.9), ("mul", 0.75), ("mul", 0.5)], "bounds": (1024, 10_000_000),
-             "why": "a smaller token budget fits the KV cache"},
+            # TGI sizes --max-batch-total-tokens from the memory left after the weights: shrinking it only makes
+            # the budget fill sooner. Room comes from a smaller KV cache per token.
             {"knob": "kv_cache_dtype", "flag": "--kv-cache-dtype", "default": "auto",
-             "moves": [None, None, ("set", "fp8_e4m3fn")], "bounds": None, "why": "fp8 KV cache"},
+             "moves": [("set", "fp8_e4m3fn"), ("set", "fp8_e4m3fn"), ("set", "fp8_e4m3fn")], "bounds": None,
+             "why": "an fp8 KV cache holds twice the tokens in the same memory"},
         ],
         "high_ttft": [
-            {"knob": "waiting_served_ratio", "flag": "--waiting-served-ratio", "default": 0.3,
-             "moves": [("mul", 1.5), ("mul", 2), ("mul", 3)], "bounds": (0.1, 5.0),
+            # Waiting requests are considered for the running batch once waiting/running exceeds the ratio
+            # (default 1.2): a lower ratio lets them join sooner.
+            {"knob": "waiting_served_ratio", "flag": "--waiting-served-ratio", "default": 1.2,
+             "moves": [("mul", 0.8), ("mul", 0.6), ("mul", 0.4)], "bounds": (0.1, 5.0),
              "why": "let waiting requests join the running batch sooner"},
         ],
         "high_itl": [
@@ -108,8 +110,11 @@ KNOBS: dict[str, dict[str, list[dict[str, Any]]]] = {
              "moves": [("set", "1"), ("set", "1"), ("set", "1")], "bounds": None, "why": "enable prefix caching"},
         ],
         "under_batching": [
-            {"knob": "max_batch_size", "flag": "--max-batch-size", "default": 32,
-             "moves": [("mul", 1.25), ("mul", 1.5), ("mul", 2)], "bounds": (1, 4096), "why": "larger batches"},
+            # --max-batch-size is unset by default (the token budget alone bounds a batch); prefill batches are
+            # what admits new requests into the running batch.
+            {"knob": "max_batch_prefill_tokens", "flag": "--max-batch-prefill-tokens", "default": 4096,
+             "moves": [("mul", 1.25), ("mul", 1.5), ("mul", 2)], "bounds": (256, 1_000_000),
+             "why": "larger prefill batches admit more waiting requests per step"},
         ],
     },
     "sglang": {
