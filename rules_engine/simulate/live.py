@@ -5,7 +5,8 @@ One simulation covers [start, end]: the part up to the serve start is history (w
 step at or before t, written by the simulator's own writer (`write_history` with only that step present), so
 counters continue the backfilled history, an instance that is down in the simulation (restart incident, scrape
 gap) is absent from the scrape, and every server kind and metric the simulator writes is served with no code of
-its own here. Timestamps are stripped: Prometheus stamps samples with its scrape time, as with a real exporter,
+its own here. A scrape computes the series up to its step only (counters are sums from the range start), so its
+cost grows with the time since the start (4 instances: 0.16 s at 1,500 steps, 0.22 s at 3,000). Timestamps are stripped: Prometheus stamps samples with its scrape time, as with a real exporter,
 and marks the series of a vanished instance stale.
 
 Incidents that should happen live are scheduled with `schedule`: offsets count from the serve start and repeat.
@@ -57,6 +58,16 @@ class LiveFleet:
     def _only(self, keep: list[np.ndarray]) -> list[InstanceSeries]:
         return [dataclasses.replace(s, present=s.present & mask) for s, mask in zip(self.series, keep)]
 
+    def _at(self, steps: tuple[int, ...]) -> list[InstanceSeries]:
+        """Each instance's series cut after its step, with only that step present."""
+        cut = []
+        for s, step in zip(self.series, steps):
+            head = _head(s, s.times.size, step + 1)
+            present = np.zeros(step + 1, bool)
+            present[step:] = s.present[step:step + 1]
+            cut.append(dataclasses.replace(head, present=present))
+        return cut
+
     def history_until(self, out: Path, until: float) -> int:
         """Write the samples at or before `until` as OpenMetrics with timestamps (for promtool); bytes written."""
         with open(out, "wb", buffering=1 << 20) as handle:
@@ -71,17 +82,24 @@ class LiveFleet:
         with self._lock:
             if self._cache is not None and self._cache[0] == steps:
                 return self._cache[1]
-            keep = []
-            for s, step in zip(self.series, steps):
-                mask = np.zeros(s.times.size, bool)
-                if step >= 0:
-                    mask[step] = True
-                keep.append(mask)
             buffer = io.BytesIO()
-            write_history(buffer, self._only(keep))
+            write_history(buffer, self._at(tuple(max(step, 0) for step in steps)))
             body = _TIMESTAMP.sub(b"\n", buffer.getvalue())
             self._cache = (steps, body)
             return body
+
+
+def _head(value, length: int, keep: int):
+    """`value` with every per-step array (first axis `length`) cut to its first `keep` steps, through dicts and
+    dataclasses, so whatever per-step state the simulator keeps is cut alike."""
+    if isinstance(value, np.ndarray):
+        return value[:keep] if value.ndim and value.shape[0] == length else value
+    if isinstance(value, dict):
+        return {key: _head(item, length, keep) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {f.name: _head(getattr(value, f.name), length, keep) for f in dataclasses.fields(value) if f.init}
+        return dataclasses.replace(value, **changes)
+    return value
 
 
 def make_server(fleet: LiveFleet, host: str, port: int, clock=time.time) -> http.server.ThreadingHTTPServer:
