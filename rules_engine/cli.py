@@ -26,6 +26,8 @@ from rules_engine.commands.evaluate import evaluate, record, validate  # noqa: E
 main.add_command(evaluate)
 main.add_command(validate)
 main.add_command(record)
+from rules_engine.commands.monitor import monitor  # noqa: E402
+main.add_command(monitor)
 
 
 if __name__ == "__main__":  # `python3 -m rules_engine.cli`, how a checkout runs without installing

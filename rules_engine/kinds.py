@@ -28,7 +28,7 @@ def _kind(name: str, model: type, semantics, evaluator, promtool, **extra) -> Ru
 RULE_KINDS = MappingProxyType({kind.name: kind for kind in (
     _kind("threshold", ThresholdRule, threshold_semantics, threshold, promtool_cases.THRESHOLD,
           grade_peaks=threshold.severity_of),
-    _kind("trend", TrendRule, trend_semantics, trend, promtool_cases.TREND),
+    _kind("trend", TrendRule, trend_semantics, trend, promtool_cases.TREND, exact_in_promql=False),
     _kind("regression", RegressionRule, regression_semantics, regression, promtool_cases.REGRESSION,
-          earliest_sample=regression_semantics.earliest_sample),
+          earliest_sample=regression_semantics.earliest_sample, exact_in_promql=False),
 )})

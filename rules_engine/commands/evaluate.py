@@ -9,7 +9,7 @@ import click
 import pandas as pd
 
 from rules_engine import api
-from rules_engine.commands.options import prometheus_options, source_from_options
+from rules_engine.commands.options import fix_options, prometheus_options, source_from_options
 from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, Backtest
 from rules_engine.evaluate.findings import SEVERITIES, severity_rank
 from rules_engine.evaluate.series import EvaluationError
@@ -76,14 +76,7 @@ def with_options(options):
 @click.option("--engine", type=click.Choice(["pandas", "promql"]), default="pandas", show_default=True,
               help="pandas: the engine's own evaluation. promql: range-query the alert expressions `generate` "
                    "writes and apply for/keep_firing_for to them, to see what the live path in Prometheus would do.")
-@click.option("--fix", is_flag=True, help="Hand the findings to the matching playbooks (workflows in the store, "
-              "waiting for approval like webhook alerts).")
-@click.option("--dry-run", is_flag=True, help="With --fix: run the workflows at once, recording what they would do, "
-              "with no side effects.")
-@click.option("--database", "database_url", default="sqlite:///rules-engine.db", show_default=True,
-              help="With --fix: the workflow store (the one `serve` uses).")
-@click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
-              help="With --fix: a playbook template variable (`vars.NAME`), e.g. orchestrator_url=http://... .")
+@fix_options
 def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min_severity, export_path, fail_on, limit,
              progress, concurrency, engine, fix, dry_run, database_url, variables, **prometheus):
     """Backtest rules over history: what would have fired, when, for how long, how bad.
@@ -105,7 +98,7 @@ def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min
     if fix:
         # Verify steps query the Prometheus the backtest read, with the same credentials and tenant.
         client = source.client if isinstance(source, PrometheusSource) else None
-        _fix(backtest, ruleset, dry_run, database_url, client, _variables(variables))
+        fix_findings(backtest.findings, ruleset, dry_run, database_url, client, parse_variables(variables))
     elif dry_run:
         _fail("--dry-run goes with --fix")
 
@@ -191,7 +184,7 @@ def _format_step(step: pd.Timedelta) -> str:
     return f"{int(step.total_seconds())}s"
 
 
-def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
+def parse_variables(pairs: tuple[str, ...]) -> dict[str, str]:
     found = {}
     for pair in pairs:
         name, sep, value = pair.partition("=")
@@ -201,21 +194,26 @@ def _variables(pairs: tuple[str, ...]) -> dict[str, str]:
     return found
 
 
-def _fix(backtest: Backtest, ruleset: RuleSet, dry_run: bool, database_url: str,
-         prometheus: PrometheusClient | None, variables: dict[str, str]) -> None:
-    """The seeds' --fix: each finding becomes the alert the live rule would send, through the webhook's own path."""
+def require_playbooks(ruleset: RuleSet) -> None:
+    if not ruleset.playbooks:
+        _fail("--fix needs playbooks: add a folder with kind: Playbook documents to --rules")
+
+
+def fix_findings(findings: list, ruleset: RuleSet, dry_run: bool, database_url: str,
+                 prometheus: PrometheusClient | None, variables: dict[str, str]) -> None:
+    """The seeds' --fix: each finding becomes the alert the live rule would send, through the webhook's own path
+    (`monitor --fix` hands each round's new findings here too)."""
     from rules_engine.playbooks.fix import run_findings
     from rules_engine.playbooks.store import open_store
 
-    if not ruleset.playbooks:
-        _fail("--fix needs playbooks: add a folder with kind: Playbook documents to --rules")
+    require_playbooks(ruleset)
     store = open_store(database_url)
     try:
-        run = run_findings(backtest.findings, ruleset.playbooks, store, dry_run=dry_run,
+        run = run_findings(findings, ruleset.playbooks, store, dry_run=dry_run,
                            prometheus=prometheus, variables=variables)
     finally:
         store.dispose()
-    click.echo(f"\n{'Dry run' if dry_run else 'Fix'}: {len(run.created)} workflow(s) from {len(backtest.findings)} "
+    click.echo(f"\n{'Dry run' if dry_run else 'Fix'}: {len(run.created)} workflow(s) from {len(findings)} "
                f"finding(s) (store {database_url})")
     for workflow in run.created:
         click.echo(_workflow_line(workflow))

@@ -28,8 +28,11 @@ from rules_engine.spec.models import parse_duration
               help="Bearer token file Alertmanager sends to the webhook.")
 @click.option("--alertmanager-config", "alertmanager_base", type=click.Path(exists=True, dir_okay=False),
               help="A base alertmanager.yml: also write alertmanager/alertmanager.yml with the generated part merged in.")
+@click.option("--monitor", "for_monitor", is_flag=True,
+              help="Leave out the alerting rules `rules-engine monitor` evaluates by default (trend and regression "
+                   "rules, timeslice SLOs; their recording rules stay), so nothing fires twice.")
 @click.option("--strict", is_flag=True, help="Exit 1 when any rule could not be compiled.")
-def generate(rules_paths, out_dir, tests, interval, webhook_url, token_file, alertmanager_base, strict) -> None:
+def generate(rules_paths, out_dir, tests, interval, webhook_url, token_file, alertmanager_base, for_monitor, strict) -> None:
     """Write Prometheus rule files, promtool tests, Alertmanager config and Grafana dashboards to OUT."""
     try:
         ruleset = load_ruleset(list(rules_paths))
@@ -41,7 +44,8 @@ def generate(rules_paths, out_dir, tests, interval, webhook_url, token_file, ale
         step = parse_duration(interval)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--interval") from None
-    options = GenerateOptions(interval=step, tests=tests, webhook_url=webhook_url, token_file=token_file)
+    options = GenerateOptions(interval=step, tests=tests, webhook_url=webhook_url, token_file=token_file,
+                              monitor=for_monitor)
     generated = generate_files(ruleset, options)
     if alertmanager_base:
         base = yaml.safe_load(Path(alertmanager_base).read_text()) or {}

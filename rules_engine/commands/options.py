@@ -49,3 +49,20 @@ def source_from_options(prometheus_url: str | None, bearer_token_file: str | Non
         auth = (user, read_secret(password_file, "--basic-auth password file"))
     return PrometheusSource(prometheus_url, bearer_token_file=bearer_token_file, basic_auth=auth, ca_file=ca_file,
                             insecure_skip_verify=insecure_skip_verify, headers=header_map, timeout=timeout)
+
+
+def fix_options(command: Callable) -> Callable:
+    """`--fix` and what goes with it: hand findings to the matching playbooks, as the webhook path does."""
+    options = [
+        click.option("--fix", is_flag=True, help="Hand the findings to the matching playbooks (workflows in the "
+                     "store, waiting for approval like webhook alerts)."),
+        click.option("--dry-run", is_flag=True, help="With --fix: run the workflows at once, recording what they "
+                     "would do, with no side effects."),
+        click.option("--database", "database_url", default="sqlite:///rules-engine.db", show_default=True,
+                     help="With --fix: the workflow store (the one `serve` uses)."),
+        click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
+                     help="With --fix: a playbook template variable (`vars.NAME`), e.g. orchestrator_url=http://... ."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command

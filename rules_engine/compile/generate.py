@@ -34,6 +34,9 @@ class GenerateOptions:
     webhook_url: str = alertmanager.DEFAULT_WEBHOOK_URL
     token_file: str = alertmanager.DEFAULT_TOKEN_FILE
     datasource_url: str = grafana.DEFAULT_PROMETHEUS_URL
+    # For Prometheus beside `rules-engine monitor`: leave out the alerting rules (and their tests) of what the
+    # monitor evaluates by default (kinds and SLI types not exact in PromQL), keeping their recording rules.
+    monitor: bool = False
 
 
 @dataclass
@@ -52,6 +55,12 @@ def generate(ruleset: RuleSet, kinds: Mapping[str, RuleKind], options: GenerateO
     """Every file, as text keyed by its path; `kinds` is the rule-kind registry (rules_engine.kinds.RULE_KINDS)."""
     generated = Generated()
     generated.packs = compile_ruleset(ruleset, kinds, options.interval)
+    if options.monitor:
+        for compiled in generated.packs:
+            left_to_monitor = sorted({a.rule for a in compiled.alerts if not kinds[a.kind].exact_in_promql})
+            compiled.alerts = [a for a in compiled.alerts if kinds[a.kind].exact_in_promql]
+            generated.notes.extend(f"{compiled.pack.name}/{rule}: alerting rules left to `rules-engine monitor` "
+                                   "(--monitor)" for rule in left_to_monitor)
     for compiled in generated.packs:
         name = compiled.pack.name
         rule_path = f"prometheus/{name}.rules.yml"

@@ -55,6 +55,7 @@ class AlertingRule:
     inputs: dict[str, str] = field(default_factory=dict)
     guard_on: tuple[str, ...] | None = None  # labels the guard matches on (None: no guard)
     series_labels: tuple[str, ...] = ()  # labels of the signal's result series, as far as the expression says
+    caveats: tuple[str, ...] = ()  # annotations about what this compiled form leaves to the engine
 
     def as_dict(self) -> dict:
         rule: dict = {"alert": self.alert, "expr": self.expr}
@@ -165,5 +166,6 @@ def rule_alerts(rule, pack: RulePack, kind: RuleKind, signals: dict[str, SignalR
             inputs={"signal": signal.record, **({"guard": guard.record} if guard else {})},
             guard_on=on,
             series_labels=series_labels(signal_expr, pack.keep_labels),
+            caveats=condition.caveats,
         ))
     return alerts, condition.engine_only

@@ -283,3 +283,34 @@ def _groups(compiled: CompiledPack, members: list, interval: pd.Timedelta, notes
                        "input_series": series,
                        "alert_rule_test": tests.checks})
     return groups
+
+
+# -- promtool tests from a backtest ------------------------------------------------------------------------------
+
+def backtest_checks(labeler, findings, times: list[pd.Timestamp], origin: pd.Timestamp, alertnames: list[str]
+                    ) -> list[dict]:
+    """`alert_rule_test` entries saying that at each of `times` exactly the alerts of the backtest's episodes
+    firing then fire (labels and annotations as compile/alerts.py gives them, from the generated rules), for
+    each of `alertnames`; `origin` is the test's time 0 (the first input sample).
+
+    With the backtest's input series as the test's input (raw metrics: the recording rules run too, as a rule
+    group evaluates them), `promtool test rules` then proves the generated files against the engine step by
+    step. Severity is per episode in the engine (graded by its peak), per level in Prometheus: the rules checked
+    this way have one level each; annotations that print `$value` are not comparable (the engine reports the
+    episode's peak) and raise Unrenderable."""
+    checks = []
+    for at in times:
+        for alertname in alertnames:
+            expected = []
+            for finding in findings:
+                if finding.rule != alertname or finding.start > at or (finding.end is not None and at >= finding.end):
+                    continue
+                if any(ref in text for text in labeler.shape(finding).annotations.values()
+                       for ref in ("$value", ".Value")):
+                    raise Unrenderable(f"{alertname}: $value in an annotation")
+                labels, annotations = labeler.alert(finding)
+                expected.append({"exp_labels": {k: v for k, v in labels.items() if k != "alertname"},
+                                 "exp_annotations": annotations})
+            checks.append({"eval_time": format_duration(at - origin), "alertname": alertname,
+                           "exp_alerts": sorted(expected, key=lambda alert: sorted(alert["exp_labels"].items()))})
+    return checks

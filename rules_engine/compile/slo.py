@@ -21,7 +21,7 @@ from rules_engine.compile.render import dump_yaml
 from rules_engine.promql.burn_windows import AlertPair, WindowCatalog, slo_catalog
 from rules_engine.promql.levels import number
 from rules_engine.promql.selectors import inject_selector
-from rules_engine.promql.slo import latency_bucket, latency_series
+from rules_engine.promql.slo import latency_bucket, latency_series, slo_exact_in_promql
 from rules_engine.spec.models import format_duration
 
 SLICE_FUNCTIONS = {"mean": "avg_over_time", "max": "max_over_time", "min": "min_over_time"}
@@ -199,12 +199,15 @@ def slo_files(ruleset, options) -> tuple[dict[str, str], list[str]]:
         try:
             catalog = slo_catalog(slo)
             document, slo_notes = compile_slo(slo, catalog, options.interval)
+            if options.monitor and not slo_exact_in_promql(slo):
+                document["groups"] = [g for g in document["groups"] if not g["name"].startswith("sloth-slo-alerts-")]
+                slo_notes.append(f"SLO {slo.name}: burn-rate alerts left to `rules-engine monitor` (--monitor)")
         except (SLOCompileError, ValueError) as error:
             notes.append(f"SLO {slo.name}: not compiled: {error}")
             continue
         files[f"prometheus/slo-{slo.name}.rules.yml"] = dump_yaml(document, HEADER.format(name=slo.name))
         notes.extend(slo_notes)
-        if options.tests:
+        if options.tests and (not options.monitor or slo_exact_in_promql(slo)):
             from rules_engine.compile.slo_tests import slo_tests
             tests, test_notes = slo_tests(slo, catalog, options.interval,
                                           f"../prometheus/slo-{slo.name}.rules.yml")

@@ -37,3 +37,7 @@ class RuleKind:
     # Severity of an episode from its peak, when the kind grades peaks (a threshold ladder); the PromQL engine
     # otherwise takes the highest compiled level that held during the episode.
     grade_peaks: Callable | None = None
+    # Whether the compiled alerts mean exactly what the engine evaluates. A kind that is not (the trend fit-quality
+    # filter, the regression Mann-Whitney test have no PromQL form) is what `rules-engine monitor` evaluates by
+    # default, and what `generate --monitor` leaves out of the alerting rules, so nothing fires twice.
+    exact_in_promql: bool = True

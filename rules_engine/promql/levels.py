@@ -41,6 +41,9 @@ class AlertCondition:
     annotations: dict[str, str] = field(default_factory=dict)  # facts the alert carries (horizon, baseline, ...)
     extra_condition: Callable[[str], str] | None = None  # ANDed to every level (a minimum sample count, ...)
     engine_only: list[str] = field(default_factory=list)  # checks only `rules-engine evaluate` makes, in words
+    # Annotations that tell what the compiled alert leaves out (engine_only, for the reader of the alert): not
+    # true of an alert the engine itself sends (`rules-engine monitor`), which leaves them out.
+    caveats: tuple[str, ...] = ()
 
     def expr(self, level: Level, signal_ref: str, guard_ref: str | None = None, on: Sequence[str] = ()) -> str:
         """The level's condition on a signal reference, ANDed with the guard matched `on` the given labels."""

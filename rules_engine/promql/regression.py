@@ -86,4 +86,4 @@ def alert_condition(rule: RegressionRule, pack: RulePack, interval: pd.Timedelta
     engine_only = [f"the Mann-Whitney U test (alpha {number(rule.alpha)}) runs only in `rules-engine evaluate`; "
                    "the alert fires on the change ratio against the offset baseline alone"]
     what = f"the {rule.stat} over {format_duration(rule.window)} relative to its baseline"
-    return AlertCondition(levels, what, annotations, engine_only=engine_only)
+    return AlertCondition(levels, what, annotations, engine_only=engine_only, caveats=("statistical_test",))

@@ -20,6 +20,16 @@ def slo_queries(slo: SLO) -> dict[str, str]:
     return {"signal": inject_selector(sli.timeslices.signal, slo.selector)}  # type: ignore[union-attr]
 
 
+# Whether an SLI type's compiled burn-rate alerts mean what the engine evaluates. Timeslice SLIs (percentile
+# slices: "p99 TTFT <= 0.5 s in 99% of slices") are judged per aligned slice by the engine, which the compiled
+# `avg_over_time(...[w:slice])` only approximates: `rules-engine monitor` evaluates them.
+SLI_EXACT_IN_PROMQL = {"ratio": True, "latency": True, "timeslices": False}
+
+
+def slo_exact_in_promql(slo: SLO) -> bool:
+    return SLI_EXACT_IN_PROMQL[slo.sli.type]
+
+
 def latency_series(slo: SLO, suffix: str, *extra_matchers: str) -> str:
     """`<histogram><suffix>{...}` of a latency SLI, with the SLO's and the SLI's selector matchers."""
     latency = slo.sli.latency

@@ -68,4 +68,5 @@ def alert_condition(rule: TrendRule, pack: RulePack, interval: pd.Timedelta) -> 
         severity = rule.severity if rule.severity is not None else SeverityLadder()
         levels = [Level(name, bound, op, slope) for name, bound, op in ladder_levels(rule.direction, rule.threshold, severity)]
         what = f"the signal's slope per {format_duration(rule.per)}"
-    return AlertCondition(levels, what, annotations, extra_condition=min_samples, engine_only=engine_only)
+    return AlertCondition(levels, what, annotations, extra_condition=min_samples, engine_only=engine_only,
+                          caveats=("fit_filter",))
