@@ -59,7 +59,9 @@ class Loop:
         self.url = {name: f"http://127.0.0.1:{port}" for name, port in self.ports.items()}
 
     # --- processes -------------------------------------------------------------------------------------------
-    def start(self, name: str, cmd: list[str], ready: str | None, timeout: float = 300) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], ready: str | None, timeout: float = 300,
+              may_exit: str | None = None) -> subprocess.Popen | None:
+        """Start a child and wait until `ready` answers; None when it exits saying `may_exit` (not needed)."""
         log = open(self.workdir / f"{name}.log", "wb")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=ROOT)
         log.close()
@@ -69,6 +71,10 @@ class Loop:
             while not self._answers(ready):
                 if proc.poll() is not None or time.monotonic() > deadline:
                     tail = (self.workdir / f"{name}.log").read_text(errors="replace")[-3000:]
+                    if proc.poll() is not None and may_exit and may_exit in tail:
+                        self.children.remove((name, proc))
+                        print(f"{stamp()} {name} not running: {tail.strip().splitlines()[-1]}", flush=True)
+                        return None
                     raise SystemExit(f"{name} did not become ready at {ready}:\n{tail}")
                 time.sleep(0.2)
         print(f"{stamp()} started {name} (pid {proc.pid})" + (f" at {'/'.join(ready.split('/')[:3])}" if ready else ""),
@@ -135,20 +141,6 @@ class Loop:
                               "--openmetrics", str(work / "history.om"), "--rules", str(work / "generated/prometheus")])
         (work / "history.om").unlink()
 
-        scrape = args.scrape_interval
-        prometheus_yml = {
-            "global": {"scrape_interval": scrape, "evaluation_interval": args.interval},
-            "rule_files": [str(work / "generated/prometheus/*.yml")],
-            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{self.ports['alertmanager']}"]}]}]},
-            "scrape_configs": [
-                {"job_name": "vllm", "honor_labels": True,
-                 "static_configs": [{"targets": [f"127.0.0.1:{self.ports['exporter']}"]}]},
-                {"job_name": "rules-engine", "static_configs": [{"targets": [f"127.0.0.1:{self.ports['serve']}"]}]},
-            ] + ([{"job_name": "rules-engine-monitor",
-                   "static_configs": [{"targets": [f"127.0.0.1:{self.ports['monitor']}"]}]}] if monitor else []),
-        }
-        (work / "prometheus.yml").write_text(yaml.safe_dump(prometheus_yml, sort_keys=False))
-
         alertmanager_yml = yaml.safe_load((work / "generated/alertmanager/alertmanager.yml").read_text())
         if fast:  # the engine's route batches for 30s and re-sends every 5m: seconds in a test
             alertmanager_yml["route"]["routes"][0].update(group_wait="1s", group_interval="5s")
@@ -170,19 +162,36 @@ class Loop:
         (work / "serve.yaml").write_text(yaml.safe_dump(serve_yml, sort_keys=False))
         self.start("serve", [*CLI, "serve", "--config", str(work / "serve.yaml")], f"{self.url['serve']}/api/v1/ready")
 
+        if monitor:
+            # It exits when every rule is exact in PromQL (Prometheus alone alerts on them then).
+            monitor = self.start("monitor", [*CLI, "monitor", *[a for r in args.rules for a in ("--rules", r)],
+                                             "--prometheus", self.url["prometheus"], "--alertmanager",
+                                             self.url["alertmanager"], "--interval", args.interval,
+                                             "--listen", f"127.0.0.1:{self.ports['monitor']}"],
+                                 f"{self.url['monitor']}/metrics", may_exit="nothing for the monitor to evaluate"
+                                 ) is not None
+        else:
+            print(f"{stamp()} monitor not started" + (" (--no-monitor)" if args.no_monitor else
+                                                      " (this checkout has no `rules-engine monitor`)"), flush=True)
+        scrape = args.scrape_interval
+        prometheus_yml = {
+            "global": {"scrape_interval": scrape, "evaluation_interval": args.interval},
+            "rule_files": [str(work / "generated/prometheus/*.yml")],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{self.ports['alertmanager']}"]}]}]},
+            "scrape_configs": [
+                {"job_name": "vllm", "honor_labels": True,
+                 "static_configs": [{"targets": [f"127.0.0.1:{self.ports['exporter']}"]}]},
+                {"job_name": "rules-engine", "static_configs": [{"targets": [f"127.0.0.1:{self.ports['serve']}"]}]},
+            ] + ([{"job_name": "rules-engine-monitor",  # started, so it has rules to evaluate
+                   "static_configs": [{"targets": [f"127.0.0.1:{self.ports['monitor']}"]}]}] if monitor else []),
+        }
+        (work / "prometheus.yml").write_text(yaml.safe_dump(prometheus_yml, sort_keys=False))
+
         self.start("prometheus", ["prometheus", f"--config.file={work / 'prometheus.yml'}",
                                   f"--storage.tsdb.path={work / 'prometheus'}", "--storage.tsdb.retention.time=18250d",
                                   f"--web.listen-address=127.0.0.1:{self.ports['prometheus']}",
                                   *(["--rules.alert.resend-delay=1s"] if fast else [])],
                    f"{self.url['prometheus']}/-/ready")
-        if monitor:
-            self.start("monitor", [*CLI, "monitor", *[a for r in args.rules for a in ("--rules", r)],
-                                   "--prometheus", self.url["prometheus"], "--alertmanager", self.url["alertmanager"],
-                                   "--interval", args.interval, "--listen", f"127.0.0.1:{self.ports['monitor']}"],
-                       f"{self.url['monitor']}/metrics")
-        else:
-            print(f"{stamp()} monitor not started" + (" (--no-monitor)" if args.no_monitor else
-                                                      " (this checkout has no `rules-engine monitor`)"), flush=True)
         state = {"workdir": str(work), "urls": self.url, "monitor": monitor, "operator_token": tokens["operator"],
                  "person_log": str(work / "person.jsonl"), "pids": {n: p.pid for n, p in self.children}}
         (work / "loop.json").write_text(json.dumps(state, indent=1) + "\n")

@@ -36,6 +36,17 @@ rules:
     playbook: vllm-scale-out
     annotations:
       summary: "{{{{ $labels.instance }}}} has {{{{ $value }}}} requests waiting"
+  # A trend rule: its fit-quality filter runs only in the engine, so `rules-engine monitor` evaluates it.
+  - name: VLLMQueueGrowing
+    type: trend
+    category: queue_buildup
+    signal: sum by (instance, model_name) (vllm:num_requests_waiting)
+    window: 1m
+    slope_above: 60
+    per: 1m
+    min_samples: 20
+    min_r2: 0.6
+    for: 5s
 """
 INCIDENTS = "- {kind: queue_buildup, instance: vllm-1, start: 15s, duration: 10m, magnitude: 2.0}\n"
 
@@ -81,13 +92,13 @@ def test_an_incident_reaches_a_person_and_a_playbook(loop):
     auth = {"Authorization": f"Bearer {token}"}
     person_log = Path(state["person_log"])
 
-    def paged():
+    def paged(alertname: str = "VLLMQueueBuildup"):
         if not person_log.is_file():
             return None
         for line in person_log.read_text().splitlines():
             entry = json.loads(line)
             for alert in entry["notification"]["alerts"]:
-                if alert["labels"].get("alertname") == "VLLMQueueBuildup" and alert["status"] == "firing":
+                if alert["labels"].get("alertname") == alertname and alert["status"] == "firing":
                     return entry["received"], alert
         return None
 
@@ -131,9 +142,20 @@ def test_an_incident_reaches_a_person_and_a_playbook(loop):
         ("webhook -> workflow created in serve", parse(started["created_at"])),
         ("playbook step scale-out finished (dry run)", parse(acted["finished_at"])),
     ]
+    if state["monitor"]:  # the engine-only rule: monitor -> Alertmanager -> the person
+        monitored, alert = wait_for("the person to be paged for the monitor's trend alert",
+                                    lambda: paged("VLLMQueueGrowing"), timeout=120, interval=0.5)
+        assert alert["labels"]["instance"] == "vllm-1:8000"
+        hops += [("monitor's trend alert starts (startsAt)", parse(alert["startsAt"])),
+                 ("person's receiver paged for it", monitored)]
     print("\nhop timestamps (UTC), seconds since the incident started:")
     for name, when in hops:
         print(f"  {iso(when)}  +{when - start:6.1f}s  {name}")
-    times = [when for _, when in hops]
+    times = [when for _, when in hops[:8]]
     assert times[1] <= times[3] <= times[5] and times[3] <= times[6] <= times[7], hops
     assert "PAGE firing: VLLMQueueBuildup vllm-1:8000" in loop_log.read_text()
+    # Prometheus scrapes the live fleet, serve and (where this checkout has it) the monitor.
+    up = {r["metric"]["job"]: r["value"][1] for r in requests.get(
+        f"{prom}/api/v1/query", params={"query": "up"}, timeout=5).json()["data"]["result"]}
+    expected_jobs = {"vllm", "rules-engine"} | ({"rules-engine-monitor"} if state["monitor"] else set())
+    assert up == {job: "1" for job in expected_jobs}, up
