@@ -93,8 +93,8 @@ class Loop:
         (self.workdir / f"{name}.log").write_text(result.stdout + result.stderr)
         if result.returncode != 0:
             raise SystemExit(f"{name} failed (exit {result.returncode}):\n{result.stdout}{result.stderr}")
-        print(f"{stamp()} {name}: {result.stdout.strip().splitlines()[-1] if result.stdout.strip() else 'done'}",
-              flush=True)
+        for line in result.stdout.strip().splitlines() or ["done"]:
+            print(f"{stamp()} {name}: {line}", flush=True)
 
     def stop(self) -> None:
         for _, proc in reversed(self.children):

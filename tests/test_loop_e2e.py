@@ -19,36 +19,9 @@ from tests.processes import wait_for
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parent.parent
-THRESHOLD = 20
-# The shipped queue rule with test-sized windows: the shipped playbook vllm-scale-out acts on its alertname.
-PACK = f"""\
-kind: RulePack
-name: loop
-server: vllm
-selector: '{{model_name!=""}}'
-keep_labels: [instance, model_name]
-rules:
-  - name: VLLMQueueBuildup
-    category: queue_buildup
-    signal: sum by (instance, model_name) (vllm:num_requests_waiting)
-    above: {THRESHOLD}
-    for: 5s
-    playbook: vllm-scale-out
-    annotations:
-      summary: "{{{{ $labels.instance }}}} has {{{{ $value }}}} requests waiting"
-  # A trend rule: its fit-quality filter runs only in the engine, so `rules-engine monitor` evaluates it.
-  - name: VLLMQueueGrowing
-    type: trend
-    category: queue_buildup
-    signal: sum by (instance, model_name) (vllm:num_requests_waiting)
-    window: 1m
-    slope_above: 60
-    per: 1m
-    min_samples: 20
-    min_r2: 0.6
-    for: 5s
-"""
-INCIDENTS = "- {kind: queue_buildup, instance: vllm-1, start: 15s, duration: 10m, magnitude: 2.0}\n"
+THRESHOLD = 20  # the queue rule's `above` in PACK
+PACK = ROOT / "docs" / "loop" / "fast-pack.yaml"  # the shipped queue rule with test-sized windows, and a trend rule
+INCIDENTS = ROOT / "docs" / "loop" / "incidents.yaml"
 
 
 def parse(text: str) -> float:
@@ -63,12 +36,11 @@ def iso(seconds: float) -> str:
 def loop(tmp_path):
     for binary in (processes.PROMETHEUS, processes.ALERTMANAGER, processes.PROMTOOL):
         require_binary(binary)
-    (tmp_path / "pack.yaml").write_text(PACK)
-    (tmp_path / "incidents.yaml").write_text(INCIDENTS)
+    assert f"above: {THRESHOLD}\n" in PACK.read_text()
     work = tmp_path / "loop"
     log = open(tmp_path / "loop.log", "wb")
-    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "loop.py"), "--rules", str(tmp_path / "pack.yaml"),
-                             "--playbooks", str(ROOT / "rules"), "--incidents", str(tmp_path / "incidents.yaml"),
+    proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "loop.py"), "--rules", str(PACK),
+                             "--playbooks", str(ROOT / "rules"), "--incidents", str(INCIDENTS),
                              "--instances", "2", "--history", "15m", "--horizon", "1h", "--step", "1s",
                              "--scrape-interval", "1s", "--interval", "1s", "--fast", "--workdir", str(work)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
