@@ -47,6 +47,11 @@ def serve(config_path, listen, database_url, playbooks, prometheus_url, dry_run,
         metrics_dir = tempfile.mkdtemp(prefix="rules-engine-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
         atexit.register(_remove_metrics_dir, metrics_dir, os.getpid())
+        # prometheus_client picks its value class (in-process or multiprocess files) when it is first imported,
+        # and another command module may have imported it already (the CLI imports every command, `monitor`'s
+        # metrics among them): pick again now that the directory is set, or the workers' samples go unsummed.
+        from prometheus_client import values
+        values.ValueClass = values.get_value_class()
     click.echo(f"rules-engine serve: listening on {config.listen}, store {redacted_url(config.database_url)}, "
                f"{config.workers} worker(s) x {config.threads} thread(s)"
                f"{', dry run' if config.dry_run else ''}{', receive only' if not config.process else ''}", err=True)
