@@ -46,7 +46,8 @@ def shipped(tmp_path_factory):
     ruleset = load_ruleset(ROOT / "rules")
     write_outputs(generate(ruleset, GenerateOptions(interval=INTERVAL)), root / "out")
     end = time.time()
-    simulate(root / "history.om", FleetSpec(start=end - 3 * 3600, end=end, instances=2, step=30, seed=3))
+    simulate(root / "history.om", FleetSpec(start=end - 3 * 3600, end=end, instances=2, step=30, seed=3,
+                                             tgi_instances=1, sglang_instances=1))
     processes.backfill(root / "history.om", root / "data")
     rule_files = sorted((root / "out" / "prometheus").glob("*.yml"))
     with processes.running_prometheus(data_dir=root / "data", rule_files=rule_files) as prometheus:

@@ -83,12 +83,13 @@ rules:
 
 @pytest.fixture(scope="module")
 def history(tmp_path_factory):
-    """Prometheus serving HOURS of simulated history for 3 instances (about 5 s to simulate and backfill)."""
+    """Prometheus serving HOURS of simulated history for 3 vLLM instances, and one TGI and one SGLang instance for
+    the shipped TGI and SGLang SLOs (about 10 s to simulate and backfill)."""
     require_binary(processes.PROMETHEUS)
     require_binary(processes.PROMTOOL)
     root = tmp_path_factory.mktemp("fidelity")
     spec = FleetSpec(start=START.timestamp(), end=(START + pd.Timedelta(hours=HOURS)).timestamp(), instances=3,
-                     step=30, seed=11)
+                     step=30, seed=11, tgi_instances=1, sglang_instances=1)
     simulate(root / "history.om", spec, INCIDENTS)
     processes.backfill(root / "history.om", root / "data")
     with processes.running_prometheus(data_dir=root / "data") as prometheus:

@@ -12,7 +12,7 @@ def test_shipped_generated_files_are_up_to_date():
 
 def test_shipped_dashboards_cover_every_pack_and_the_slos():
     files = shipped_files()
-    assert "grafana/dashboards/vllm.json" in files
+    assert {"grafana/dashboards/vllm.json", "grafana/dashboards/tgi.json", "grafana/dashboards/sglang.json"} <= set(files)
     assert "grafana/dashboards/slo-overview.json" in files
     assert "grafana/provisioning/dashboards/rules-engine.yml" in files
     assert "alertmanager/generated/rules-engine.yml" in files

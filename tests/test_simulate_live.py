@@ -2,6 +2,7 @@
 incidents), an instance that is down is absent, and incident schedules count from the serve start."""
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -31,17 +32,30 @@ def fleet() -> LiveFleet:
     return LiveFleet(SPEC, [RESTART])
 
 
-def test_a_scrape_is_the_history_at_that_time(fleet, tmp_path):
-    times = fleet.series[0].times
-    now = float(times[40]) + 3  # between two steps: the latest step before it answers
-    (tmp_path / "h.om").write_bytes(b"")
-    fleet.history_until(tmp_path / "h.om", now)
-    history = (tmp_path / "h.om").read_text()
-    scrape = fleet.exposition(now).decode()
-    for family in ("vllm:prompt_tokens_total", "vllm:num_requests_running", "vllm:e2e_request_latency_seconds_count"):
-        assert samples(scrape, family, "vllm-0:8000") == [samples(history, family, "vllm-0:8000")[-1].split()[0]]
-    assert not re.search(r" \d{10}$", scrape, re.M)  # no timestamps: Prometheus stamps its scrape time
-    assert scrape.endswith("# EOF\n")
+def last_values(text: str) -> dict[str, str]:
+    """series (name and labels) -> value of its last sample in an exposition, timestamps dropped."""
+    found = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            series, value = line.rsplit("} ", 1) if "} " in line else line.split(" ", 1)
+            found[series] = value.split()[0]
+    return found
+
+
+def test_a_scrape_is_the_history_at_that_time_for_every_server_kind(tmp_path):
+    mixed = LiveFleet(dataclasses.replace(SPEC, instances=1, tgi_instances=1, sglang_instances=1))
+    times = mixed.series[0].times
+    now = float(times[40]) + 3  # between two steps: each instance's latest step before it answers
+    mixed.history_until(tmp_path / "h.om", now)
+    history = last_values((tmp_path / "h.om").read_text())
+    text = mixed.exposition(now).decode()
+    scrape = last_values(text)
+    assert {series: history[series] for series in scrape} == scrape
+    assert set(scrape) == set(history)  # nobody is down at this step: every series is in the scrape
+    for prefix in ("vllm:", "tgi_", "sglang:"):
+        assert any(series.startswith(prefix) for series in scrape), prefix
+    assert not re.search(r" \d{10}$", text, re.M)  # no timestamps: Prometheus stamps its scrape time
+    assert text.endswith("# EOF\n")
 
 
 def test_a_down_instance_is_absent_and_its_counters_restart(fleet):

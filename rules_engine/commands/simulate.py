@@ -1,5 +1,5 @@
-"""`rules-engine simulate`: write a simulated vLLM fleet history (OpenMetrics) and its ground truth, or serve
-the fleet live (`--serve`) for Prometheus to scrape."""
+"""`rules-engine simulate`: write a simulated vLLM (and TGI / SGLang) fleet history (OpenMetrics) and its ground
+truth, or serve the fleet live (`--serve`) for Prometheus to scrape."""
 from __future__ import annotations
 
 import json
@@ -39,8 +39,8 @@ def _time(ctx, param, value):
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="OpenMetrics file to write (load it with `promtool tsdb create-blocks-from openmetrics`); "
                    "with --serve, the history up to the serve start.")
-@click.option("--instances", type=click.IntRange(min=1), default=None,
-              help="Number of vLLM instances (default: the scenario's, 8).")
+@click.option("--instances", type=click.IntRange(min=0), default=None,
+              help="Number of vLLM instances (default: the scenario's: 8, or 2 in `mixed`).")
 @click.option("--duration", callback=_duration, default=None, help="Length of history, e.g. 6h, 2d, 7d "
               "(default: the scenario's, 2d).")
 @click.option("--end", callback=_time, default=None,
@@ -54,6 +54,10 @@ def _time(ctx, param, value):
 @click.option("--legacy-fraction", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Share of instances on an old vLLM exposing vllm:gpu_cache_usage_perc and "
                    "vllm:time_per_output_token_seconds instead of the current names.")
+@click.option("--tgi-instances", type=click.IntRange(min=0), default=None,
+              help="TGI instances (tgi-0:8000, ...) beside the vLLM ones (default: the scenario's).")
+@click.option("--sglang-instances", type=click.IntRange(min=0), default=None,
+              help="SGLang instances (sglang-0:8000, ...) beside the vLLM ones (default: the scenario's).")
 @click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split the instances over this many files (OUT's stem + .0, .1, ...): promtool holds a whole "
                    "file in memory, so large fleets load in pieces.")
@@ -70,10 +74,13 @@ def _time(ctx, param, value):
               help="With --serve: how long after now the live fleet is simulated (then /metrics answers 503).")
 @click.option("--every", callback=_duration, default=None,
               help="With --serve: repeat the --incidents every this long (an incident schedule).")
-def simulate(out_path, instances, duration, end, step, seed, scenario, incidents_path, legacy_fraction, shards,
-             jobs, truth_path, serve_address, horizon, every):
+def simulate(out_path, instances, duration, end, step, seed, scenario, incidents_path, legacy_fraction,
+             tgi_instances, sglang_instances, shards, jobs, truth_path, serve_address, horizon, every):
     """Write a simulated vLLM fleet history with injected incidents as OpenMetrics with timestamps, or serve it
     live (--serve).
+
+    With --tgi-instances / --sglang-instances (or --scenario mixed) the fleet also has TGI and SGLang instances,
+    each exposing its own server's metric names, labels and buckets; incidents name them as tgi-1, sglang-2.
 
     Load it with `promtool tsdb create-blocks-from openmetrics --max-block-duration=486h OUT DATA_DIR`.
     An incident file is a YAML list (or a mapping with `incidents:`) of entries like
@@ -81,7 +88,7 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
     \b
       - kind: queue_buildup      # queue_buildup | kv_pressure | ttft_spike | itl_regression
                                  # | kv_linear_climb | error_burst | low_cache_hit | restart
-        instance: vllm-2:8000    # or `instances: [2, vllm-3]`
+        instance: vllm-2:8000    # or `instances: [2, vllm-3, tgi-0, sglang-1]`
         start: 26h               # offset from the start, or RFC 3339 / unix seconds
         duration: 30m            # default per kind; itl_regression lasts to the end
         magnitude: 1.15          # meaning per kind: see rules_engine/simulate/incidents.py
@@ -92,14 +99,15 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
     step = int(step)
     if serve_address is not None:
         _serve(serve_address, chosen, out_path, instances, duration, step, seed, incidents_path, legacy_fraction,
-               truth_path, horizon, every)
+               truth_path, horizon, every, tgi_instances=tgi_instances, sglang_instances=sglang_instances)
         return
     if out_path is None:
         raise click.UsageError("give --out (a history file), --serve (a live fleet), or both")
     end = float(int(time.time() if end is None else end) // step * step)
     try:
         spec, incidents = chosen.fleet(end, seed=seed, step=step, instances=instances, duration=duration,
-                                       legacy_fraction=legacy_fraction)
+                                       legacy_fraction=legacy_fraction, tgi_instances=tgi_instances,
+                                       sglang_instances=sglang_instances)
         if incidents_path is not None:
             incidents += load_incidents(incidents_path)
         began = time.perf_counter()
@@ -109,7 +117,9 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
         raise click.ClickException(str(error)) from None
     samples = sum(int(s.present.sum()) for s in result.series)
     hours = (spec.end - spec.start) / 3600
-    click.echo(f"wrote {', '.join(str(p) for p in result.paths)}: {spec.instances} instances, "
+    others = "".join(f" + {count} {name}" for name, count in (("TGI", spec.tgi_instances),
+                                                                ("SGLang", spec.sglang_instances)) if count)
+    click.echo(f"wrote {', '.join(str(p) for p in result.paths)}: {spec.instances} instances{others}, "
                f"{hours:g}h at {step}s, "
                f"{samples} scrapes, {result.bytes_written / 1e6:.1f} MB in {time.perf_counter() - began:.1f}s; "
                f"{len(result.truth['incidents'])} incident record(s)"
@@ -119,7 +129,7 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
 
 
 def _serve(address, chosen, out_path, instances, duration, step, seed, incidents_path, legacy_fraction, truth_path,
-           horizon, every) -> None:
+           horizon, every, **servers) -> None:
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
         raise click.BadParameter(f"{address!r} is not HOST:PORT", param_hint="--serve")
@@ -128,7 +138,7 @@ def _serve(address, chosen, out_path, instances, duration, step, seed, incidents
     history = parse_duration(chosen.duration) if duration is None else duration
     try:
         spec, incidents = chosen.fleet(history_end + horizon, seed=seed, step=step, instances=instances,
-                                       duration=history + horizon, legacy_fraction=legacy_fraction)
+                                       duration=history + horizon, legacy_fraction=legacy_fraction, **servers)
         if incidents_path is not None:
             incidents += schedule(load_incidents(incidents_path), now, spec.end, every)
         fleet = LiveFleet(spec, incidents)
@@ -142,7 +152,9 @@ def _serve(address, chosen, out_path, instances, duration, step, seed, incidents
         click.echo(f"wrote {out_path}: history {rfc3339(spec.start, 'auto')} .. {rfc3339(now, 'auto')}, "
                    f"{written / 1e6:.1f} MB")
     live = [i for i in fleet.truth["incidents"] if i["end"] is None or parse_time(i["end"]) > now]
-    click.echo(f"serving {spec.instances} instances live at http://{host}:{server.server_address[1]}/metrics "
+    others = "".join(f" + {count} {name}" for name, count in (("TGI", spec.tgi_instances),
+                                                                ("SGLang", spec.sglang_instances)) if count)
+    click.echo(f"serving {spec.instances} instances{others} live at http://{host}:{server.server_address[1]}/metrics "
                f"until {rfc3339(spec.end, 'auto')} ({len(live)} incident record(s) from now on)", nl=True)
     for record in live:
         click.echo(f"  {record['start']} {record['kind']} on {record['instance']}")

@@ -1,4 +1,6 @@
 """Simulated vLLM fleet history: OpenMetrics with timestamps for promtool backfill, plus ground truth.
+TGI and SGLang instances can join it (`FleetSpec(tgi_instances=3, sglang_instances=3)`, simulate/servers.py),
+each exposing its own server's names, labels and buckets.
 
     from rules_engine.simulate import SCENARIOS, FleetSpec, Incident, simulate
     spec = FleetSpec(start=end - 2 * 86400, end=end, instances=8, seed=1)

@@ -70,9 +70,13 @@ class FleetSpec:
     long_gaps_per_day: float = 0.3  # runs of 2-20 missed scrapes per instance
     spikes_per_day: float = 3.0  # short (1-3 min) load spikes per instance
     models: tuple[ModelProfile, ...] = MODELS
+    # TGI and SGLang instances after the vLLM ones (simulate/servers.py).
+    tgi_instances: int = 0
+    sglang_instances: int = 0
 
     def __post_init__(self) -> None:
-        if self.instances < 1:
+        if min(self.instances, self.tgi_instances, self.sglang_instances) < 0 or \
+                self.instances + self.tgi_instances + self.sglang_instances < 1:
             raise ValueError(f"instances must be >= 1, got {self.instances}")
         if self.step < 1 or int(self.step) != self.step:
             raise ValueError(f"step must be a whole number of seconds >= 1, got {self.step}")
@@ -91,6 +95,7 @@ class Instance:
     scale: float  # share of traffic relative to its peers
     phase_hours: float  # shift of its diurnal peak (users in other time zones)
     scrape_offset: int  # seconds past the step grid at which Prometheus scrapes it
+    server: str = "vllm"  # vllm | tgi | sglang (simulate/servers.py)
 
     def labels(self) -> dict[str, str]:
         return {"job": "vllm", "instance": self.name, "model_name": self.model.name, "engine": "0"}

@@ -16,7 +16,7 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
-from rules_engine.simulate import catalog
+from rules_engine.simulate import catalog, servers
 from rules_engine.simulate.fleet import (FleetSpec, InstanceSeries, cumulative, fleet_instances, histogram_counts,
                                          scrape_times, simulate_instance)
 from rules_engine.simulate.incidents import Incident, Modifiers, apply_incident, truth_records
@@ -49,7 +49,7 @@ class Simulation:
 
 def run_fleet(spec: FleetSpec, incidents: Iterable[Incident] = ()) -> tuple[list[InstanceSeries], dict]:
     """Simulate every instance with the incidents applied; returns the series and the ground-truth dict."""
-    instances = fleet_instances(spec)
+    instances = fleet_instances(spec) + servers.other_instances(spec)
     by_name = {instance.name: instance for instance in instances}
     # An incident wholly outside the range (a scenario run with a shorter --duration) is left out, and said so.
     inside, skipped = [], []
@@ -63,6 +63,7 @@ def run_fleet(spec: FleetSpec, incidents: Iterable[Incident] = ()) -> tuple[list
             raise ValueError(f"incident {number} ({incident.kind}): no instance {', '.join(missing)} in a fleet of "
                              f"{spec.instances} (vllm-0:8000 .. vllm-{spec.instances - 1}:8000); use more "
                              f"instances or another scenario")
+    servers.check_incidents(incidents, by_name)
     series = []
     for instance in instances:
         times = scrape_times(spec, instance)
@@ -70,7 +71,8 @@ def run_fleet(spec: FleetSpec, incidents: Iterable[Incident] = ()) -> tuple[list
         for incident in incidents:
             if instance.name in incident.instances:
                 apply_incident(mods, times, incident, spec.start, spec.end)
-        series.append(simulate_instance(spec, instance, times, mods))
+        series.append(simulate_instance(spec, instance, times, mods) if instance.server == "vllm"
+                      else servers.simulate_server_instance(spec, instance, times, mods))
     models = {instance.name: instance.model.name for instance in instances}
     legacy = {instance.name for instance in instances if instance.legacy}
     truth = {
@@ -88,6 +90,7 @@ def run_fleet(spec: FleetSpec, incidents: Iterable[Incident] = ()) -> tuple[list
         "restarts": [{"instance": s.instance.name, "at": rfc3339(float(at), "auto")}
                      for s in series for at in s.times[s.restart].tolist()],
     }
+    servers.annotate_truth(truth, instances)
     return series, truth
 
 
@@ -102,6 +105,7 @@ def _cache_config_labels(series: InstanceSeries) -> dict[str, str]:
 
 def write_history(out: BinaryIO, series: list[InstanceSeries]) -> int:
     """Write every family of every instance to `out`; returns the bytes written."""
+    others, series = series, [s for s in series if s.instance.server == "vllm"]
     written = 0
     stamps = {s.instance.name: timestamp_chars(s.times[s.present]) for s in series}
 
@@ -157,6 +161,7 @@ def write_history(out: BinaryIO, series: list[InstanceSeries]) -> int:
                                         buckets[s.present, column], ts)
             written += write_series(out, series_prefix(f"{family}_count", labels), count[s.present], ts)
             written += write_series(out, series_prefix(f"{family}_sum", labels), sums[s.present], ts, 3)
+    written += servers.write_other_servers(out, others)
     out.write(b"# EOF\n")
     return written + 6
 

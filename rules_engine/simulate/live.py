@@ -90,12 +90,15 @@ class LiveFleet:
 
 
 def _head(value, length: int, keep: int):
-    """`value` with every per-step array (first axis `length`) cut to its first `keep` steps, through dicts and
-    dataclasses, so whatever per-step state the simulator keeps is cut alike."""
+    """`value` with every per-step array (first axis `length`) cut to its first `keep` steps, through dicts, lists,
+    tuples and dataclasses, so whatever per-step state the simulator keeps (TGI and SGLang series included) is cut
+    alike."""
     if isinstance(value, np.ndarray):
         return value[:keep] if value.ndim and value.shape[0] == length else value
     if isinstance(value, dict):
         return {key: _head(item, length, keep) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_head(item, length, keep) for item in value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         changes = {f.name: _head(getattr(value, f.name), length, keep) for f in dataclasses.fields(value) if f.init}
         return dataclasses.replace(value, **changes)
