@@ -7,7 +7,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: test deps system-deps python-deps demo golden snapshot audit
+.PHONY: test deps system-deps python-deps demo golden snapshot audit loop
 
 test: deps
 	$(PYTHON) -m pytest -ra
@@ -46,3 +46,8 @@ snapshot: python-deps
 # skips with the reason). SECURITY.md has the result.
 audit: python-deps
 	$(PYTHON) -m pytest -q -rs tests/test_dependency_audit.py
+
+# The whole loop on loopback ports without Docker (README "The loop without Docker"): a live simulated fleet,
+# Prometheus, Alertmanager, a person's receiver, serve and monitor. Ctrl-C stops everything. LOOP_ARGS passes options.
+loop: deps
+	$(PYTHON) scripts/loop.py $(LOOP_ARGS)

@@ -18,6 +18,8 @@ main.add_command(serve)
 main.add_command(workflows)
 from rules_engine.commands.simulate import simulate  # noqa: E402
 main.add_command(simulate)
+from rules_engine.commands.backfill import backfill  # noqa: E402
+main.add_command(backfill)
 from rules_engine.commands.generate import generate  # noqa: E402
 main.add_command(generate)
 from rules_engine.commands.evaluate import evaluate, record, validate  # noqa: E402

@@ -104,6 +104,46 @@ def test_rule_panels_draw_every_severity_level(tmp_path):
     assert colors[0] == "dark-red" and colors[-1] == "green"
 
 
+def test_panels_carry_units_plain_descriptions_and_model_name_legends(tmp_path):
+    write_outputs(generate(load_ruleset(GOLDEN_SPEC)), tmp_path)
+    demo = _dashboards(tmp_path)["demo.json"]
+    panels = {p["title"]: p for p in demo["panels"]}
+    units = {title: panel["fieldConfig"]["defaults"]["unit"] for title, panel in panels.items()}
+    assert units == {"DemoQueueBuildup": "short", "DemoHighTTFT": "s", "DemoKVCacheFull": "percentunit",
+                     "DemoLowCacheHitRate": "percentunit", "DemoKVCacheFillingUp": "percentunit",
+                     "DemoTTFTRegression": "none"}
+    for title, panel in panels.items():
+        assert "{{" not in panel["description"], title  # alert templates do not render in a panel description
+        assert "{{model_name}}" in panel["targets"][0]["legendFormat"], title
+    assert panels["DemoQueueBuildup"]["description"].startswith(
+        "queue_buildup: alerts at low > 5, medium >= 6, high >= 7.5, critical >= 10 for 5m.")
+
+
+def test_dashboards_annotate_firing_alerts_and_slo_panels_draw_thresholds(tmp_path):
+    write_outputs(generate(load_ruleset(GOLDEN_SPEC)), tmp_path)
+    dashboards = _dashboards(tmp_path)
+    for name, pack in (("demo.json", "demo"), ("slo-overview.json", "slo")):
+        annotations = dashboards[name]["annotations"]["list"]
+        assert [a["expr"] for a in annotations] == [f'ALERTS{{alertstate="firing", rule_pack="{pack}"}}'], name
+    slo = {p["title"]: p for p in dashboards["slo-overview.json"]["panels"]}
+    budget = slo["Error budget remaining (period)"]["fieldConfig"]["defaults"]["thresholds"]["steps"]
+    assert [(s["value"], s["color"]) for s in budget] == [(None, "red"), (0, "orange"), (0.25, "green")]
+    burn = slo["Current burn rate (5m)"]["fieldConfig"]["defaults"]
+    assert [s["value"] for s in burn["thresholds"]["steps"]][:2] == [None, 1]
+    assert burn["custom"]["thresholdsStyle"]["mode"] == "line"
+    assert all(panel["description"] for panel in slo.values())
+
+
+def test_alert_annotations_find_the_firing_alerts(shipped):
+    """The annotation query is what Grafana sends to Prometheus: it must select the pack's firing alerts."""
+    out, prometheus = shipped
+    for name, document in _dashboards(out).items():
+        expr = document["annotations"]["list"][0]["expr"]
+        prometheus.query(expr)  # raises on a query error
+        pack = re.search(r'rule_pack="([^"]+)"', expr).group(1)
+        assert pack == ("slo" if name == "slo-overview.json" else name.removesuffix(".json"))
+
+
 def test_every_panel_query_runs_and_rule_panels_return_series(shipped):
     out, prometheus = shipped
     dashboards = _dashboards(out)

@@ -74,9 +74,50 @@ def test_wiring_between_services():
         alertmanager["receivers"][1]["webhook_configs"][0]["http_config"]["authorization"]["credentials_file"]
     datasource = yaml.safe_load((ROOT / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
     assert datasource["datasources"][0]["url"] == "http://prometheus:9090"
+
+
+def option(service: str, name: str) -> str:
+    command = SERVICES[service]["command"]
+    return command[command.index(name) + 1]
+
+
+def test_every_service_reads_what_generate_wrote_not_committed_copies():
+    out = option("generate", "--out")
+    assert out == "/generated" and "generated:/generated" in SERVICES["generate"]["volumes"]
+    for service in ("prometheus", "alertmanager", "grafana", "backfill"):
+        assert any(v.startswith("generated:/generated") for v in SERVICES[service]["volumes"]), service
+        assert not any(v.startswith(("./grafana", "./alertmanager")) for v in SERVICES[service].get("volumes", []))
+    assert "--config.file=/generated/alertmanager/alertmanager.yml" in SERVICES["alertmanager"]["command"]
+    # generate merges into the shipped config, which the image holds (Dockerfile COPY alertmanager)
+    assert option("generate", "--alertmanager-config") == "alertmanager/alertmanager.yml"
+    assert "COPY alertmanager ./alertmanager" in (ROOT / "Dockerfile").read_text()
+    grafana = SERVICES["grafana"]
+    assert grafana["environment"]["GF_PATHS_PROVISIONING"] == "/generated/grafana/provisioning"
     provider = yaml.safe_load((ROOT / "grafana" / "provisioning" / "dashboards" / "rules-engine.yml").read_text())
-    dashboards_mount = [v for v in SERVICES["grafana"]["volumes"] if v.startswith("./grafana/dashboards")]
-    assert dashboards_mount[0].split(":")[1] == provider["providers"][0]["options"]["path"]
+    assert f"cp /generated/grafana/dashboards/*.json {provider['providers'][0]['options']['path']}/" in \
+        " ".join(grafana["entrypoint"])
+    prometheus = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    assert prometheus["rule_files"] == [f"{out}/prometheus/*.yml"]
+    assert option("backfill", "--rules") == f"{out}/prometheus"
+
+
+def test_live_exporter_backfill_monitor_and_serve_are_wired():
+    prometheus = yaml.safe_load((ROOT / "docker" / "prometheus.yml").read_text())
+    targets = {job["job_name"]: job["static_configs"][0]["targets"][0] for job in prometheus["scrape_configs"]}
+    serve_host = option("exporter", "--serve").rsplit(":", 1)[1]
+    assert targets["vllm"] == f"exporter:{serve_host}"
+    assert next(j for j in prometheus["scrape_configs"] if j["job_name"] == "vllm")["honor_labels"] is True
+    assert targets["rules-engine-monitor"] == f"monitor:{option('monitor', '--listen').rsplit(':', 1)[1]}"
+    assert option("backfill", "--openmetrics") == option("exporter", "--out")
+    assert SERVICES["backfill"]["depends_on"]["exporter"] == {"condition": "service_healthy"}
+    assert SERVICES["prometheus"]["depends_on"]["backfill"] == {"condition": "service_completed_successfully"}
+    assert option("monitor", "--prometheus") == "http://prometheus:9090"
+    assert option("monitor", "--alertmanager") == "http://alertmanager:9093"
+    assert "--monitor" in SERVICES["generate"]["command"]  # Prometheus leaves the monitor's alerts to it
+    assert (ROOT / option("exporter", "--incidents")).is_file()
+    from rules_engine.simulate import load_incidents
+    assert load_incidents(ROOT / option("exporter", "--incidents"))
+    assert "COPY --from=prometheus /bin/promtool /bin/prometheus" in (ROOT / "Dockerfile").read_text()
 
 
 def test_prometheus_config_passes_promtool():

@@ -218,3 +218,11 @@ def test_cli_from_config_keeps_running_while_prometheus_is_down_and_stops_on_sig
             proc.wait()
     text = log_path.read_text()
     assert "rule Climb not evaluated" in text and "monitor: stopped" in text
+
+
+def test_the_cli_leaves_prometheus_client_unimported_until_a_command_runs():
+    # prometheus_client fixes at its first import whether metrics go to per-process files; `serve` sets
+    # PROMETHEUS_MULTIPROC_DIR before it, so importing the CLI (every command module) must not import it.
+    probe = "import sys, rules_engine.cli; print('prometheus_client' in sys.modules)"
+    answer = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert answer.stdout.strip() == "False"

@@ -16,8 +16,6 @@ from rules_engine.kinds import RULE_KINDS
 from rules_engine.monitor.alertmanager import Alertmanager
 from rules_engine.monitor.cache import CachingSource
 from rules_engine.monitor.config import MonitorConfig, MonitorConfigError, load_config
-from rules_engine.monitor.metrics import monitor_metrics
-from rules_engine.monitor.rounds import Monitor, monitored
 from rules_engine.source.base import SourceError
 from rules_engine.spec.models import format_duration, parse_duration
 
@@ -55,6 +53,11 @@ def monitor(ctx, config_path, **given):
     nothing fires twice. Replicas send identical alerts, which Alertmanager deduplicates. Stops on SIGTERM/SIGINT
     (exit 0); exit 2 on bad rules or settings.
     """
+    # Imported here, not at the top: the CLI imports every command module, and prometheus_client fixes at its first
+    # import whether metrics go to per-process files, which `serve` decides later (PROMETHEUS_MULTIPROC_DIR).
+    from rules_engine.monitor.metrics import monitor_metrics
+    from rules_engine.monitor.rounds import Monitor, monitored
+
     settings = _settings(ctx, config_path, given)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
     if not settings["rule_paths"]:

@@ -1,6 +1,9 @@
-"""`rules-engine simulate`: write a simulated vLLM (and TGI / SGLang) fleet history (OpenMetrics) and its ground truth."""
+"""`rules-engine simulate`: write a simulated vLLM (and TGI / SGLang) fleet history (OpenMetrics) and its ground
+truth, or serve the fleet live (`--serve`) for Prometheus to scrape."""
 from __future__ import annotations
 
+import json
+import signal
 import time
 from pathlib import Path
 
@@ -8,8 +11,10 @@ import click
 
 from rules_engine.simulate.history import simulate as simulate_history
 from rules_engine.simulate.incidents import load_incidents
+from rules_engine.simulate.live import LiveFleet, make_server, schedule
 from rules_engine.simulate.scenarios import SCENARIOS
 from rules_engine.simulate.timeparse import parse_duration, parse_time
+from rules_engine.spec.times import rfc3339
 
 
 def _duration(ctx, param, value):
@@ -31,8 +36,9 @@ def _time(ctx, param, value):
 
 
 @click.command("simulate")
-@click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
-              help="OpenMetrics file to write (load it with `promtool tsdb create-blocks-from openmetrics`).")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="OpenMetrics file to write (load it with `promtool tsdb create-blocks-from openmetrics`); "
+                   "with --serve, the history up to the serve start.")
 @click.option("--instances", type=click.IntRange(min=0), default=None,
               help="Number of vLLM instances (default: the scenario's: 8, or 2 in `mixed`).")
 @click.option("--duration", callback=_duration, default=None, help="Length of history, e.g. 6h, 2d, 7d "
@@ -59,9 +65,19 @@ def _time(ctx, param, value):
               help="Write shards in this many processes.")
 @click.option("--truth", "truth_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the ground truth (incidents, restarts, instances) as JSON here.")
+@click.option("--serve", "serve_address", default=None, metavar="HOST:PORT",
+              help="Serve the fleet live at http://HOST:PORT/metrics (one scrape answers every instance, each "
+                   "with its own `instance` label: scrape with honor_labels: true) from now on, continuing the "
+                   "history of --duration before now (written to --out for backfill). --incidents offsets then "
+                   "count from now. Also /truth (ground truth JSON) and /-/ready.")
+@click.option("--horizon", callback=_duration, default="1d", show_default=True,
+              help="With --serve: how long after now the live fleet is simulated (then /metrics answers 503).")
+@click.option("--every", callback=_duration, default=None,
+              help="With --serve: repeat the --incidents every this long (an incident schedule).")
 def simulate(out_path, instances, duration, end, step, seed, scenario, incidents_path, legacy_fraction,
-             tgi_instances, sglang_instances, shards, jobs, truth_path):
-    """Write a simulated vLLM fleet history with injected incidents as OpenMetrics with timestamps.
+             tgi_instances, sglang_instances, shards, jobs, truth_path, serve_address, horizon, every):
+    """Write a simulated vLLM fleet history with injected incidents as OpenMetrics with timestamps, or serve it
+    live (--serve).
 
     With --tgi-instances / --sglang-instances (or --scenario mixed) the fleet also has TGI and SGLang instances,
     each exposing its own server's metric names, labels and buckets; incidents name them as tgi-1, sglang-2.
@@ -81,6 +97,12 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
     if int(step) != step or step < 1:
         raise click.BadParameter("must be a whole number of seconds", param_hint="--step")
     step = int(step)
+    if serve_address is not None:
+        _serve(serve_address, chosen, out_path, instances, duration, step, seed, incidents_path, legacy_fraction,
+               truth_path, horizon, every, tgi_instances=tgi_instances, sglang_instances=sglang_instances)
+        return
+    if out_path is None:
+        raise click.UsageError("give --out (a history file), --serve (a live fleet), or both")
     end = float(int(time.time() if end is None else end) // step * step)
     try:
         spec, incidents = chosen.fleet(end, seed=seed, step=step, instances=instances, duration=duration,
@@ -104,3 +126,42 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
                + (f" ({len(result.truth['skipped_incidents'])} incident(s) outside the range skipped)"
                   if result.truth["skipped_incidents"] else "")
                + (f", truth in {truth_path}" if truth_path else ""))
+
+
+def _serve(address, chosen, out_path, instances, duration, step, seed, incidents_path, legacy_fraction, truth_path,
+           horizon, every, **servers) -> None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise click.BadParameter(f"{address!r} is not HOST:PORT", param_hint="--serve")
+    now = time.time()
+    history_end = float(int(now) // step * step)
+    history = parse_duration(chosen.duration) if duration is None else duration
+    try:
+        spec, incidents = chosen.fleet(history_end + horizon, seed=seed, step=step, instances=instances,
+                                       duration=history + horizon, legacy_fraction=legacy_fraction, **servers)
+        if incidents_path is not None:
+            incidents += schedule(load_incidents(incidents_path), now, spec.end, every)
+        fleet = LiveFleet(spec, incidents)
+        server = make_server(fleet, host, int(port))
+    except (ValueError, OSError) as error:  # IncidentError included: it names file:line
+        raise click.ClickException(str(error)) from None
+    if truth_path is not None:
+        truth_path.write_text(json.dumps(fleet.truth, indent=2) + "\n")
+    if out_path is not None:
+        written = fleet.history_until(out_path, now)
+        click.echo(f"wrote {out_path}: history {rfc3339(spec.start, 'auto')} .. {rfc3339(now, 'auto')}, "
+                   f"{written / 1e6:.1f} MB")
+    live = [i for i in fleet.truth["incidents"] if i["end"] is None or parse_time(i["end"]) > now]
+    others = "".join(f" + {count} {name}" for name, count in (("TGI", spec.tgi_instances),
+                                                                ("SGLang", spec.sglang_instances)) if count)
+    click.echo(f"serving {spec.instances} instances{others} live at http://{host}:{server.server_address[1]}/metrics "
+               f"until {rfc3339(spec.end, 'auto')} ({len(live)} incident record(s) from now on)", nl=True)
+    for record in live:
+        click.echo(f"  {record['start']} {record['kind']} on {record['instance']}")
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop as on Ctrl-C: close the socket
+    try:
+        server.serve_forever(poll_interval=0.2)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.server_close()

@@ -1,8 +1,11 @@
 """Grafana dashboards (one per pack, one SLO overview) and provisioning files, built with grafana-foundation-sdk.
 
 Panels read the recorded series the alerts read, so a dashboard shows exactly what the alert compares; each
-rule's panel draws the threshold and every severity level as threshold lines. Variables: the Prometheus
-datasource, then one per kept label of the pack (instance, model_name, ...), all multi-select with "All".
+rule's panel draws the threshold and every severity level as threshold lines, has a unit guessed from what the
+signal measures (seconds, ratios), a legend naming the series' kept labels (model_name included) and a plain-text
+description (alert templates such as `{{ $labels.instance }}` do not render in a panel description). Firing
+alerts of the pack (Prometheus' ALERTS series) are drawn as annotations. Variables: the Prometheus datasource,
+then one per kept label of the pack (instance, model_name, ...), all multi-select with "All".
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from grafana_foundation_sdk.models import dashboard as dashboard_models
 
 from rules_engine.compile.prometheus import AlertingRule, CompiledPack
 from rules_engine.compile.render import dump_yaml
+from rules_engine.promql.burn_windows import slo_catalog
 from rules_engine.promql.windows import window_stat_query
 from rules_engine.spec.loader import RuleSet
 from rules_engine.spec.models import format_duration
@@ -71,6 +75,37 @@ def _thresholds(alerts: list[AlertingRule]):
     return dashboard.ThresholdsConfig().mode(dashboard_models.ThresholdsMode.ABSOLUTE).steps(steps)
 
 
+def _alert_annotations(rule_pack: str):
+    """Firing alerts of one pack (Prometheus' ALERTS series), drawn on every panel of the dashboard."""
+    return (dashboard.AnnotationQuery().name("Firing alerts").datasource(_datasource_ref()).enable(True)
+            .icon_color("red").expr(f'ALERTS{{alertstate="firing", rule_pack="{rule_pack}"}}'))
+
+
+def _unit(text: str, alerts: list[AlertingRule]) -> str:
+    """Grafana unit of a rule's signal, from what it reads: seconds, a share (0..1), or a plain number."""
+    if alerts[0].kind == "regression":  # current / baseline
+        return "none"
+    if "_seconds" in text and ("histogram_quantile" in text or "_seconds_sum" in text or "_seconds_bucket" in text):
+        return "s"
+    if "_perc" in text or ("/" in text and all(abs(a.bound) <= 1 for a in alerts)):
+        return "percentunit"
+    return "short"
+
+
+def _plain(text: str) -> str:
+    """Text for a panel description: alert templates do not render there, so sentences using them are dropped."""
+    return " ".join(sentence for sentence in text.split(". ") if "{{" not in sentence).strip()
+
+
+def _rule_description(rule, alerts: list[AlertingRule]) -> str:
+    levels = ", ".join(f"{a.severity} {a.comparison} {a.bound:g}"
+                       for a in sorted(alerts, key=lambda a: SEVERITY_ORDER.index(a.severity)))
+    held = f" for {format_duration(alerts[0].for_)}" if alerts[0].for_ > pd.Timedelta(0) else ""
+    parts = [f"{rule.category}: alerts at {levels}{held}."]
+    parts += [_plain(text) for text in (rule.annotations.description, rule.recommendation) if _plain(text)]
+    return " ".join(parts)
+
+
 def pack_dashboard(compiled: CompiledPack, interval: pd.Timedelta) -> dict:
     pack = compiled.pack
     rules = {rule.name: rule for rule in pack.rules}
@@ -86,6 +121,7 @@ def pack_dashboard(compiled: CompiledPack, interval: pd.Timedelta) -> dict:
              .refresh("1m")
              .time("now-6h", "now")
              .timezone("utc")
+             .annotation(_alert_annotations(pack.name))
              .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus")))
     for label in pack.keep_labels:
         board = board.with_variable(
@@ -100,8 +136,9 @@ def pack_dashboard(compiled: CompiledPack, interval: pd.Timedelta) -> dict:
         labels = [label for label in pack.keep_labels if label in first.series_labels]
         selector = first.inputs["signal"] + _matchers(labels, {"rule_pack": pack.name})
         legend = " ".join(f"{{{{{label}}}}}" for label in labels) or "{{rule_pack}}"
+        source = " ".join(str(value) for value in (getattr(rule, "signal", None), getattr(rule, "histogram", None)))
         panel = (timeseries.Panel().id(panel_id).title(name).datasource(_datasource_ref())
-                 .description(first.annotations.get("summary", ""))
+                 .description(_rule_description(rule, alerts)).unit(_unit(source, alerts))
                  .span(PANEL_WIDTH).height(PANEL_HEIGHT)
                  .with_target(prometheus.Dataquery().expr(selector).legend_format(legend).ref_id("A"))
                  .thresholds(_thresholds(alerts))
@@ -115,30 +152,65 @@ def pack_dashboard(compiled: CompiledPack, interval: pd.Timedelta) -> dict:
     return _encode(board)
 
 
-def slo_dashboard(interval: pd.Timedelta) -> dict:
+def _burn_thresholds(page_factor: float | None):
+    """Burn rate 1 spends the budget exactly over the period; the fastest page fires at `page_factor`."""
+    steps = [dashboard_models.Threshold(value=None, color="green"), dashboard_models.Threshold(value=1, color="orange")]
+    if page_factor is not None:
+        steps.append(dashboard_models.Threshold(value=page_factor, color="red"))
+    return dashboard.ThresholdsConfig().mode(dashboard_models.ThresholdsMode.ABSOLUTE).steps(steps)
+
+
+def _budget_thresholds():
+    """Budget remaining: red once spent, orange under a quarter left."""
+    return (dashboard.ThresholdsConfig().mode(dashboard_models.ThresholdsMode.ABSOLUTE).steps([
+        dashboard_models.Threshold(value=None, color="red"), dashboard_models.Threshold(value=0, color="orange"),
+        dashboard_models.Threshold(value=0.25, color="green")]))
+
+
+def slo_dashboard(interval: pd.Timedelta, ruleset: RuleSet | None = None) -> dict:
     """Budget and burn of every SLO, on the Sloth series names (so Sloth's own dashboards work on them too)."""
+    slos = list(ruleset.slos) if ruleset is not None else []
+    grouped = [label for slo in slos for label in slo.group_by]
+    extra = sorted(set(grouped), key=grouped.index)  # e.g. model_name: one series per model per SLO
+    factors = {round(max(pair.factor(slo.period) for pair in slo_catalog(slo).pairs), 6) for slo in slos}
+    page_factor = factors.pop() if len(factors) == 1 else None  # one line only where every SLO shares it
     board = (dashboard.Dashboard("rules-engine / SLO overview").uid(uid("slo-overview"))
              .tags(["rules-engine", "slo"]).refresh("1m").time("now-7d", "now").timezone("utc")
              .description("Error budget and burn rates of the SLOs compiled by `rules-engine generate`.")
+             .annotation(_alert_annotations("slo"))
              .with_variable(dashboard.DatasourceVariable("datasource").label("Prometheus").type("prometheus")))
     for label in SLO_VARIABLES:
         board = board.with_variable(
             dashboard.QueryVariable(label).label(label.replace("sloth_", "")).datasource(_datasource_ref())
             .query(f"label_values(slo:objective:ratio, {label})").multi(True).include_all(True).all_value(".*"))
     selector = _matchers(list(SLO_VARIABLES), {})
-    legend = "{{sloth_service}}/{{sloth_slo}}"
+    legend = " ".join(["{{sloth_service}}/{{sloth_slo}}", *(f"{{{{{label}}}}}" for label in extra)])
+    burn = _burn_thresholds(page_factor)
     panels = [
-        ("Error budget remaining (period)", stat.Panel(), f"slo:period_error_budget_remaining:ratio{selector}", "percentunit"),
-        ("Objective", stat.Panel(), f"slo:objective:ratio{selector}", "percentunit"),
-        ("Current burn rate (5m)", timeseries.Panel(), f"slo:current_burn_rate:ratio{selector}", "none"),
-        ("Period burn rate", timeseries.Panel(), f"slo:period_burn_rate:ratio{selector}", "none"),
-        ("SLI error ratio (5m)", timeseries.Panel(), f"slo:sli_error:ratio_rate5m{selector}", "percentunit"),
-        ("Error budget", timeseries.Panel(), f"slo:error_budget:ratio{selector}", "percentunit"),
+        ("Error budget remaining (period)", stat.Panel(), f"slo:period_error_budget_remaining:ratio{selector}",
+         "percentunit", _budget_thresholds(), "Share of the period's error budget left; below 0 the SLO is missed."),
+        ("Objective", stat.Panel(), f"slo:objective:ratio{selector}", "percentunit", None,
+         "The target share of good events."),
+        ("Current burn rate (5m)", timeseries.Panel(), f"slo:current_burn_rate:ratio{selector}", "none", burn,
+         "How fast the budget burns now: 1 spends it exactly over the period"
+         + (f"; the fastest page fires above {page_factor:g}." if page_factor else ".")),
+        ("Period burn rate", timeseries.Panel(), f"slo:period_burn_rate:ratio{selector}", "none", burn,
+         "Burn rate over the whole period: above 1 the SLO is missed at this pace."),
+        ("SLI error ratio (5m)", timeseries.Panel(), f"slo:sli_error:ratio_rate5m{selector}", "percentunit", None,
+         "Share of bad events over the last 5 minutes."),
+        ("Error budget", timeseries.Panel(), f"slo:error_budget:ratio{selector}", "percentunit", None,
+         "The share of events allowed to be bad (1 - objective)."),
     ]
-    for panel_id, (title, panel, expr, unit) in enumerate(panels, start=1):
-        board = board.with_panel(panel.id(panel_id).title(title).datasource(_datasource_ref()).unit(unit)
-                                 .span(PANEL_WIDTH).height(PANEL_HEIGHT)
-                                 .with_target(prometheus.Dataquery().expr(expr).legend_format(legend).ref_id("A")))
+    for panel_id, (title, panel, expr, unit, thresholds, description) in enumerate(panels, start=1):
+        panel = (panel.id(panel_id).title(title).datasource(_datasource_ref()).unit(unit).description(description)
+                 .span(PANEL_WIDTH).height(PANEL_HEIGHT)
+                 .with_target(prometheus.Dataquery().expr(expr).legend_format(legend).ref_id("A")))
+        if thresholds is not None:
+            panel = panel.thresholds(thresholds)
+            if isinstance(panel, timeseries.Panel):
+                panel = panel.thresholds_style(
+                    common.GraphThresholdsStyleConfig().mode(common_models.GraphThresholdsStyleMode.LINE))
+        board = board.with_panel(panel)
     return _encode(board)
 
 
@@ -149,7 +221,7 @@ def _encode(board) -> dict:
 def dashboards(packs: list[CompiledPack], ruleset: RuleSet, interval: pd.Timedelta) -> dict[str, dict]:
     found = {f"{compiled.pack.name}.json": pack_dashboard(compiled, interval) for compiled in packs if compiled.alerts}
     if ruleset.slos:
-        found["slo-overview.json"] = slo_dashboard(interval)
+        found["slo-overview.json"] = slo_dashboard(interval, ruleset)
     return found
 
 
