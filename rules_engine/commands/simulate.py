@@ -6,7 +6,9 @@ from pathlib import Path
 
 import click
 
+from rules_engine.simulate.catalog import GENERATIONS
 from rules_engine.simulate.history import simulate as simulate_history
+from rules_engine.simulate.incidents import instance_name
 from rules_engine.simulate.incidents import load_incidents
 from rules_engine.simulate.scenarios import SCENARIOS
 from rules_engine.simulate.timeparse import parse_duration, parse_time
@@ -30,6 +32,23 @@ def _time(ctx, param, value):
         raise click.BadParameter(str(error)) from None
 
 
+def _generations(ctx, param, values):
+    """`--generation 0.9.2-0.10.1 --generation vllm-3=0.15+` -> FleetSpec fields."""
+    cycle, pinned = [], []
+    for value in values:
+        instance, _, generation = value.rpartition("=")
+        if generation not in GENERATIONS:
+            raise click.BadParameter(f"{generation!r} is not one of {', '.join(GENERATIONS)}")
+        if instance:
+            pinned.append((instance_name(instance), generation))
+        else:
+            cycle.append(generation)
+    fields = {"instance_generations": tuple(pinned)}
+    if cycle:
+        fields["generations"] = tuple(cycle)
+    return fields
+
+
 @click.command("simulate")
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False, path_type=Path),
               help="OpenMetrics file to write (load it with `promtool tsdb create-blocks-from openmetrics`).")
@@ -46,8 +65,11 @@ def _time(ctx, param, value):
 @click.option("--incidents", "incidents_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="YAML incident list, injected in addition to the scenario's.")
 @click.option("--legacy-fraction", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
-              help="Share of instances on an old vLLM exposing vllm:gpu_cache_usage_perc and "
-                   "vllm:time_per_output_token_seconds instead of the current names.")
+              help="Share of instances on the oldest generation (0.8.5-0.9.1: vllm:gpu_cache_usage_perc, "
+                   "vllm:gpu_prefix_cache_*, vllm:time_per_output_token_seconds only).")
+@click.option("--generation", "generations", multiple=True, callback=_generations, metavar="[INSTANCE=]GEN",
+              help=f"vLLM generation: GEN alone adds to the list assigned round-robin (a mixed fleet), "
+                   f"INSTANCE=GEN pins one instance. Repeatable. GEN: {', '.join(GENERATIONS)} (default 0.15+).")
 @click.option("--shards", type=click.IntRange(min=1), default=1, show_default=True,
               help="Split the instances over this many files (OUT's stem + .0, .1, ...): promtool holds a whole "
                    "file in memory, so large fleets load in pieces.")
@@ -55,8 +77,8 @@ def _time(ctx, param, value):
               help="Write shards in this many processes.")
 @click.option("--truth", "truth_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the ground truth (incidents, restarts, instances) as JSON here.")
-def simulate(out_path, instances, duration, end, step, seed, scenario, incidents_path, legacy_fraction, shards,
-             jobs, truth_path):
+def simulate(out_path, instances, duration, end, step, seed, scenario, incidents_path, legacy_fraction,
+             generations, shards, jobs, truth_path):
     """Write a simulated vLLM fleet history with injected incidents as OpenMetrics with timestamps.
 
     Load it with `promtool tsdb create-blocks-from openmetrics --max-block-duration=486h OUT DATA_DIR`.
@@ -64,7 +86,8 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
 
     \b
       - kind: queue_buildup      # queue_buildup | kv_pressure | ttft_spike | itl_regression
-                                 # | kv_linear_climb | error_burst | low_cache_hit | restart
+                                 # | kv_linear_climb | error_burst | client_aborts | low_cache_hit
+                                 # | throughput_drop | gpu_xid | gpu_memory_leak | restart
         instance: vllm-2:8000    # or `instances: [2, vllm-3]`
         start: 26h               # offset from the start, or RFC 3339 / unix seconds
         duration: 30m            # default per kind; itl_regression lasts to the end
@@ -77,7 +100,7 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
     end = float(int(time.time() if end is None else end) // step * step)
     try:
         spec, incidents = chosen.fleet(end, seed=seed, step=step, instances=instances, duration=duration,
-                                       legacy_fraction=legacy_fraction)
+                                       legacy_fraction=legacy_fraction, **generations)
         if incidents_path is not None:
             incidents += load_incidents(incidents_path)
         began = time.perf_counter()
