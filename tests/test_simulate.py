@@ -146,6 +146,9 @@ def test_incident_changes_only_the_affected_instance(kind):
         served = a.increments["generation_tokens"][inside].sum() / b.increments["generation_tokens"][inside].sum()
         assert served < 0.9
         assert a.waiting[inside].max() > 20 > b.waiting[inside].max()
+    elif kind == "batch_cap":
+        assert a.running[inside].max() <= 4 < b.running[inside].mean()
+        assert a.waiting[inside].mean() > 20 > b.waiting[inside].mean()
     elif kind == "gpu_xid":
         assert (a.gpu[catalog.GPU_XID][inside] == KINDS[kind].default_magnitude).all()
         assert a.gpu[catalog.GPU_XID][~inside].max() == 0

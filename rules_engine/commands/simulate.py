@@ -87,7 +87,8 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
     \b
       - kind: queue_buildup      # queue_buildup | kv_pressure | ttft_spike | itl_regression
                                  # | kv_linear_climb | error_burst | client_aborts | low_cache_hit
-                                 # | throughput_drop | gpu_xid | gpu_memory_leak | restart
+                                 # | throughput_drop | batch_cap | gpu_xid | gpu_memory_leak
+                                 # | restart
         instance: vllm-2:8000    # or `instances: [2, vllm-3]`
         start: 26h               # offset from the start, or RFC 3339 / unix seconds
         duration: 30m            # default per kind; itl_regression lasts to the end

@@ -263,8 +263,11 @@ def simulate_instance(spec: FleetSpec, instance: Instance, times: np.ndarray, mo
     spike_factor = rng.uniform(1.15, 1.5, max(1, spike_id.max() + 1))
     spikes = np.where(spike_mask, spike_factor[spike_id], 1.0)
     nominal = model.capacity_rps
-    # A hung engine (capacity 0) or a slow GPU (a fraction) serves less than it should.
-    capacity = np.maximum(nominal * mods.capacity_factor, 1e-6)
+    running_at_capacity = nominal * (model.prefill_s * 1.8 + model.generation_tokens * model.itl_s * 1.6)
+    # A hung engine (capacity 0) or a slow GPU (a fraction) serves less than it should; a batch capped below what
+    # the load needs (a too-low --max-num-seqs) serves in proportion to the slots it has.
+    capacity = np.maximum(nominal * mods.capacity_factor * np.minimum(1.0, mods.running_cap / running_at_capacity),
+                          1e-6)
     arrivals = nominal * spec.utilization * instance.scale * diurnal * weekly * noise * spikes
     arrivals = np.maximum(arrivals, mods.load_floor * nominal)
     # After a restart the load balancer sends traffic back gradually.
@@ -286,8 +289,7 @@ def simulate_instance(spec: FleetSpec, instance: Instance, times: np.ndarray, mo
     service = prefill + model.generation_tokens * itl
     # Requests of a hung engine keep their batch slots (and KV blocks) while nothing completes.
     in_flight = np.where(mods.capacity_factor < 1.0, np.minimum(arrivals, nominal), served)
-    running = np.minimum(in_flight * service, model.max_num_seqs)
-    running_at_capacity = nominal * (model.prefill_s * 1.8 + model.generation_tokens * model.itl_s * 1.6)
+    running = np.minimum(np.minimum(in_flight * service, model.max_num_seqs), mods.running_cap)
     kv = KV_AT_CAPACITY * running / running_at_capacity * np.exp(rng.normal(0.0, 0.02, n))
     kv = np.maximum(kv, mods.kv_floor * (1.0 + rng.normal(0.0, 0.006, n)))
     kv = np.where(np.isnan(mods.kv_override), kv, mods.kv_override + rng.normal(0.0, 0.004, n))

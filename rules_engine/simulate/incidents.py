@@ -50,6 +50,8 @@ KINDS: dict[str, KindSpec] = {
     "throughput_drop": KindSpec(0.4, 1800, "low_throughput",
                                 (catalog.GENERATION_TOKENS, catalog.WAITING, catalog.GPU_UTIL),
                                 "factor on the instance's capacity (a throttled or degraded GPU)"),
+    "batch_cap": KindSpec(3.0, 1800, "batch_size_suboptimal", (catalog.RUNNING, catalog.WAITING),
+                          "requests the engine runs at most (a --max-num-seqs set far too low by a deploy)"),
     "gpu_xid": KindSpec(48.0, 900, "error_rate", (catalog.GPU_XID, catalog.GENERATION_TOKENS, catalog.WAITING),
                         "the XID error code DCGM reports; the engine hangs (serves nothing) meanwhile"),
     "gpu_memory_leak": KindSpec(1.0, 3 * 3600, "memory_pressure", (catalog.GPU_FB_FREE, catalog.REQUEST_SUCCESS),
@@ -209,6 +211,7 @@ class Modifiers:
     capacity_factor: np.ndarray = field(init=False)
     xid: np.ndarray = field(init=False)  # DCGM's last XID error value
     fb_extra: np.ndarray = field(init=False)  # framebuffer MiB taken outside vLLM's preallocation
+    running_cap: np.ndarray = field(init=False)  # most requests the engine runs at once (inf: its model's limit)
     hit_factor: np.ndarray = field(init=False)
     down: np.ndarray = field(init=False)  # process not running: no samples, counters restart after
 
@@ -224,6 +227,7 @@ class Modifiers:
         self.capacity_factor = np.ones(n)
         self.xid = np.zeros(n)
         self.fb_extra = np.zeros(n)
+        self.running_cap = np.full(n, np.inf)
         self.hit_factor = np.ones(n)
         self.down = np.zeros(n, bool)
 
@@ -259,6 +263,8 @@ def apply_incident(mods: Modifiers, times: np.ndarray, incident: Incident, range
         mods.abort_share[active] = magnitude
     elif kind == "throughput_drop":
         mods.capacity_factor[active] *= magnitude
+    elif kind == "batch_cap":
+        mods.running_cap[active] = np.minimum(mods.running_cap[active], magnitude)
     elif kind == "gpu_xid":
         # DCGM keeps reporting the last XID until the driver is reset (here: the end of the incident).
         mods.xid[active] = magnitude
