@@ -49,7 +49,7 @@ KINDS: dict[str, KindSpec] = {
                               "share of requests the clients abort (finished_reason=abort)"),
     "throughput_drop": KindSpec(0.4, 1800, "low_throughput",
                                 (catalog.GENERATION_TOKENS, catalog.WAITING, catalog.GPU_UTIL),
-                                "factor on the instance's capacity (a throttled or degraded GPU)"),
+                                "factor on the instance's speed: capacity x m, prefill and ITL / m (a throttled GPU)"),
     "batch_cap": KindSpec(3.0, 1800, "batch_size_suboptimal", (catalog.RUNNING, catalog.WAITING),
                           "requests the engine runs at most (a --max-num-seqs set far too low by a deploy)"),
     "gpu_xid": KindSpec(48.0, 900, "error_rate", (catalog.GPU_XID, catalog.GENERATION_TOKENS, catalog.WAITING),
@@ -262,7 +262,10 @@ def apply_incident(mods: Modifiers, times: np.ndarray, incident: Incident, range
     elif kind == "client_aborts":
         mods.abort_share[active] = magnitude
     elif kind == "throughput_drop":
+        # A throttled GPU (clocks down: heat, power cap) does everything slower: prefill, every token, capacity.
         mods.capacity_factor[active] *= magnitude
+        mods.itl_factor[active] /= magnitude
+        mods.prefill_factor[active] /= magnitude
     elif kind == "batch_cap":
         mods.running_cap[active] = np.minimum(mods.running_cap[active], magnitude)
     elif kind == "gpu_xid":
@@ -302,6 +305,8 @@ def truth_records(incident: Incident, range_start: float, range_end: float,
             "expected_signals": [exposed for name in incident.spec.expected_signals
                                  for exposed in catalog.exposed_names(name, generations[instance])],
         }
+        if incident.kind == "gpu_memory_leak" and end is not None:
+            record["saturation_at"] = rfc3339(end, "auto")  # the framebuffer is full at the end of the climb
         if incident.kind == "kv_linear_climb":
             hold = KV_CLIMB_HOLD if incident.hold is None else incident.hold
             record["saturation_at"] = rfc3339(end, "auto")
