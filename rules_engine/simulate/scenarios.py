@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rules_engine.simulate.catalog import GENERATIONS, NEWEST
 from rules_engine.simulate.fleet import FleetSpec
 from rules_engine.simulate.incidents import Incident
 from rules_engine.simulate.timeparse import parse_duration
@@ -15,11 +16,13 @@ class Scenario:
     instances: int
     duration: str
     incidents: tuple[Incident, ...]
+    generations: tuple[str, ...] = (NEWEST,)  # vLLM generations, assigned to the instances round-robin
 
     def fleet(self, end: float, seed: int = 0, step: int = 30, instances: int | None = None,
               duration: float | None = None, **spec_fields) -> tuple[FleetSpec, list[Incident]]:
         """The FleetSpec and incident list of this scenario ending at `end` (unix seconds)."""
         length = parse_duration(self.duration) if duration is None else duration
+        spec_fields = {"generations": self.generations, **spec_fields}
         spec = FleetSpec(start=end - length, end=end, instances=instances or self.instances, step=step, seed=seed,
                          **spec_fields)
         return spec, list(self.incidents)
@@ -35,11 +38,13 @@ DEMO_INCIDENTS = (
     Incident("itl_regression", ("vllm-3:8000",), start="36h", magnitude=1.4),
     Incident("kv_linear_climb", ("vllm-6:8000",), start="38h", duration=4 * 3600, magnitude=0.45, hold=1800),
     Incident("low_cache_hit", ("vllm-7:8000",), start="40h", duration=2 * 3600, magnitude=0.2),
+    Incident("gpu_xid", ("vllm-0:8000",), start="42h", duration=900, magnitude=48),
     Incident("restart", ("vllm-0:8000",), start="44h", duration=90),
 )
 
 SCENARIOS = {
-    "demo": Scenario("demo", "8 instances x 2 days, one incident of each kind on day 2", 8, "2d", DEMO_INCIDENTS),
+    "demo": Scenario("demo", "8 instances x 2 days, every vLLM generation, one incident of each kind on day 2", 8,
+                     "2d", DEMO_INCIDENTS, tuple(GENERATIONS)),
     "none": Scenario("none", "no incidents: background load, noise, spikes, random restarts and gaps only", 8,
                      "2d", ()),
 }
