@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from rules_engine.spec.loader import load_ruleset
+from tests import processes
+from tests.conftest import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -43,3 +48,25 @@ def test_every_shipped_rule_links_an_existing_runbook_heading(pack, rule):
 def test_github_anchor_follows_githubs_rules():
     assert github_anchor(" VLLMQueueBuildup") == "vllmqueuebuildup"
     assert github_anchor("What it means, and why?") == "what-it-means-and-why"
+
+
+def test_generate_runbook_base_url_prefixes_relative_links(tmp_path):
+    require_binary(processes.PROMTOOL)
+    base = "https://github.com/example/rules-engine/blob/main"
+    result = subprocess.run([sys.executable, "-m", "rules_engine.cli", "generate", "--rules", "rules/gpu.yaml",
+                             "--out", str(tmp_path / "out"), "--tests", "--runbook-base-url", base + "/"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rules = yaml.safe_load((tmp_path / "out" / "prometheus" / "gpu.rules.yml").read_text())
+    urls = {r["annotations"]["runbook_url"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    assert urls == {f"{base}/docs/runbooks/gpu.md#{a}" for a in
+                    ("gpuxiderror", "gpuframebuffernearlyfull", "gpuutilizationcollapse")}
+    # The promtool tests expect the same annotations, so they still pass.
+    tests = sorted(str(p) for p in (tmp_path / "out" / "tests").glob("*.yml"))
+    checked = subprocess.run([processes.PROMTOOL, "test", "rules", *tests], capture_output=True, text=True,
+                             cwd=tmp_path / "out" / "tests", timeout=120)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    bad = subprocess.run([sys.executable, "-m", "rules_engine.cli", "generate", "--rules", "rules/gpu.yaml",
+                          "--out", str(tmp_path / "x"), "--runbook-base-url", "github.com/x"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert bad.returncode == 2 and "--runbook-base-url" in bad.stderr and "not an absolute URL" in bad.stderr

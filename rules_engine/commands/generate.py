@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import yaml
@@ -28,8 +29,12 @@ from rules_engine.spec.models import parse_duration
               help="Bearer token file Alertmanager sends to the webhook.")
 @click.option("--alertmanager-config", "alertmanager_base", type=click.Path(exists=True, dir_okay=False),
               help="A base alertmanager.yml: also write alertmanager/alertmanager.yml with the generated part merged in.")
+@click.option("--runbook-base-url", default="", metavar="URL",
+              help="Prefix relative runbook URLs (the shipped packs link docs/runbooks/*.md#alert) with URL, e.g. "
+                   "https://github.com/ORG/REPO/blob/main; absolute ones stay as written.")
 @click.option("--strict", is_flag=True, help="Exit 1 when any rule could not be compiled.")
-def generate(rules_paths, out_dir, tests, interval, webhook_url, token_file, alertmanager_base, strict) -> None:
+def generate(rules_paths, out_dir, tests, interval, webhook_url, token_file, alertmanager_base, runbook_base_url,
+             strict) -> None:
     """Write Prometheus rule files, promtool tests, Alertmanager config and Grafana dashboards to OUT."""
     try:
         ruleset = load_ruleset(list(rules_paths))
@@ -41,7 +46,11 @@ def generate(rules_paths, out_dir, tests, interval, webhook_url, token_file, ale
         step = parse_duration(interval)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--interval") from None
-    options = GenerateOptions(interval=step, tests=tests, webhook_url=webhook_url, token_file=token_file)
+    if runbook_base_url and not urlsplit(runbook_base_url).scheme:
+        raise click.BadParameter(f"{runbook_base_url!r} is not an absolute URL (https://...)",
+                                 param_hint="--runbook-base-url")
+    options = GenerateOptions(interval=step, tests=tests, webhook_url=webhook_url, token_file=token_file,
+                              runbook_base_url=runbook_base_url)
     generated = generate_files(ruleset, options)
     if alertmanager_base:
         base = yaml.safe_load(Path(alertmanager_base).read_text()) or {}
