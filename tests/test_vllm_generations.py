@@ -14,7 +14,7 @@ import pytest
 
 from rules_engine.api import backtest
 from rules_engine.playbooks.templates import render_promql
-from rules_engine.simulate import FleetSpec, Incident, simulate
+from rules_engine.simulate import FleetSpec, Incident
 from rules_engine.simulate.catalog import GENERATIONS
 from rules_engine.source.client import PrometheusClient
 from rules_engine.source.prometheus import PrometheusSource
@@ -40,18 +40,14 @@ CLEAN = END - pd.Timedelta(hours=HOURS) + pd.Timedelta("1h50m")  # before every 
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
+def fleet():
     require_binary(processes.PROMTOOL)
     require_binary(processes.PROMETHEUS)
-    root = tmp_path_factory.mktemp("generations")
     start = END - pd.Timedelta(hours=HOURS)
     spec = FleetSpec(start=start.timestamp(), end=END.timestamp(), instances=len(GENERATIONS), seed=3,
                      generations=tuple(GENERATIONS), restarts_per_day=0.0)
-    sim = simulate(root / "fleet.om", spec, INCIDENTS)
-    assert [i["generation"] for i in sim.truth["instances"]] == list(GENERATIONS)
-    processes.backfill(root / "fleet.om", root / "data")
-    (root / "fleet.om").unlink()
-    with processes.running_prometheus(root / "data") as prometheus:
+    with processes.simulated_prometheus(spec, INCIDENTS) as (prometheus, simulation):
+        assert [i["generation"] for i in simulation.truth["instances"]] == list(GENERATIONS)
         yield prometheus, start
 
 
