@@ -37,7 +37,7 @@ INCIDENTS = [
     Incident("queue_buildup", ("vllm-1:8000",), start="6h", duration=3600, magnitude=1.3),
     Incident("kv_pressure", ("vllm-3:8000",), start="9h", duration=2400),
     Incident("ttft_spike", ("vllm-4:8000",), start="11h", duration=1800, magnitude=8.0),
-    Incident("error_burst", ("vllm-2:8000",), start="4h", duration=1800),
+    Incident("client_aborts", ("vllm-2:8000",), start="4h", duration=1800),
 ]
 
 

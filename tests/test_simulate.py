@@ -136,11 +136,29 @@ def test_incident_changes_only_the_affected_instance(kind):
         after = (a.times >= spec.start + 13 * 3600) & (a.times < spec.start + 13 * 3600 + 1200)
         assert a.kv_usage[after].min() > 0.97
         assert a.increments["preemptions"][after].sum() > 0
-    elif kind == "error_burst":
-        share = a.increments["success_abort"][inside].sum() / (
-            a.increments["success_abort"] + a.increments["success_stop"] + a.increments["success_length"]
-        )[inside].sum()
+    elif kind in ("error_burst", "client_aborts"):
+        # The default generation (0.15+) reports internal errors as `error`, client aborts as `abort`.
+        key = "success_error" if kind == "error_burst" else "success_abort"
+        total = sum(a.increments[f"success_{reason}"] for reason in catalog.FINISHED_REASONS)
+        share = a.increments[key][inside].sum() / total[inside].sum()
         assert share == pytest.approx(KINDS[kind].default_magnitude, abs=0.03)
+    elif kind == "throughput_drop":
+        served = a.increments["generation_tokens"][inside].sum() / b.increments["generation_tokens"][inside].sum()
+        assert served < 0.9
+        assert a.waiting[inside].max() > 20 > b.waiting[inside].max()
+    elif kind == "batch_cap":
+        assert a.running[inside].max() <= 4 < b.running[inside].mean()
+        assert a.waiting[inside].mean() > 20 > b.waiting[inside].mean()
+    elif kind == "gpu_xid":
+        assert (a.gpu[catalog.GPU_XID][inside] == KINDS[kind].default_magnitude).all()
+        assert a.gpu[catalog.GPU_XID][~inside].max() == 0
+        late = inside & (a.times >= a.times[inside][0] + 120)
+        assert a.increments["generation_tokens"][late].sum() == 0 and a.gpu[catalog.GPU_UTIL][late].max() < 10
+        assert a.running[late].min() > 0  # stuck requests keep their slots
+    elif kind == "gpu_memory_leak":
+        free = a.gpu[catalog.GPU_FB_FREE]
+        assert free[inside][-1] < 0.02 * catalog.GPU_MEMORY_MIB < free[inside][0]
+        assert a.increments["success_error"][inside].sum() > 3 * b.increments["success_error"][inside].sum()
     elif kind == "low_cache_hit":
         rate_a = a.increments["prefix_hits"][inside].sum() / a.increments["prefix_queries"][inside].sum()
         rate_b = b.increments["prefix_hits"][inside].sum() / b.increments["prefix_queries"][inside].sum()
@@ -156,12 +174,52 @@ def test_legacy_instances_expose_old_names(tmp_path):
     sim = simulate(tmp_path / "f.om", spec)
     legacy = {i["instance"] for i in sim.truth["instances"] if i["legacy_metric_names"]}
     assert len(legacy) == 2
+    assert {i["generation"] for i in sim.truth["instances"] if i["instance"] in legacy} == {catalog.OLDEST}
     text = (tmp_path / "f.om").read_text()
     for name in legacy:
         assert f'vllm:gpu_cache_usage_perc{{job="vllm",instance="{name}"' in text
         assert f'vllm:kv_cache_usage_perc{{job="vllm",instance="{name}"' not in text
         assert f'vllm:time_per_output_token_seconds_bucket{{job="vllm",instance="{name}"' in text
         assert f'vllm:inter_token_latency_seconds_bucket{{job="vllm",instance="{name}"' not in text
+        assert f'vllm:gpu_prefix_cache_hits_total{{job="vllm",instance="{name}"' in text
+        assert f'vllm:prefix_cache_hits_total{{job="vllm",instance="{name}"' not in text
+
+
+# §9 of the reference: which names each generation exposes (the renamed families and finished_reason="error").
+GENERATION_NAMES = {
+    "0.8.5-0.9.1": {"vllm:gpu_cache_usage_perc", "vllm:gpu_prefix_cache_hits_total",
+                    "vllm:time_per_output_token_seconds_bucket"},
+    "0.9.2-0.10.1": {"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "vllm:prefix_cache_hits_total",
+                     "vllm:gpu_prefix_cache_hits_total", "vllm:time_per_output_token_seconds_bucket"},
+    "0.10.2-0.11": {"vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc", "vllm:prefix_cache_hits_total",
+                    "vllm:gpu_prefix_cache_hits_total", "vllm:time_per_output_token_seconds_bucket",
+                    "vllm:inter_token_latency_seconds_bucket"},
+    "0.12-0.14": {"vllm:kv_cache_usage_perc", "vllm:prefix_cache_hits_total",
+                  "vllm:inter_token_latency_seconds_bucket", 'finished_reason="error"'},
+    "0.15+": {"vllm:kv_cache_usage_perc", "vllm:prefix_cache_hits_total", "vllm:inter_token_latency_seconds_bucket",
+              'finished_reason="error"'},
+}
+RENAMED = set().union(*GENERATION_NAMES.values())
+
+
+def test_each_generation_exposes_its_own_names_in_a_mixed_fleet(tmp_path):
+    spec = small_spec(start=END - 1800, instances=5, generations=tuple(GENERATION_NAMES))
+    simulate(tmp_path / "f.om", spec)
+    lines = (tmp_path / "f.om").read_text().splitlines()
+    for index, generation in enumerate(GENERATION_NAMES):
+        mine = [line for line in lines if f'instance="vllm-{index}:8000"' in line]
+        shown = {name for name in RENAMED if any(name in line for line in mine)}
+        assert shown == GENERATION_NAMES[generation], generation
+    # DCGM exporter series for each node, labelled as dcgm-exporter labels them.
+    assert any(line.startswith('DCGM_FI_DEV_GPU_UTIL{job="dcgm",instance="vllm-0:9400",gpu="0"') for line in lines)
+
+
+def test_generation_pinned_per_instance_and_unknown_generation_refused():
+    spec = small_spec(instance_generations=(("vllm-2:8000", "0.10.2-0.11"),))
+    series, truth = run_fleet(spec)
+    assert [i["generation"] for i in truth["instances"]] == ["0.15+", "0.15+", "0.10.2-0.11", "0.15+"]
+    with pytest.raises(ValueError, match="unknown vLLM generation.*0.7"):
+        small_spec(generations=("0.7",))
 
 
 def test_same_seed_same_file_other_seed_other_file(tmp_path):
@@ -224,7 +282,7 @@ def test_openmetrics_file_is_well_formed(tmp_path):
         last_time[key] = int(ts)
         per_family_series[current].add(key)
     assert len(per_family_series[catalog.TTFT]) == 4 * (len(catalog.TTFT_BUCKETS) + 3)
-    assert len(per_family_series["vllm:request_success"]) == 4 * 3
+    assert len(per_family_series["vllm:request_success"]) == 4 * 4  # stop, length, abort, error (0.15+)
     assert 'le="1.0"' in "".join(per_family_series[catalog.TTFT])
 
 

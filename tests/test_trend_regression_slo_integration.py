@@ -36,7 +36,7 @@ STEP = pd.Timedelta("30s")
 INCIDENTS = (
     Incident("itl_regression", ("vllm-2:8000",), start="36h", magnitude=1.25),
     Incident("kv_linear_climb", ("vllm-1:8000",), start="38h", duration=4 * 3600, magnitude=0.45),
-    Incident("error_burst", ("vllm-3:8000",), start="40h", duration=40 * 60, magnitude=0.3),
+    Incident("client_aborts", ("vllm-3:8000",), start="40h", duration=40 * 60, magnitude=0.3),
 )
 
 
@@ -135,13 +135,13 @@ def seen(series, increments: np.ndarray, low: float, high: float) -> float:
 
 def counted(series, low: float, high: float) -> tuple[float, float]:
     """(aborted, finished) requests in (low, high] from the simulator's increments."""
-    finished = sum(series.increments[k] for k in ("success_stop", "success_length", "success_abort"))
+    finished = sum(series.increments[k] for k in ("success_stop", "success_length", "success_abort", "success_error"))
     return seen(series, series.increments["success_abort"], low, high), seen(series, finished, low, high)
 
 
 def test_slo_attainment_and_burn_rates_equal_independent_counts(fleet):
     simulation, source = fleet
-    burst = incident(simulation, "error_burst")
+    burst = incident(simulation, "client_aborts")
     end = at(parse_time(burst["start"]) + 1800)  # half an hour into the burst
     results = evaluate_slos([AVAILABILITY], source, end - pd.Timedelta("6h"), end, STEP)
     by_instance = {r.labels["instance"]: r for r in results}

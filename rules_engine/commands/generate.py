@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import click
 import yaml
@@ -31,8 +32,12 @@ from rules_engine.spec.models import parse_duration
 @click.option("--monitor", "for_monitor", is_flag=True,
               help="Leave out the alerting rules `rules-engine monitor` evaluates by default (trend and regression "
                    "rules, timeslice SLOs; their recording rules stay), so nothing fires twice.")
+@click.option("--runbook-base-url", default="", metavar="URL",
+              help="Prefix relative runbook URLs (the shipped packs link docs/runbooks/*.md#alert) with URL, e.g. "
+                   "https://github.com/ORG/REPO/blob/main; absolute ones stay as written.")
 @click.option("--strict", is_flag=True, help="Exit 1 when any rule could not be compiled.")
-def generate(rules_paths, out_dir, tests, interval, webhook_url, token_file, alertmanager_base, for_monitor, strict) -> None:
+def generate(rules_paths, out_dir, tests, interval, webhook_url, token_file, alertmanager_base, for_monitor,
+             runbook_base_url, strict) -> None:
     """Write Prometheus rule files, promtool tests, Alertmanager config and Grafana dashboards to OUT."""
     ruleset = load_or_exit(rules_paths)
     if not ruleset.packs and not ruleset.slos:
@@ -41,8 +46,11 @@ def generate(rules_paths, out_dir, tests, interval, webhook_url, token_file, ale
         step = parse_duration(interval)
     except ValueError as error:
         raise click.BadParameter(str(error), param_hint="--interval") from None
+    if runbook_base_url and not urlsplit(runbook_base_url).scheme:
+        raise click.BadParameter(f"{runbook_base_url!r} is not an absolute URL (https://...)",
+                                 param_hint="--runbook-base-url")
     options = GenerateOptions(interval=step, tests=tests, webhook_url=webhook_url, token_file=token_file,
-                              monitor=for_monitor)
+                              monitor=for_monitor, runbook_base_url=runbook_base_url)
     generated = generate_files(ruleset, options)
     if alertmanager_base:
         base = yaml.safe_load(Path(alertmanager_base).read_text()) or {}

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import click
 
+from rules_engine.simulate.catalog import GENERATIONS
 from rules_engine.simulate.history import simulate as simulate_history
+from rules_engine.simulate.incidents import instance_name
 from rules_engine.simulate.incidents import load_incidents
 from rules_engine.simulate.live import LiveFleet, make_server, schedule
 from rules_engine.simulate.scenarios import SCENARIOS
@@ -35,6 +37,23 @@ def _time(ctx, param, value):
         raise click.BadParameter(str(error)) from None
 
 
+def _generations(ctx, param, values):
+    """`--generation 0.9.2-0.10.1 --generation vllm-3=0.15+` -> FleetSpec fields."""
+    cycle, pinned = [], []
+    for value in values:
+        instance, _, generation = value.rpartition("=")
+        if generation not in GENERATIONS:
+            raise click.BadParameter(f"{generation!r} is not one of {', '.join(GENERATIONS)}")
+        if instance:
+            pinned.append((instance_name(instance), generation))
+        else:
+            cycle.append(generation)
+    fields = {"instance_generations": tuple(pinned)}
+    if cycle:
+        fields["generations"] = tuple(cycle)
+    return fields
+
+
 @click.command("simulate")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="OpenMetrics file to write (load it with `promtool tsdb create-blocks-from openmetrics`); "
@@ -52,8 +71,11 @@ def _time(ctx, param, value):
 @click.option("--incidents", "incidents_path", type=click.Path(exists=True, dir_okay=False, path_type=Path),
               default=None, help="YAML incident list, injected in addition to the scenario's.")
 @click.option("--legacy-fraction", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
-              help="Share of instances on an old vLLM exposing vllm:gpu_cache_usage_perc and "
-                   "vllm:time_per_output_token_seconds instead of the current names.")
+              help="Share of instances on the oldest generation (0.8.5-0.9.1: vllm:gpu_cache_usage_perc, "
+                   "vllm:gpu_prefix_cache_*, vllm:time_per_output_token_seconds only).")
+@click.option("--generation", "generations", multiple=True, callback=_generations, metavar="[INSTANCE=]GEN",
+              help=f"vLLM generation: GEN alone adds to the list assigned round-robin (a mixed fleet), "
+                   f"INSTANCE=GEN pins one instance. Repeatable. GEN: {', '.join(GENERATIONS)} (default 0.15+).")
 @click.option("--tgi-instances", type=click.IntRange(min=0), default=None,
               help="TGI instances (tgi-0:8000, ...) beside the vLLM ones (default: the scenario's).")
 @click.option("--sglang-instances", type=click.IntRange(min=0), default=None,
@@ -75,7 +97,7 @@ def _time(ctx, param, value):
 @click.option("--every", callback=_duration, default=None,
               help="With --serve: repeat the --incidents every this long (an incident schedule).")
 def simulate(out_path, instances, duration, end, step, seed, scenario, incidents_path, legacy_fraction,
-             tgi_instances, sglang_instances, shards, jobs, truth_path, serve_address, horizon, every):
+             generations, tgi_instances, sglang_instances, shards, jobs, truth_path, serve_address, horizon, every):
     """Write a simulated vLLM fleet history with injected incidents as OpenMetrics with timestamps, or serve it
     live (--serve).
 
@@ -87,7 +109,9 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
 
     \b
       - kind: queue_buildup      # queue_buildup | kv_pressure | ttft_spike | itl_regression
-                                 # | kv_linear_climb | error_burst | low_cache_hit | restart
+                                 # | kv_linear_climb | error_burst | client_aborts | low_cache_hit
+                                 # | throughput_drop | batch_cap | gpu_xid | gpu_memory_leak
+                                 # | restart
         instance: vllm-2:8000    # or `instances: [2, vllm-3, tgi-0, sglang-1]`
         start: 26h               # offset from the start, or RFC 3339 / unix seconds
         duration: 30m            # default per kind; itl_regression lasts to the end
@@ -99,7 +123,8 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
     step = int(step)
     if serve_address is not None:
         _serve(serve_address, chosen, out_path, instances, duration, step, seed, incidents_path, legacy_fraction,
-               truth_path, horizon, every, tgi_instances=tgi_instances, sglang_instances=sglang_instances)
+               truth_path, horizon, every, tgi_instances=tgi_instances, sglang_instances=sglang_instances,
+               **generations)
         return
     if out_path is None:
         raise click.UsageError("give --out (a history file), --serve (a live fleet), or both")
@@ -107,7 +132,7 @@ def simulate(out_path, instances, duration, end, step, seed, scenario, incidents
     try:
         spec, incidents = chosen.fleet(end, seed=seed, step=step, instances=instances, duration=duration,
                                        legacy_fraction=legacy_fraction, tgi_instances=tgi_instances,
-                                       sglang_instances=sglang_instances)
+                                       sglang_instances=sglang_instances, **generations)
         if incidents_path is not None:
             incidents += load_incidents(incidents_path)
         began = time.perf_counter()

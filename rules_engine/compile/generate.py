@@ -13,9 +13,10 @@ that touches the disk. Paths under the output directory:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping
+from urllib.parse import urlsplit
 
 import pandas as pd
 
@@ -37,6 +38,8 @@ class GenerateOptions:
     # For Prometheus beside `rules-engine monitor`: leave out the alerting rules (and their tests) of what the
     # monitor evaluates by default (kinds and SLI types not exact in PromQL), keeping their recording rules.
     monitor: bool = False
+    # Prefixed to relative runbook URLs (`docs/runbooks/vllm.md#...`), e.g. the repository's web address.
+    runbook_base_url: str = ""
 
 
 @dataclass
@@ -53,6 +56,7 @@ def compile_ruleset(ruleset: RuleSet, kinds: Mapping[str, RuleKind], interval: p
 
 def generate(ruleset: RuleSet, kinds: Mapping[str, RuleKind], options: GenerateOptions = GenerateOptions()) -> Generated:
     """Every file, as text keyed by its path; `kinds` is the rule-kind registry (rules_engine.kinds.RULE_KINDS)."""
+    ruleset = with_runbook_base(ruleset, options.runbook_base_url)
     generated = Generated()
     generated.packs = compile_ruleset(ruleset, kinds, options.interval)
     if options.monitor:
@@ -86,6 +90,22 @@ def generate(ruleset: RuleSet, kinds: Mapping[str, RuleKind], options: GenerateO
     if generated.notes:
         generated.files["NOT_COMPILED.md"] = _notes_text(generated.notes)
     return generated
+
+
+def with_runbook_base(ruleset: RuleSet, base_url: str) -> RuleSet:
+    """The rule set with `base_url` prefixed to every relative `runbook_url` (absolute ones stay as written)."""
+    if not base_url:
+        return ruleset
+
+    def absolute(rule):
+        url = rule.annotations.runbook_url
+        if not url or urlsplit(url).scheme:
+            return rule
+        joined = base_url.rstrip("/") + "/" + url.lstrip("/")
+        return rule.model_copy(update={"annotations": rule.annotations.model_copy(update={"runbook_url": joined})})
+
+    packs = [pack.model_copy(update={"rules": [absolute(rule) for rule in pack.rules]}) for pack in ruleset.packs]
+    return replace(ruleset, packs=packs)
 
 
 def _slo_files(ruleset: RuleSet, options: GenerateOptions) -> tuple[dict[str, str], list[str]]:

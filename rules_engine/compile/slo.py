@@ -78,9 +78,9 @@ def sli_error_ratio(slo, window: pd.Timedelta, interval: pd.Timedelta) -> str:
         good = _sum(_rate(inject_selector(sli.ratio.good, slo.selector), w, "sli.ratio.good"), slo.group_by)
         return f"1 - (\n({good})\n/\n({total})\n)"
     if sli.type == "latency":
-        bucket = latency_bucket(slo, sli.latency.threshold)
-        count = latency_series(slo, "_count")
-        return f"1 - (\n({_sum(f'rate({bucket}[{w}])', slo.group_by)})\n/\n({_sum(f'rate({count}[{w}])', slo.group_by)})\n)"
+        bucket = _rate(latency_bucket(slo, sli.latency.threshold), w, "sli.latency")
+        count = _rate(latency_series(slo, "_count"), w, "sli.latency")
+        return f"1 - (\n({_sum(bucket, slo.group_by)})\n/\n({_sum(count, slo.group_by)})\n)"
     slices = sli.timeslices
     slice_step = format_duration(slices.slice or interval)
     signal = inject_selector(slices.signal, slo.selector)
@@ -97,7 +97,7 @@ def event_rate(slo, window: pd.Timedelta) -> str | None:
     if slo.sli.type == "ratio":
         return _sum(_rate(inject_selector(slo.sli.ratio.total, slo.selector), w, "sli.ratio.total"), slo.group_by)
     if slo.sli.type == "latency":
-        return _sum(f"rate({latency_series(slo, '_count')}[{w}])", slo.group_by)
+        return _sum(_rate(latency_series(slo, "_count"), w, "sli.latency"), slo.group_by)
     return None
 
 

@@ -35,7 +35,7 @@ from rules_engine.evaluate.alerting import episode_extremes, firing_episodes
 from rules_engine.evaluate.findings import Finding
 from rules_engine.evaluate.series import RangeWindow
 from rules_engine.promql.burn_windows import AlertPair, WindowCatalog, slo_catalog
-from rules_engine.promql.slo import latency_series, slo_queries
+from rules_engine.promql.slo import latency_selectors, slo_queries
 from rules_engine.source.base import Source, SourceError
 from rules_engine.source.frame import RangeFrame, partial_data
 from rules_engine.spec.models import format_duration
@@ -191,11 +191,13 @@ def check_latency_bucket(slo: SLO, source: Source) -> str | None:
     lookup = getattr(source, "label_values", None)
     if lookup is None:  # a recorded snapshot: evaluate_slo still refuses a threshold no bucket series matched
         return None
-    match = latency_series(slo, "_bucket")
-    try:
-        values = lookup("le", match=match)
-    except SourceError as error:
-        return f"bucket boundaries not checked: {error}"
+    values = []
+    for match in latency_selectors(slo, "_bucket"):
+        try:
+            values += lookup("le", match=match)
+        except SourceError as error:
+            return f"bucket boundaries not checked: {error}"
+    match = " or ".join(latency_selectors(slo, "_bucket"))
     bounds = sorted({float(v) for v in values if v not in ("+Inf", "Inf")})
     if not bounds:
         raise ValueError(f"SLO {slo.name}: no buckets of {latency.histogram} match {match} in Prometheus; check the "

@@ -12,16 +12,23 @@ def le_regex(boundary: float) -> str:
     return text.replace(".", "[.]") + "0*"
 
 
+def renamed(names: list[str], suffix: str, matchers: str = "", wrap: str = "{}") -> str:
+    """`wrap` of each name's series joined with `or`: the first name that has a series for a label set wins, so
+    a server exposing a histogram under its old and new name (vLLM 0.10.2-0.11) is counted once."""
+    return " or ".join(wrap.format(f"{name}{suffix}{matchers}") for name in names)
+
+
 def histogram_signal(histogram) -> str:
     """The PromQL of a histogram measure (a regression rule's `histogram:`): mean, share above a boundary, or a
     quantile, of rates over `rate_window`, aggregated by the histogram's `by` labels."""
     by = ", ".join(histogram.by)
-    rate = format_duration(histogram.rate_window)
-    count = f"sum by ({by}) (rate({histogram.metric}_count[{rate}]))"
+    names = [histogram.metric, *histogram.fallback]
+    rate = "rate({}[" + format_duration(histogram.rate_window) + "])"
+    count = f"sum by ({by}) ({renamed(names, '_count', wrap=rate)})"
     if histogram.measure == "mean":
-        return f"sum by ({by}) (rate({histogram.metric}_sum[{rate}])) / {count}"
+        return f"sum by ({by}) ({renamed(names, '_sum', wrap=rate)}) / {count}"
     if histogram.measure == "share_above":
-        bucket = f'sum by ({by}) (rate({histogram.metric}_bucket{{le=~"{le_regex(histogram.le)}"}}[{rate}]))'
-        return f"1 - {bucket} / {count}"
+        le = f'{{le=~"{le_regex(histogram.le)}"}}'
+        return f"1 - sum by ({by}) ({renamed(names, '_bucket', le, rate)}) / {count}"
     by_le = ", ".join(["le", *histogram.by])
-    return f"histogram_quantile({histogram.q!r}, sum by ({by_le}) (rate({histogram.metric}_bucket[{rate}])))"
+    return f"histogram_quantile({histogram.q!r}, sum by ({by_le}) ({renamed(names, '_bucket', wrap=rate)}))"

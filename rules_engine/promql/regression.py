@@ -1,6 +1,7 @@
 """Regression rules in PromQL: the window statistic as a ratio against an offset baseline.
 
-`<stat>_over_time((signal)[window:every]) / <stat>_over_time((signal)[baseline_window:every] offset <offset>)`
+`<stat>_over_time((signal)[window-1s:every]) / <stat>_over_time((signal)[baseline_window-1s:every] offset <offset>)`
+(1s less: the engine's windows end at the evaluation and do not reach back to its start point)
 compared with `ratio_above`/`ratio_below`. The engine also requires a significant Mann-Whitney U test; that test
 has no PromQL form, so the compiled alert fires on the change ratio alone, and its `statistical_test` annotation
 says so. A `preceding` baseline is an offset of one window; an `at:` baseline is pinned with `@`.
@@ -71,9 +72,15 @@ def baseline_modifier(rule: RegressionRule) -> str:
 
 
 def alert_condition(rule: RegressionRule, pack: RulePack, interval: pd.Timedelta) -> AlertCondition:
+    # The engine's windows hold window/step samples, ending at the evaluation (evaluate/regression.py); Prometheus
+    # 2.x subquery ranges are closed at both ends and would add the point one window back, which matters for short
+    # (level-shift) windows. A second less keeps the compiled alert on the engine's samples.
+    just_under = pd.Timedelta(seconds=1)
+
     def ratio(ref: str) -> str:
-        current = window_stat_query(ref, rule.stat, rule.window, rule.every)
-        baseline = window_stat_query(ref, rule.stat, rule.baseline_window, rule.every, baseline_modifier(rule))
+        current = window_stat_query(ref, rule.stat, rule.window - just_under, rule.every)
+        baseline = window_stat_query(ref, rule.stat, rule.baseline_window - just_under, rule.every,
+                                     baseline_modifier(rule))
         return f"{current} / {baseline}"
 
     levels = [Level(name, bound, op, ratio) for name, bound, op in ladder_levels(rule.direction, rule.ratio, rule.severity)]

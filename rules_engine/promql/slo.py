@@ -30,13 +30,20 @@ def slo_exact_in_promql(slo: SLO) -> bool:
     return SLI_EXACT_IN_PROMQL[slo.sli.type]
 
 
-def latency_series(slo: SLO, suffix: str, *extra_matchers: str) -> str:
-    """`<histogram><suffix>{...}` of a latency SLI, with the SLO's and the SLI's selector matchers."""
+def latency_selectors(slo: SLO, suffix: str, *extra_matchers: str) -> list[str]:
+    """`<histogram><suffix>{...}` of a latency SLI and of each of its fallback names, with the SLO's and the SLI's
+    selector matchers."""
     latency = slo.sli.latency
     assert latency is not None
     matchers = [*_matchers(slo.selector, latency.selector), *extra_matchers]
-    name = f"{latency.histogram}{suffix}"
-    return f"{name}{{{', '.join(matchers)}}}" if matchers else name
+    body = f"{{{', '.join(matchers)}}}" if matchers else ""
+    return [f"{name}{suffix}{body}" for name in (latency.histogram, *latency.fallback)]
+
+
+def latency_series(slo: SLO, suffix: str, *extra_matchers: str) -> str:
+    """The series of a latency SLI: its histogram's, or the first of its names present (`new or old`), so a server
+    exposing both names is counted once."""
+    return " or ".join(latency_selectors(slo, suffix, *extra_matchers))
 
 
 def latency_bucket(slo: SLO, boundary: float) -> str:

@@ -50,7 +50,8 @@ MODELS = (
 LATENCY_SIGMA = {catalog.TTFT: 0.5, catalog.ITL: 0.3, catalog.E2E: 0.45, catalog.QUEUE_TIME: 1.0}
 
 KV_AT_CAPACITY = 0.8  # KV usage when the instance serves at full capacity without incident
-BASE_ABORT_SHARE = 0.01
+BASE_ABORT_SHARE = 0.01  # client aborts (a chat UI's stop button, client timeouts)
+BASE_ERROR_SHARE = 0.0005  # internal engine errors (HTTP 500)
 BASE_LENGTH_SHARE = 0.12
 
 
@@ -64,7 +65,12 @@ class FleetSpec:
     step: int = 30
     seed: int = 0
     utilization: float = 0.42  # mean arrivals / capacity over a day (peaks reach ~0.8)
-    legacy_fraction: float = 0.0  # share of instances on a pre-0.9 vLLM (old metric names)
+    legacy_fraction: float = 0.0  # share of instances on the oldest generation (catalog.OLDEST)
+    # vLLM generations (catalog.GENERATIONS) the other instances run, assigned round-robin; `instance_generations`
+    # pins single instances ({"vllm-3:8000": "0.9.2-0.10.1"}).
+    generations: tuple[str, ...] = (catalog.NEWEST,)
+    instance_generations: tuple[tuple[str, str], ...] = ()
+    gpu: bool = True  # also write the node's DCGM exporter series (instance `vllm-N:9400`)
     restarts_per_day: float = 0.15  # random restarts per instance
     gap_probability: float = 0.002  # chance a single scrape is missed
     long_gaps_per_day: float = 0.3  # runs of 2-20 missed scrapes per instance
@@ -84,6 +90,11 @@ class FleetSpec:
             raise ValueError("end must be after start")
         if not 0.0 <= self.legacy_fraction <= 1.0:
             raise ValueError(f"legacy_fraction must be within [0, 1], got {self.legacy_fraction}")
+        unknown = [g for g in (*self.generations, *(g for _, g in self.instance_generations))
+                   if g not in catalog.GENERATIONS]
+        if unknown or not self.generations:
+            raise ValueError(f"unknown vLLM generation(s) {', '.join(unknown) or '(none given)'}; known: "
+                             f"{', '.join(catalog.GENERATIONS)}")
 
 
 @dataclass(frozen=True)
@@ -91,14 +102,25 @@ class Instance:
     index: int
     name: str  # the `instance` label
     model: ModelProfile
-    legacy: bool
+    generation: str  # a key of catalog.GENERATIONS
     scale: float  # share of traffic relative to its peers
     phase_hours: float  # shift of its diurnal peak (users in other time zones)
     scrape_offset: int  # seconds past the step grid at which Prometheus scrapes it
     server: str = "vllm"  # vllm | tgi | sglang (simulate/servers.py)
 
+    @property
+    def legacy(self) -> bool:
+        """Exposes only the pre-0.9.2 names of the renamed families."""
+        return self.generation == catalog.OLDEST
+
     def labels(self) -> dict[str, str]:
         return {"job": "vllm", "instance": self.name, "model_name": self.model.name, "engine": "0"}
+
+    def gpu_labels(self) -> dict[str, str]:
+        """Labels of the DCGM exporter on the instance's node (dcgm-exporter's defaults, one GPU a node)."""
+        host = self.name.split(":")[0]
+        return {"job": "dcgm", "instance": f"{host}:9400", "gpu": "0", "UUID": f"GPU-{self.index:08x}-sim",
+                "device": "nvidia0", "modelName": "NVIDIA H100 80GB HBM3", "Hostname": host}
 
 
 def fleet_instances(spec: FleetSpec) -> list[Instance]:
@@ -108,8 +130,17 @@ def fleet_instances(spec: FleetSpec) -> list[Instance]:
     phases = rng.uniform(-1.5, 1.5, spec.instances)
     offsets = rng.integers(0, spec.step, spec.instances)
     legacy = set(rng.permutation(spec.instances)[:int(round(spec.legacy_fraction * spec.instances))].tolist())
-    return [Instance(index=i, name=f"vllm-{i}:8000", model=spec.models[i % len(spec.models)], legacy=i in legacy,
-                     scale=float(scales[i]), phase_hours=float(phases[i]), scrape_offset=int(offsets[i]))
+    pinned = dict(spec.instance_generations)
+
+    def generation(i: int) -> str:
+        name = f"vllm-{i}:8000"
+        if name in pinned:
+            return pinned[name]
+        return catalog.OLDEST if i in legacy else spec.generations[i % len(spec.generations)]
+
+    return [Instance(index=i, name=f"vllm-{i}:8000", model=spec.models[i % len(spec.models)],
+                     generation=generation(i), scale=float(scales[i]), phase_hours=float(phases[i]),
+                     scrape_offset=int(offsets[i]))
             for i in range(spec.instances)]
 
 
@@ -140,6 +171,7 @@ class InstanceSeries:
     running: np.ndarray
     waiting: np.ndarray
     kv_usage: np.ndarray
+    gpu: dict[str, np.ndarray]  # DCGM gauge name -> value per step
     increments: dict[str, np.ndarray] = field(default_factory=dict)  # counter series key -> int64 per step
     histograms: dict[str, Histogram] = field(default_factory=dict)  # catalog name (current) -> Histogram
 
@@ -235,9 +267,14 @@ def simulate_instance(spec: FleetSpec, instance: Instance, times: np.ndarray, mo
     spike_mask, spike_id = _windows(rng, n, rng.poisson(spec.spikes_per_day * days), 2, 4)
     spike_factor = rng.uniform(1.15, 1.5, max(1, spike_id.max() + 1))
     spikes = np.where(spike_mask, spike_factor[spike_id], 1.0)
-    capacity = model.capacity_rps
-    arrivals = capacity * spec.utilization * instance.scale * diurnal * weekly * noise * spikes
-    arrivals = np.maximum(arrivals, mods.load_floor * capacity)
+    nominal = model.capacity_rps
+    running_at_capacity = nominal * (model.prefill_s * 1.8 + model.generation_tokens * model.itl_s * 1.6)
+    # A hung engine (capacity 0) or a slow GPU (a fraction) serves less than it should; a batch capped below what
+    # the load needs (a too-low --max-num-seqs) serves in proportion to the slots it has.
+    capacity = np.maximum(nominal * mods.capacity_factor * np.minimum(1.0, mods.running_cap / running_at_capacity),
+                          1e-6)
+    arrivals = nominal * spec.utilization * instance.scale * diurnal * weekly * noise * spikes
+    arrivals = np.maximum(arrivals, mods.load_floor * nominal)
     # After a restart the load balancer sends traffic back gradually.
     since_restart = steps_since(restart)
     arrivals *= np.where(since_restart < 10 ** 8, 1.0 - np.exp(-(since_restart + 1) / 2.0), 1.0)
@@ -255,8 +292,9 @@ def simulate_instance(spec: FleetSpec, instance: Instance, times: np.ndarray, mo
     itl = model.itl_s * (1.0 + 0.6 * rho ** 2) * mods.itl_factor
     prefill = model.prefill_s * (1.0 + 0.8 * rho ** 2) * mods.prefill_factor
     service = prefill + model.generation_tokens * itl
-    running = np.minimum(served * service, model.max_num_seqs)
-    running_at_capacity = capacity * (model.prefill_s * 1.8 + model.generation_tokens * model.itl_s * 1.6)
+    # Requests of a hung engine keep their batch slots (and KV blocks) while nothing completes.
+    in_flight = np.where(mods.capacity_factor < 1.0, np.minimum(arrivals, nominal), served)
+    running = np.minimum(np.minimum(in_flight * service, model.max_num_seqs), mods.running_cap)
     kv = KV_AT_CAPACITY * running / running_at_capacity * np.exp(rng.normal(0.0, 0.02, n))
     kv = np.maximum(kv, mods.kv_floor * (1.0 + rng.normal(0.0, 0.006, n)))
     kv = np.where(np.isnan(mods.kv_override), kv, mods.kv_override + rng.normal(0.0, 0.004, n))
@@ -277,18 +315,31 @@ def simulate_instance(spec: FleetSpec, instance: Instance, times: np.ndarray, mo
     requests = rng.poisson(served * dt)
     generated = rng.poisson(requests * model.generation_tokens)
     prompt = rng.poisson(requests * model.prompt_tokens)
+    # GPU framebuffer: vLLM preallocates its share at start; another process (or a leak) can take the rest, and
+    # then CUDA allocations inside the engine fail: internal errors.
+    fb_used = (catalog.GPU_MEMORY_MIB * catalog.GPU_MEMORY_UTILIZATION + catalog.CUDA_CONTEXT_MIB
+               + mods.fb_extra) + rng.normal(0.0, 4.0, n)
+    fb_used = np.clip(fb_used, 0.0, catalog.GPU_MEMORY_MIB)
+    fb_used[down] = 380.0  # the CUDA context of the exporter's own probes only
+    oom = np.clip((fb_used / catalog.GPU_MEMORY_MIB - 0.985) / 0.015, 0.0, 1.0) * 0.2
+    error_share = np.where(np.isnan(mods.error_share), BASE_ERROR_SHARE, mods.error_share) + oom
     abort_share = np.where(np.isnan(mods.abort_share), BASE_ABORT_SHARE, mods.abort_share)
-    aborted = rng.binomial(requests, np.clip(abort_share, 0.0, 1.0))
-    truncated = rng.binomial(requests - aborted, np.clip(BASE_LENGTH_SHARE / (1.0 - abort_share), 0.0, 1.0))
+    errored = rng.binomial(requests, np.clip(error_share, 0.0, 1.0))
+    aborted = rng.binomial(requests - errored, np.clip(abort_share, 0.0, 1.0))
+    truncated = rng.binomial(requests - errored - aborted,
+                             np.clip(BASE_LENGTH_SHARE / (1.0 - abort_share), 0.0, 1.0))
+    if not catalog.GENERATIONS[instance.generation].error_reason:  # before 0.13 an internal error is an abort
+        aborted, errored = aborted + errored, np.zeros_like(errored)
     hit_rate = np.clip(model.prefix_hit_rate * mods.hit_factor * np.exp(_ar1(rng, n, 0.9, 0.05)), 0.0, 1.0)
     hits = rng.binomial(prompt, hit_rate)
     increments = {
         "preemptions": rng.poisson(preempt_rate * dt),
         "prompt_tokens": prompt,
         "generation_tokens": generated,
-        "success_stop": requests - aborted - truncated,
+        "success_stop": requests - errored - aborted - truncated,
         "success_length": truncated,
         "success_abort": aborted,
+        "success_error": errored,
         "prefix_queries": prompt,
         "prefix_hits": hits,
     }
@@ -298,16 +349,23 @@ def simulate_instance(spec: FleetSpec, instance: Instance, times: np.ndarray, mo
     def jitter(mean: np.ndarray) -> np.ndarray:
         return mean * np.exp(rng.normal(0.0, 0.05, n))
 
-    itl_name = catalog.current_name(catalog.ITL, instance.legacy)
+    # Generations that expose both ITL names fill both from the same observations, as vLLM does.
+    itl_hist = Histogram(jitter(itl), np.maximum(generated - requests, 0), LATENCY_SIGMA[catalog.ITL], rng.random(n))
     histograms = {
         catalog.TTFT: Histogram(jitter(ttft), requests, LATENCY_SIGMA[catalog.TTFT], rng.random(n)),
-        itl_name: Histogram(jitter(itl), np.maximum(generated - requests, 0), LATENCY_SIGMA[catalog.ITL],
-                            rng.random(n)),
+        **{name: itl_hist for name in catalog.GENERATIONS[instance.generation].itl},
         catalog.E2E: Histogram(jitter(e2e), requests, LATENCY_SIGMA[catalog.E2E], rng.random(n)),
         # A saturated FIFO queue makes every request wait about backlog / capacity: the spread narrows.
         catalog.QUEUE_TIME: Histogram(jitter(queue_time), requests,
                                       np.where(backlog > 1.0, 0.3, LATENCY_SIGMA[catalog.QUEUE_TIME]),
                                       rng.random(n)),
     }
+    busy = np.where(down, 0.0, np.clip(served / nominal * 1.1 + rng.normal(0.0, 0.03, n), 0.0, 1.0))
+    gpu = {
+        catalog.GPU_UTIL: np.rint(100.0 * busy),
+        catalog.GPU_FB_USED: np.rint(fb_used),
+        catalog.GPU_FB_FREE: np.rint(catalog.GPU_MEMORY_MIB - fb_used),
+        catalog.GPU_XID: mods.xid.copy(),
+    } if spec.gpu else {}
     return InstanceSeries(instance=instance, times=times, present=present, restart=restart, running=running_now,
-                          waiting=waiting_now, kv_usage=kv, increments=increments, histograms=histograms)
+                          waiting=waiting_now, kv_usage=kv, gpu=gpu, increments=increments, histograms=histograms)

@@ -30,8 +30,11 @@ COUNTERS = (  # (family without _total, increment key, extra labels)
     ("vllm:request_success", "success_stop", {"finished_reason": "stop"}),
     ("vllm:request_success", "success_length", {"finished_reason": "length"}),
     ("vllm:request_success", "success_abort", {"finished_reason": "abort"}),
+    ("vllm:request_success", "success_error", {"finished_reason": "error"}),
     ("vllm:prefix_cache_queries", "prefix_queries", {}),
     ("vllm:prefix_cache_hits", "prefix_hits", {}),
+    ("vllm:gpu_prefix_cache_queries", "prefix_queries", {}),
+    ("vllm:gpu_prefix_cache_hits", "prefix_hits", {}),
 )
 HISTOGRAMS = (catalog.TTFT, catalog.ITL, catalog.ITL_LEGACY, catalog.E2E, catalog.QUEUE_TIME)
 
@@ -74,17 +77,17 @@ def run_fleet(spec: FleetSpec, incidents: Iterable[Incident] = ()) -> tuple[list
         series.append(simulate_instance(spec, instance, times, mods) if instance.server == "vllm"
                       else servers.simulate_server_instance(spec, instance, times, mods))
     models = {instance.name: instance.model.name for instance in instances}
-    legacy = {instance.name for instance in instances if instance.legacy}
+    generations = {instance.name: instance.generation for instance in instances}
     truth = {
         "generator": "rules-engine simulate",
         "seed": spec.seed,
         "start": rfc3339(spec.start, "auto"),
         "end": rfc3339(spec.end, "auto"),
         "step_seconds": spec.step,
-        "instances": [{"instance": i.name, "model_name": i.model.name, "legacy_metric_names": i.legacy}
-                      for i in instances],
+        "instances": [{"instance": i.name, "model_name": i.model.name, "generation": i.generation,
+                       "legacy_metric_names": i.legacy} for i in instances],
         "incidents": [record for incident in incidents
-                      for record in truth_records(incident, spec.start, spec.end, models, legacy)],
+                      for record in truth_records(incident, spec.start, spec.end, models, generations)],
         "skipped_incidents": [{"kind": i.kind, "instances": list(i.instances), "start": str(i.start)}
                               for i in skipped],
         "restarts": [{"instance": s.instance.name, "at": rfc3339(float(at), "auto")}
@@ -127,21 +130,27 @@ def write_history(out: BinaryIO, series: list[InstanceSeries]) -> int:
     gauge(catalog.RUNNING, "Number of requests in model execution batches.", lambda s: s.running, 0, series)
     gauge(catalog.WAITING, "Number of requests waiting to be processed.", lambda s: s.waiting, 0, series)
     gauge(catalog.KV_USAGE, "KV-cache usage. 1 means 100 percent usage.", lambda s: s.kv_usage, 6,
-          [s for s in series if not s.instance.legacy])
+          [s for s in series if catalog.KV_USAGE in _exposed(s)])
     gauge(catalog.KV_USAGE_LEGACY, "GPU KV-cache usage. 1 means 100 percent usage.", lambda s: s.kv_usage, 6,
-          [s for s in series if s.instance.legacy])
+          [s for s in series if catalog.KV_USAGE_LEGACY in _exposed(s)])
     header(catalog.CACHE_CONFIG_INFO, "gauge", "Information of the LLMEngine CacheConfig")
     for s in series:
         written += write_series(out, series_prefix(catalog.CACHE_CONFIG_INFO, _cache_config_labels(s)),
                                 np.ones(int(s.present.sum())), stamps[s.instance.name])
 
     for family in dict.fromkeys(name for name, _, _ in COUNTERS):
+        members = [s for s in series if _counter_exposed(s, family)]
+        if not members:
+            continue
         header(family, "counter", "")
-        for s in series:
+        for s in members:
             for name, key, extra in COUNTERS:
-                if name != family:
+                if name != family or (key == "success_error" and not _generation(s).error_reason):
                     continue
-                values = cumulative(s.increments[key], s.restart)[s.present]
+                values = cumulative(s.increments[key], s.restart)
+                if key.startswith("prefix_") and not _generation(s).prefix_unit_tokens:
+                    values = values // s.instance.model.block_size  # 0.8.5 counted blocks
+                values = values[s.present]
                 written += write_series(out, series_prefix(f"{family}_total", {**s.instance.labels(), **extra}),
                                         values, stamps[s.instance.name])
 
@@ -161,9 +170,30 @@ def write_history(out: BinaryIO, series: list[InstanceSeries]) -> int:
                                         buckets[s.present, column], ts)
             written += write_series(out, series_prefix(f"{family}_count", labels), count[s.present], ts)
             written += write_series(out, series_prefix(f"{family}_sum", labels), sums[s.present], ts, 3)
+    gpu_members = [s for s in series if s.gpu]
+    for family in catalog.GPU_GAUGES if gpu_members else ():
+        header(family, "gauge", "")
+        for s in gpu_members:
+            written += write_series(out, series_prefix(family, s.instance.gpu_labels()), s.gpu[family][s.present],
+                                    stamps[s.instance.name])
     written += servers.write_other_servers(out, others)
     out.write(b"# EOF\n")
     return written + 6
+
+
+def _generation(series: InstanceSeries) -> catalog.Generation:
+    return catalog.GENERATIONS[series.instance.generation]
+
+
+def _exposed(series: InstanceSeries) -> set[str]:
+    return _generation(series).names()
+
+
+def _counter_exposed(series: InstanceSeries, family: str) -> bool:
+    """Counters outside the renamed families exist in every generation; renamed ones only where listed."""
+    renamed = {catalog.PREFIX_QUERIES, catalog.PREFIX_HITS, catalog.PREFIX_QUERIES_LEGACY, catalog.PREFIX_HITS_LEGACY}
+    total = f"{family}_total"
+    return total not in renamed or total in _exposed(series)
 
 
 def shard_paths(out_path: str | Path, shards: int) -> list[Path]:

@@ -43,7 +43,19 @@ KINDS: dict[str, KindSpec] = {
     "kv_linear_climb": KindSpec(0.5, 4 * 3600, "memory_pressure", (catalog.KV_USAGE, catalog.PREEMPTIONS),
                                 "KV-cache usage at the start; it climbs linearly to 1.0 at start+duration"),
     "error_burst": KindSpec(0.3, 1200, "error_rate", (catalog.REQUEST_SUCCESS,),
-                            "share of finished requests with finished_reason=abort"),
+                            "share of requests failing inside the engine (finished_reason=error from 0.13, "
+                            "abort before)"),
+    "client_aborts": KindSpec(0.3, 1200, "error_rate", (catalog.REQUEST_SUCCESS,),
+                              "share of requests the clients abort (finished_reason=abort)"),
+    "throughput_drop": KindSpec(0.4, 1800, "low_throughput",
+                                (catalog.GENERATION_TOKENS, catalog.WAITING, catalog.GPU_UTIL),
+                                "factor on the instance's speed: capacity x m, prefill and ITL / m (a throttled GPU)"),
+    "batch_cap": KindSpec(3.0, 1800, "batch_size_suboptimal", (catalog.RUNNING, catalog.WAITING),
+                          "requests the engine runs at most (a --max-num-seqs set far too low by a deploy)"),
+    "gpu_xid": KindSpec(48.0, 900, "error_rate", (catalog.GPU_XID, catalog.GENERATION_TOKENS, catalog.WAITING),
+                        "the XID error code DCGM reports; the engine hangs (serves nothing) meanwhile"),
+    "gpu_memory_leak": KindSpec(1.0, 3 * 3600, "memory_pressure", (catalog.GPU_FB_FREE, catalog.REQUEST_SUCCESS),
+                                "share of the framebuffer vLLM left free that a leak takes by the end"),
     "low_cache_hit": KindSpec(0.2, 2 * 3600, "cache_inefficiency", (catalog.PREFIX_HITS,),
                               "factor on the prefix-cache hit rate"),
     "restart": KindSpec(0.0, 60, "restart", (),
@@ -195,6 +207,11 @@ class Modifiers:
     kv_floor: np.ndarray = field(init=False)  # KV usage at least this
     kv_override: np.ndarray = field(init=False)  # KV usage exactly this (NaN: model decides)
     abort_share: np.ndarray = field(init=False)  # NaN: the instance's base share
+    error_share: np.ndarray = field(init=False)  # NaN: the base share of internal errors
+    capacity_factor: np.ndarray = field(init=False)
+    xid: np.ndarray = field(init=False)  # DCGM's last XID error value
+    fb_extra: np.ndarray = field(init=False)  # framebuffer MiB taken outside vLLM's preallocation
+    running_cap: np.ndarray = field(init=False)  # most requests the engine runs at once (inf: its model's limit)
     hit_factor: np.ndarray = field(init=False)
     down: np.ndarray = field(init=False)  # process not running: no samples, counters restart after
 
@@ -206,6 +223,11 @@ class Modifiers:
         self.kv_floor = np.zeros(n)
         self.kv_override = np.full(n, np.nan)
         self.abort_share = np.full(n, np.nan)
+        self.error_share = np.full(n, np.nan)
+        self.capacity_factor = np.ones(n)
+        self.xid = np.zeros(n)
+        self.fb_extra = np.zeros(n)
+        self.running_cap = np.full(n, np.inf)
         self.hit_factor = np.ones(n)
         self.down = np.zeros(n, bool)
 
@@ -236,7 +258,24 @@ def apply_incident(mods: Modifiers, times: np.ndarray, incident: Incident, range
         saturated = (times >= end) & (times < end + hold)
         mods.kv_override[saturated] = 1.0
     elif kind == "error_burst":
+        mods.error_share[active] = magnitude
+    elif kind == "client_aborts":
         mods.abort_share[active] = magnitude
+    elif kind == "throughput_drop":
+        # A throttled GPU (clocks down: heat, power cap) does everything slower: prefill, every token, capacity.
+        mods.capacity_factor[active] *= magnitude
+        mods.itl_factor[active] /= magnitude
+        mods.prefill_factor[active] /= magnitude
+    elif kind == "batch_cap":
+        mods.running_cap[active] = np.minimum(mods.running_cap[active], magnitude)
+    elif kind == "gpu_xid":
+        # DCGM keeps reporting the last XID until the driver is reset (here: the end of the incident).
+        mods.xid[active] = magnitude
+        mods.capacity_factor[active] = 0.0
+    elif kind == "gpu_memory_leak":
+        assert end is not None
+        headroom = catalog.GPU_MEMORY_MIB * (1.0 - catalog.GPU_MEMORY_UTILIZATION) - catalog.CUDA_CONTEXT_MIB
+        mods.fb_extra[active] = magnitude * headroom * (times[active] - start) / (end - start)
     elif kind == "low_cache_hit":
         mods.hit_factor[active] *= magnitude
     elif kind == "restart":
@@ -249,7 +288,7 @@ def apply_incident(mods: Modifiers, times: np.ndarray, incident: Incident, range
 
 
 def truth_records(incident: Incident, range_start: float, range_end: float,
-                  instance_models: dict[str, str], legacy: set[str]) -> list[dict]:
+                  instance_models: dict[str, str], generations: dict[str, str]) -> list[dict]:
     """Ground truth for one incident: one record per instance it hits."""
     start, end = incident.window(range_start, range_end)
     records = []
@@ -262,9 +301,12 @@ def truth_records(incident: Incident, range_start: float, range_end: float,
             "start": rfc3339(start, "auto"),
             "end": None if end is None or end >= range_end else rfc3339(end, "auto"),
             "magnitude": incident.resolved_magnitude(),
-            "expected_signals": [catalog.current_name(name, instance in legacy)
-                                 for name in incident.spec.expected_signals],
+            "generation": generations[instance],
+            "expected_signals": [exposed for name in incident.spec.expected_signals
+                                 for exposed in catalog.exposed_names(name, generations[instance])],
         }
+        if incident.kind == "gpu_memory_leak" and end is not None:
+            record["saturation_at"] = rfc3339(end, "auto")  # the framebuffer is full at the end of the climb
         if incident.kind == "kv_linear_climb":
             hold = KV_CLIMB_HOLD if incident.hold is None else incident.hold
             record["saturation_at"] = rfc3339(end, "auto")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rules_engine.simulate.catalog import GENERATIONS, NEWEST
 from rules_engine.simulate.fleet import FleetSpec
 from rules_engine.simulate.incidents import Incident
 from rules_engine.simulate.timeparse import parse_duration
@@ -15,6 +16,7 @@ class Scenario:
     instances: int
     duration: str
     incidents: tuple[Incident, ...]
+    generations: tuple[str, ...] = (NEWEST,)  # vLLM generations, assigned to the instances round-robin
     tgi_instances: int = 0
     sglang_instances: int = 0
 
@@ -23,6 +25,7 @@ class Scenario:
               **spec_fields) -> tuple[FleetSpec, list[Incident]]:
         """The FleetSpec and incident list of this scenario ending at `end` (unix seconds)."""
         length = parse_duration(self.duration) if duration is None else duration
+        spec_fields = {"generations": self.generations, **spec_fields}
         spec = FleetSpec(start=end - length, end=end, instances=self.instances if instances is None else instances,
                          step=step, seed=seed,
                          tgi_instances=self.tgi_instances if tgi_instances is None else tgi_instances,
@@ -41,6 +44,7 @@ DEMO_INCIDENTS = (
     Incident("itl_regression", ("vllm-3:8000",), start="36h", magnitude=1.4),
     Incident("kv_linear_climb", ("vllm-6:8000",), start="38h", duration=4 * 3600, magnitude=0.45, hold=1800),
     Incident("low_cache_hit", ("vllm-7:8000",), start="40h", duration=2 * 3600, magnitude=0.2),
+    Incident("gpu_xid", ("vllm-0:8000",), start="42h", duration=900, magnitude=48),
     Incident("restart", ("vllm-0:8000",), start="44h", duration=90),
 )
 
@@ -58,7 +62,8 @@ MIXED_INCIDENTS = (
 )
 
 SCENARIOS = {
-    "demo": Scenario("demo", "8 instances x 2 days, one incident of each kind on day 2", 8, "2d", DEMO_INCIDENTS),
+    "demo": Scenario("demo", "8 instances x 2 days, every vLLM generation, one incident of each kind on day 2", 8,
+                     "2d", DEMO_INCIDENTS, tuple(GENERATIONS)),
     "none": Scenario("none", "no incidents: background load, noise, spikes, random restarts and gaps only", 8,
                      "2d", ()),
     "mixed": Scenario("mixed", "2 vLLM, 3 TGI and 3 SGLang instances x 2 days, TGI and SGLang incidents on day 2", 2,

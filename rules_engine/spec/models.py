@@ -91,6 +91,7 @@ class Annotations(SpecModel):
 
 
 RuleName = Annotated[str, Field(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$", max_length=200)]
+MetricName = Annotated[str, Field(pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$", max_length=200)]
 
 
 class RuleBase(SpecModel):

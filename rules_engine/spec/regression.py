@@ -16,7 +16,8 @@ from typing import Literal
 import pandas as pd
 from pydantic import AwareDatetime, Field, model_validator
 
-from rules_engine.spec.models import Duration, PromQL, RuleBase, SeverityLadder, SeverityName, SpecModel
+from rules_engine.spec.models import (Duration, MetricName, PromQL, RuleBase, SeverityLadder, SeverityName,
+                                      SpecModel)
 
 RegressionStat = Literal["mean", "p50", "p95", "p99"]
 
@@ -51,6 +52,9 @@ class HistogramSignal(SpecModel):
     """A signal built from a classic histogram's _sum/_count/_bucket series."""
 
     metric: str = Field(pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    # Older names of the same histogram (a renamed family): each series is read as `metric or fallback`, so a
+    # server exposing both names is counted once and one exposing only the old name is still judged.
+    fallback: list[MetricName] = Field(default_factory=list)
     measure: Literal["mean", "share_above", "quantile"] = "mean"
     le: float | None = None
     q: float | None = Field(default=None, gt=0, lt=1)

@@ -19,7 +19,8 @@ from typing import Literal
 import pandas as pd
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from rules_engine.spec.models import (Duration, PromQL, RuleName, Selector, ServerKind, SpecModel, format_duration,
+from rules_engine.spec.models import (Duration, MetricName, PromQL, RuleName, Selector, ServerKind, SpecModel,
+                                      format_duration,
                                       parse_duration)
 
 Comparison = Literal["<", "<=", ">", ">="]
@@ -41,6 +42,8 @@ class RatioSLI(SpecModel):
 
 class LatencySLI(SpecModel):
     histogram: str = Field(pattern=r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
+    # Older names of the same histogram, read as `histogram or fallback` (see HistogramSignal.fallback).
+    fallback: list[MetricName] = Field(default_factory=list)
     threshold: float = Field(gt=0)
     selector: str = ""  # matchers added to the histogram's series, beside the SLO's own selector
 
