@@ -76,6 +76,12 @@ def with_options(options):
 @click.option("--engine", type=click.Choice(["pandas", "promql"]), default="pandas", show_default=True,
               help="pandas: the engine's own evaluation. promql: range-query the alert expressions `generate` "
                    "writes and apply for/keep_firing_for to them, to see what the live path in Prometheus would do.")
+@click.option("--reader", type=click.Choice(["auto", "remote-read", "range-vector", "query"]), default="auto",
+              show_default=True,
+              help="How the pandas engine reads Prometheus. auto: raw samples by remote read, computed locally where "
+                   "the server serves it (each query the local evaluator does not support is range-queried); "
+                   "remote-read: insist on it; range-vector: raw samples through `metric[d]` queries; query: "
+                   "range-query every expression. The export's rules[*].reads says how each query was answered.")
 @click.option("--fix", is_flag=True, help="Hand the findings to the matching playbooks (workflows in the store, "
               "waiting for approval like webhook alerts).")
 @click.option("--dry-run", is_flag=True, help="With --fix: run the workflows at once, recording what they would do, "
@@ -85,7 +91,7 @@ def with_options(options):
 @click.option("--var", "variables", multiple=True, metavar="NAME=VALUE",
               help="With --fix: a playbook template variable (`vars.NAME`), e.g. orchestrator_url=http://... .")
 def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min_severity, export_path, fail_on, limit,
-             progress, concurrency, engine, fix, dry_run, database_url, variables, **prometheus):
+             progress, concurrency, engine, reader, fix, dry_run, database_url, variables, **prometheus):
     """Backtest rules over history: what would have fired, when, for how long, how bad.
 
     Reads series from Prometheus (or Thanos, Mimir, VictoriaMetrics) with --prometheus, or from a recorded
@@ -94,7 +100,7 @@ def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min
     """
     ruleset = load_or_exit(rule_paths)
     source, source_name, (start_at, end_at, step_at) = _source_and_range(snapshot, prometheus, start, end, time_range, step)
-    backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress, concurrency, engine)
+    backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress, concurrency, engine, reader)
 
     backtest.findings = [f for f in backtest.findings if severity_rank(f.severity) >= severity_rank(min_severity)]
     click.echo(render_text(backtest, source_name, colour=sys.stdout.isatty(), limit=limit), nl=False)
@@ -254,15 +260,15 @@ def _plan_lines(workflow) -> list[str]:
     return lines
 
 
-def _run(ruleset, source, start, end, step, rule_names, progress, concurrency, engine) -> Backtest:
+def _run(ruleset, source, start, end, step, rule_names, progress, concurrency, engine, reader="auto") -> Backtest:
     show = engine == "pandas" and (sys.stderr.isatty() if progress is None else progress)
     try:
         if not show:
             return api.backtest(ruleset, source, start, end, step, rules=rule_names, engine=engine,
-                                concurrency=concurrency)
+                                concurrency=concurrency, reader=reader)
         queries, _ = api.fetch_plan(ruleset, start.floor(step), step, rule_names)
         with click.progressbar(length=len(queries), label="querying", file=sys.stderr) as bar:
             return api.backtest(ruleset, source, start, end, step, rules=rule_names, concurrency=concurrency,
-                                on_query=lambda _: bar.update(1))
+                                on_query=lambda _: bar.update(1), reader=reader)
     except EvaluationError as error:
         _fail(str(error))

@@ -1,0 +1,246 @@
+"""The local evaluator (rules_engine.evaluate.local) judged by a real Prometheus: every function computed locally
+must give what Prometheus' query_range gives on the same grid, to float precision.
+
+History is written into a fresh Prometheus through its remote-write receiver, so it holds what backfilled
+OpenMetrics cannot: staleness markers. The series have counter resets, scrape jitter and gaps, series that
+appear and vanish (with and without a staleness marker), NaN samples, odd histogram buckets (the same bound
+spelt twice, non-monotonic counts, a histogram without +Inf, a bucket that comes and goes) and a metric renamed
+half-way (old/new names joined with `or`). Seeds vary the series; the expressions are the shapes the shipped
+packs and the compiler write.
+"""
+from __future__ import annotations
+
+import math
+
+import cramjam
+import numpy as np
+import pandas as pd
+import pytest
+import requests
+
+from rules_engine.evaluate.local import LocalSource, Unsupported, check
+from rules_engine.source.prometheus import PrometheusSource
+from rules_engine.source.raw import STALE_NAN_BITS, WriteRequest, probe_remote_read
+from tests import processes
+from tests.conftest import require_binary
+
+pytestmark = pytest.mark.integration
+
+T0 = int(pd.Timestamp("2026-11-19T00:00:00Z").value // 1_000_000)
+HOURS = 3
+STALE = float(np.array([STALE_NAN_BITS], dtype=np.uint64).view(np.float64)[0])
+
+
+def _scrapes(rng, start_ms: int, end_ms: int, interval_ms: int = 15_000) -> np.ndarray:
+    """Scrape times with jitter and a few gaps of missed scrapes."""
+    grid = np.arange(start_ms, end_ms, interval_ms)
+    times = grid + rng.integers(-2000, 2000, size=len(grid))
+    missed = rng.random(len(times)) < 0.04
+    gap = rng.integers(0, len(times))
+    missed[gap:gap + 30] = True  # a 7.5-minute outage: longer than the lookback
+    return np.unique(times[~missed])
+
+
+def _counter(rng, times: np.ndarray, resets: int) -> np.ndarray:
+    increments = rng.gamma(2.0, 3.0, size=len(times)) * (rng.random(len(times)) > 0.1)
+    values = np.cumsum(increments) + rng.integers(0, 1000)
+    for at in rng.integers(1, len(times), size=resets):
+        values[at:] -= values[at - 1] - rng.random() * 3  # the process restarted: counting from ~0 again
+    return np.round(values, 3)
+
+
+def history_series(seed: int) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    end = T0 + HOURS * 3600_000
+    series = []
+    for instance in range(4):
+        base = {"instance": f"vllm-{instance}:8000", "model_name": "m" if instance < 3 else "n", "job": "vllm"}
+        times = _scrapes(rng, T0, end)
+        for code in ("200", "500"):
+            labels = {"__name__": "t_requests_total", **base, "code": code}
+            series.append((labels, times, _counter(rng, times, resets=instance)))
+        # A gauge with NaNs that goes stale for a while and comes back.
+        gauge = np.round(rng.gamma(2.0, 4.0, size=len(times)), 2)
+        gauge[rng.random(len(times)) < 0.01] = np.nan
+        stop = len(times) // 2 + instance * 40
+        gauge_times = np.concatenate([times[:stop], [times[stop - 1] + 1000], times[stop + 60:]])
+        gauge_values = np.concatenate([gauge[:stop], [STALE], gauge[stop + 60:]])
+        series.append(({"__name__": "t_queue", **base}, gauge_times, gauge_values))
+        # Renamed half-way: the old name until the middle, the new one after, overlapping a few minutes.
+        middle = len(times) // 2
+        cache = np.round(rng.random(len(times)), 4)
+        series.append(({"__name__": "t_cache_old", **base}, times[:middle + 10], cache[:middle + 10]))
+        series.append(({"__name__": "t_cache_new", **base}, times[middle:], cache[middle:] * 0.9))
+        # Histograms: bounds spelt twice, an +Inf-less one, a bucket that vanishes, non-monotonic buckets.
+        bounds = ["0.1", "0.25", "0.5", "1", "2.5", "+Inf"]
+        if instance == 1:
+            bounds = ["0.1", "0.25", "0.50", "0.5", "1.0", "2.5", "+Inf"]
+        if instance == 3:
+            bounds = bounds[:-1]
+        observations = rng.gamma(1.5, 0.3, size=(len(times), 1))
+        counts = np.cumsum(rng.poisson(3, size=(len(times), 1)) * (observations <= 1e9), axis=0).astype(float)
+        for k, bound in enumerate(bounds):
+            share = min(1.0, (k + 1) / (len(bounds) - 0.5))
+            values = np.floor(counts[:, 0] * share)
+            if instance == 2 and bound == "0.5":
+                values = values * 1.02  # a bucket counting more than the next one: forced monotonic
+            bucket_times = times
+            if instance == 0 and bound == "0.25":
+                keep = (np.arange(len(times)) % 200) < 150  # a bucket missing for minutes at a time
+                bucket_times, values = times[keep], values[keep]
+            labels = {"__name__": "t_latency_seconds_bucket", **base, "le": bound}
+            series.append((labels, bucket_times, values))
+        series.append(({"__name__": "t_latency_seconds_count", **base}, times, np.floor(counts[:, 0])))
+        series.append(({"__name__": "t_latency_seconds_sum", **base}, times, np.round(counts[:, 0] * 0.4, 3)))
+    # A series that appears late and vanishes early without a staleness marker (a short-lived pod).
+    times = _scrapes(rng, T0 + 3600_000, T0 + 7200_000)
+    labels = {"__name__": "t_requests_total", "instance": "vllm-9:8000", "model_name": "m", "job": "vllm",
+              "code": "200"}
+    series.append((labels, times, _counter(rng, times, resets=1)))
+    return series
+
+
+def remote_write(url: str, series) -> None:
+    request = WriteRequest()
+    for labels, times, values in series:
+        one = request.timeseries.add()
+        for name in sorted(labels):
+            one.labels.add(name=name, value=labels[name])
+        for stamp, value in zip(times.tolist(), values.tolist()):
+            one.samples.add(timestamp=int(stamp), value=value)
+    body = bytes(cramjam.snappy.compress_raw(request.SerializeToString()))
+    answer = requests.post(f"{url}/api/v1/write", data=body, timeout=60,
+                           headers={"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy",
+                                    "X-Prometheus-Remote-Write-Version": "0.1.0"})
+    assert answer.status_code == 204, answer.text
+
+
+@pytest.fixture(scope="module", params=[3, 17])
+def prometheus(request):
+    require_binary(processes.PROMETHEUS)
+    with processes.running_prometheus(extra_args=["--web.enable-remote-write-receiver"]) as running:
+        remote_write(running.url, history_series(request.param))
+        yield running
+
+
+SEL = '{job="vllm"}'
+QUERIES = [
+    # selectors, lookback and staleness
+    f't_queue{SEL}',
+    't_queue{instance=~"vllm-[12].*"} offset 2m',
+    # range functions: extrapolation, counter resets, gaps, short-lived series
+    f'rate(t_requests_total{SEL}[5m])',
+    f'increase(t_requests_total{SEL}[15m])',
+    f'delta(t_queue{SEL}[5m])',
+    f'irate(t_requests_total{SEL}[2m])',
+    f'rate(t_requests_total{{code!="200"}}[1m] offset 5m)',
+    # *_over_time over ranges and subqueries
+    f'avg_over_time(t_queue{SEL}[5m])',
+    f'max_over_time(t_queue{SEL}[3m])',
+    f'min_over_time(t_queue{SEL}[10m])',
+    f'sum_over_time(t_queue{SEL}[5m])',
+    f'count_over_time(t_queue{SEL}[5m])',
+    f'last_over_time(t_queue{SEL}[2m])',
+    f'avg_over_time((sum by (instance, model_name)(rate(t_requests_total{SEL}[5m])))[10m:30s])',
+    f'max_over_time(sum by (instance)(t_queue{SEL})[15m:1m])',
+    # aggregations
+    f'sum by (instance, model_name)(rate(t_requests_total{SEL}[5m]))',
+    f'sum(rate(t_requests_total{SEL}[5m]))',
+    f'max by (model_name)(t_queue{SEL})',
+    f'min without (instance)(t_queue{SEL})',
+    f'avg by (model_name)(t_queue{SEL})',
+    f'count by (model_name)(t_requests_total{SEL})',
+    # histogram_quantile
+    f'histogram_quantile(0.95, sum by (le, instance, model_name)(rate(t_latency_seconds_bucket{SEL}[5m])))',
+    f'histogram_quantile(0.5, rate(t_latency_seconds_bucket{SEL}[5m]))',
+    f'histogram_quantile(0.99, sum by (le, model_name)(rate(t_latency_seconds_bucket{SEL}[5m])))',
+    f'histogram_quantile(0, sum by (le, instance)(rate(t_latency_seconds_bucket{SEL}[10m])))',
+    f'histogram_quantile(1, sum by (le, instance)(rate(t_latency_seconds_bucket{SEL}[10m])))',
+    # binary operators, matching, comparisons, fallbacks between names
+    f'sum by (instance, model_name)(rate(t_latency_seconds_sum{SEL}[5m])) / sum by (instance, model_name)(rate(t_latency_seconds_count{SEL}[5m]))',
+    f'rate(t_requests_total{{code="500"}}[5m]) / ignoring(code) rate(t_requests_total{{code="200"}}[5m])',
+    f'sum by (instance)(rate(t_requests_total{{code="500"}}[5m])) / on(instance) sum by (instance, model_name)(rate(t_requests_total[5m]))',
+    f'1 - sum by (instance, model_name)(rate(t_latency_seconds_bucket{{le="0.5"}}[5m])) / sum by (instance, model_name)(rate(t_latency_seconds_count[5m]))',
+    f'max by (instance, model_name)(t_cache_new{SEL} or t_cache_old{SEL})',
+    f't_cache_new{SEL} or t_cache_old{SEL}',
+    f'sum by (instance, model_name)(rate(t_requests_total{SEL}[5m])) > 0.5',
+    f'2 < sum by (instance, model_name)(t_queue{SEL})',
+    f't_queue{SEL} > bool 8',
+    f'-t_queue{SEL} * 2 + 1',
+    f'(avg_over_time((sum by (instance, model_name)(t_queue{SEL}))[10m:30s])) > 6 and on (instance, model_name) (sum by (instance, model_name)(rate(t_requests_total{SEL}[5m])) > 0.5)',
+    f'sum by (instance)(t_queue{SEL}) unless on(instance) t_cache_new{SEL}',
+    f't_queue{SEL} - t_queue{SEL} offset 1m',
+]
+
+
+def _compare(expected, actual, query):
+    key = lambda frame: [tuple(sorted(frame.series_labels(c).items())) for c in range(frame.series_count)]
+    assert key(actual) == key(expected), query
+    want, got = expected.values.to_numpy(), actual.values.to_numpy()
+    assert want.shape == got.shape, query
+    np.testing.assert_allclose(got, want, rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=query)
+
+
+@pytest.mark.parametrize("step", ["30s", "1m"])
+def test_local_results_equal_prometheus(prometheus, step):
+    start = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("7m")
+    end = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta(hours=HOURS, minutes=5)
+    step = pd.Timedelta(step)
+    with PrometheusSource(prometheus.url) as source:
+        local = LocalSource(source, reader="auto")
+        assert local.reader_name == "remote-read"
+        for query in QUERIES:
+            expected = source.query_range(query, start, end, step)
+            actual = local.query_range(query, start, end, step)
+            assert local.paths[query] == "local (remote-read)", (query, local.paths[query])
+            assert expected.series_count > 0, query
+            _compare(expected, actual, query)
+
+
+def test_range_vector_reader_agrees_and_keeps_instant_selectors_on_the_query_path(prometheus):
+    start = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("20m")
+    end = start + pd.Timedelta(hours=2)
+    step = pd.Timedelta("30s")
+    with PrometheusSource(prometheus.url) as source:
+        local = LocalSource(source, reader="range-vector")
+        for query in QUERIES:
+            expected = source.query_range(query, start, end, step)
+            actual = local.query_range(query, start, end, step)
+            _compare(expected, actual, query)
+        assert local.paths[f't_queue{SEL}'].startswith("query (an instant selector needs staleness markers")
+        assert local.paths[f'rate(t_requests_total{SEL}[5m])'] == "local (range-vector)"
+
+
+def test_unsupported_expressions_take_the_query_path(prometheus):
+    start = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("20m")
+    end = start + pd.Timedelta(hours=1)
+    step = pd.Timedelta("1m")
+    queries = [f'quantile_over_time(0.9, t_queue{SEL}[5m])', f'topk(2, t_queue{SEL})',
+               f'label_replace(t_queue{SEL}, "x", "$1", "instance", "(.*)")',
+               f'rate(t_requests_total{SEL}[5m]) / on(instance) group_left t_queue{SEL}',
+               # several left series per right one: Prometheus' error, which the query path reports
+               ]
+    with PrometheusSource(prometheus.url) as source:
+        local = LocalSource(source, reader="remote-read")
+        for query in queries:
+            expected = source.query_range(query, start, end, step)
+            actual = local.query_range(query, start, end, step)
+            assert local.paths[query].startswith("query ("), query
+            _compare(expected, actual, query)
+        with pytest.raises(Exception) as refused:
+            source.query_range(f't_requests_total{SEL} / ignoring(code) t_queue{SEL}', start, end, step)
+        with pytest.raises(type(refused.value)):
+            local.query_range(f't_requests_total{SEL} / ignoring(code) t_queue{SEL}', start, end, step)
+        assert local.paths[f't_requests_total{SEL} / ignoring(code) t_queue{SEL}'].startswith("query (several left")
+
+
+def test_query_reader_and_a_server_without_remote_read():
+    import promql_parser
+    with pytest.raises(Unsupported, match="function abs"):
+        check(promql_parser.parse("abs(x)"))
+    # A port that speaks HTTP but not remote read: the probe says no, and "auto" keeps the query path.
+    with processes.running_prometheus() as running, PrometheusSource(running.url) as source:
+        assert probe_remote_read(source.client)  # Prometheus serves remote read by default
+        assert LocalSource(source, reader="query").plan("rate(x[5m])").startswith("query (")
+    with pytest.raises(Exception, match="reader must be one of"):
+        LocalSource(PrometheusSource("http://127.0.0.1:9"), reader="bogus")
