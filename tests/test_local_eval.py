@@ -244,3 +244,30 @@ def test_query_reader_and_a_server_without_remote_read():
         assert LocalSource(source, reader="query").plan("rate(x[5m])").startswith("query (")
     with pytest.raises(Exception, match="reader must be one of"):
         LocalSource(PrometheusSource("http://127.0.0.1:9"), reader="bogus")
+
+
+# -- the vectorized Sample decoder against protobuf's own -----------------------------------------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+from rules_engine.source.raw import decode_samples  # noqa: E402
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.floats(allow_nan=True, allow_infinity=True) | st.sampled_from([0.0, -0.0, STALE]),
+                          st.integers(-2**63, 2**63 - 1) | st.integers(0, 2**42)), max_size=40))
+def test_decode_samples_equals_protobuf(samples):
+    series = WriteRequest().timeseries.add()
+    for value, stamp in samples:
+        series.samples.add(value=value, timestamp=stamp)
+    encoded = [sample.SerializeToString() for sample in series.samples]
+    decoded = decode_samples(b"".join(encoded), np.array([len(e) for e in encoded], dtype=np.int64))
+    assert decoded is not None
+    assert decoded[0].tolist() == [stamp for _, stamp in samples]
+    # bit for bit: NaN payloads (the staleness marker) and -0.0 survive
+    assert decoded[1].view(np.uint64).tolist() == np.array([v for v, _ in samples], dtype=np.float64).view(np.uint64).tolist()
+
+
+def test_decode_samples_refuses_layouts_it_does_not_know():
+    assert decode_samples(b"\x18\x01", np.array([2])) is None  # an unknown field
+    assert decode_samples(b"\x10\x01\x09" + bytes(8), np.array([11])) is None  # fields reordered

@@ -148,8 +148,8 @@ def _group_ids(keys: Sequence[tuple]) -> tuple[np.ndarray, list[tuple]]:
 # -- windows over raw samples --------------------------------------------------------------------------------------
 
 class Windows:
-    """For each (step, series): the first and last sample index of the series in [t - range, t] (or -1/-2 when
-    none), over samples flat and sorted by (series, time)."""
+    """For each (step, series): the first and last sample index of the series in [t - range, t] (first > last
+    when there are none), over samples flat and sorted by (series, time)."""
 
     def __init__(self, raw: RawSamples, drop_stale: bool) -> None:
         counts, stamps, values = raw.counts, raw.timestamps_ms, raw.values
@@ -159,16 +159,15 @@ class Windows:
             counts = np.bincount(series, minlength=len(counts)).astype(np.int64)
             stamps, values, stale = stamps[~stale], values[~stale], None
         self.counts, self.stamps, self.values, self.stale = counts, stamps, values, stale
-        self.offsets = np.concatenate([[0], np.cumsum(counts)])
-        self.series = np.repeat(np.arange(len(counts)), counts)
-        self.base = int(stamps.min()) if len(stamps) else 0
-        self.span = (int(stamps.max()) - self.base + 2) if len(stamps) else 2
-        self.keys = self.series * self.span + (stamps - self.base)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     def _search(self, times_ms: np.ndarray, side: str) -> np.ndarray:
-        relative = np.clip(times_ms - self.base, -1, self.span - 1)
-        queries = np.arange(len(self.counts))[None, :] * self.span + relative[:, None]
-        return np.searchsorted(self.keys, queries, side=side)
+        """(T, S) global index of searchsorted(series' stamps, t, side): one search per series (a loop over
+        series, not samples), so no per-sample key array is built."""
+        found = np.empty((len(times_ms), len(self.counts)), dtype=np.int64)
+        for column, (low, high) in enumerate(zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())):
+            found[:, column] = np.searchsorted(self.stamps[low:high], times_ms, side=side) + low
+        return found
 
     def last_at_or_before(self, times_ms: np.ndarray) -> np.ndarray:
         """(T, S) index of the last sample at or before each t, or -1."""
@@ -180,6 +179,15 @@ class Windows:
         first = self._search(times_ms - range_ms, "left")
         last = self._search(times_ms, "right") - 1
         return first, last
+
+    def resets(self) -> tuple[np.ndarray, np.ndarray]:
+        """Where a counter decreased within its series (sample index, ascending) and the value before it."""
+        values = self.values
+        if len(values) < 2:
+            return np.empty(0, dtype=np.int64), np.empty(0)
+        where = np.flatnonzero(values[1:] < values[:-1]) + 1
+        where = where[~np.isin(where, self.offsets[1:-1])]  # a new series starting lower is no reset
+        return where, values[where - 1]
 
 
 def _reduce_windows(ufunc, data: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -210,13 +218,15 @@ def _extrapolated(windows: Windows, times_ms: np.ndarray, range_ms: int, counter
     first_v, last_v = values[safe_first], values[safe_last]
     result = last_v - first_v
     if counter:
-        # Prometheus adds the previous value at each decrease inside the window (a counter reset).
-        previous = np.concatenate([[0.0], values[:-1]])
-        same_series = np.concatenate([[False], windows.series[1:] == windows.series[:-1]])
-        corrections = np.where(same_series & (values < previous), previous, 0.0)
-        if corrections.any():
-            added = _reduce_windows(np.add, corrections, first + 1, last)
-            result = result + np.where(present & (last > first), np.nan_to_num(added, nan=0.0), 0.0)
+        # Prometheus adds the previous value at each decrease inside the window (a counter reset), in order.
+        where, before = windows.resets()
+        if len(where):
+            low = np.searchsorted(where, first + 1)  # resets at sample indices first+1 .. last
+            high = np.searchsorted(where, last, side="right")
+            has = present & (high > low)
+            if has.any():
+                added = _reduce_windows(np.add, before, np.where(has, low, 1), np.where(has, high - 1, 0))
+                result = result + np.where(has, added, 0.0)
     t_end = (times_ms - offset_ms)[:, None]
     range_start = t_end - range_ms
     first_t, last_t = stamps[safe_first], stamps[safe_last]

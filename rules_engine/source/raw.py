@@ -14,7 +14,8 @@ declared here with protobuf's descriptor API: no protoc step, one schema in one 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from itertools import chain
+from typing import Callable, Iterable, Sequence
 
 import cramjam
 import numpy as np
@@ -30,7 +31,7 @@ STALE_NAN_BITS = np.uint64(0x7FF0000000000002)
 
 # Remote read pieces: bounded answers (Prometheus' read sample limit is 5e7 per query by default, and the SAMPLES
 # answer is decoded whole in memory).
-DEFAULT_PIECE_MS = 6 * 3600 * 1000
+DEFAULT_PIECE_MS = 2 * 3600 * 1000
 
 
 def _prompb_messages() -> dict[str, type]:
@@ -68,15 +69,23 @@ def _prompb_messages() -> dict[str, type]:
     message("WriteRequest", ("timeseries", 1, F.TYPE_MESSAGE, many, ".prometheus.TimeSeries"))
     message("QueryResult", ("timeseries", 1, F.TYPE_MESSAGE, many, ".prometheus.TimeSeries"))
     message("ReadResponse", ("results", 1, F.TYPE_MESSAGE, many, ".prometheus.QueryResult"))
+    # The same answer read with each Sample left as its encoded bytes (the wire format is the same: a
+    # length-delimited field), so that samples are decoded by `decode_samples` in numpy rather than one Python
+    # message object each (~2.5 µs per sample).
+    message("PackedTimeSeries", ("labels", 1, F.TYPE_MESSAGE, many, ".prometheus.Label"),
+            ("samples", 2, F.TYPE_BYTES, many, None))
+    message("PackedQueryResult", ("timeseries", 1, F.TYPE_MESSAGE, many, ".prometheus.PackedTimeSeries"))
+    message("PackedReadResponse", ("results", 1, F.TYPE_MESSAGE, many, ".prometheus.PackedQueryResult"))
 
     pool = descriptor_pool.DescriptorPool()
     pool.Add(spec)
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"prometheus.{name}"))
-            for name in ("ReadRequest", "ReadResponse", "LabelMatcher", "WriteRequest")}
+            for name in ("ReadRequest", "ReadResponse", "PackedReadResponse", "WriteRequest")}
 
 
 _PROMPB = _prompb_messages()
 ReadRequest, ReadResponse, WriteRequest = _PROMPB["ReadRequest"], _PROMPB["ReadResponse"], _PROMPB["WriteRequest"]
+PackedReadResponse = _PROMPB["PackedReadResponse"]
 
 # promql_parser's MatchOp names -> (remote read's matcher type, PromQL's operator text)
 MATCH_TYPES = {"Equal": (0, "="), "NotEqual": (1, "!="), "Re": (2, "=~"), "NotRe": (3, "!~")}
@@ -136,10 +145,11 @@ def join_pieces(pieces: Iterable[MatrixChunk], has_staleness: bool) -> RawSample
     if not metrics:
         empty = np.empty(0, dtype=np.int64)
         return RawSamples([], empty, empty, np.empty(0), has_staleness)
-    series = np.concatenate(ids)
-    stamps = np.concatenate(timestamps)
-    order = np.lexsort((stamps, series))  # pieces are in time order, so this is stable per series
-    series, stamps, samples = series[order], stamps[order], np.concatenate(values)[order]
+    series = np.concatenate(ids).astype(np.int32)
+    # Pieces come in time order and each is in time order per series: a stable sort by series keeps time order.
+    order = np.argsort(series, kind="stable")
+    series, stamps, samples = series[order], np.concatenate(timestamps)[order], np.concatenate(values)[order]
+    del order
     keep = np.ones(len(series), dtype=bool)  # a sample on a piece boundary may come twice
     keep[1:] = (series[1:] != series[:-1]) | (stamps[1:] != stamps[:-1])
     series, stamps, samples = series[keep], stamps[keep], samples[keep]
@@ -178,23 +188,85 @@ class RemoteReader:
         body = self.client.post_bytes("/api/v1/read", bytes(cramjam.snappy.compress_raw(request.SerializeToString())),
                                       {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy",
                                        "X-Prometheus-Remote-Read-Version": "0.1.0"}, what)
-        error = self.client.unusable_answer(what)
-        try:
-            answer = ReadResponse.FromString(bytes(cramjam.snappy.decompress_raw(body)))
-        except (DecodeError, cramjam.DecompressionError, ValueError) as exc:
-            raise error(f"not a snappy-compressed ReadResponse ({exc}): does the server serve remote read?") from None
-        if len(answer.results) != 1:
-            raise error(f"expected 1 query result, got {len(answer.results)}")
-        series = answer.results[0].timeseries
-        counts = np.fromiter((len(one.samples) for one in series), dtype=np.int64, count=len(series))
+        return decode_read_response(body, self.client.unusable_answer(what))
+
+
+def decode_read_response(body: bytes, error: Callable[[str], SourceError]) -> MatrixChunk:
+    """A snappy-compressed SAMPLES ReadResponse of one query as flat arrays. Samples are decoded in numpy from
+    their encoded bytes; an encoding `decode_samples` does not recognise takes protobuf's own message path."""
+    try:
+        raw = bytes(cramjam.snappy.decompress_raw(body))
+        answer = PackedReadResponse.FromString(raw)
+    except (DecodeError, cramjam.DecompressionError, ValueError) as exc:
+        raise error(f"not a snappy-compressed ReadResponse ({exc}): does the server serve remote read?") from None
+    if len(answer.results) != 1:
+        raise error(f"expected 1 query result, got {len(answer.results)}")
+    series = answer.results[0].timeseries
+    counts = np.fromiter((len(one.samples) for one in series), dtype=np.int64, count=len(series))
+    metrics = [{label.name: label.value for label in one.labels} for one in series]
+    encoded = list(chain.from_iterable(one.samples for one in series))
+    lengths = np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded))
+    decoded = decode_samples(b"".join(encoded), lengths)
+    del encoded
+    if decoded is None:
+        full = ReadResponse.FromString(raw).results[0].timeseries
         total = int(counts.sum())
-        # protobuf hands samples out as messages; two flat arrays are filled from them once, then all work is numpy.
-        timestamps = np.fromiter((sample.timestamp for one in series for sample in one.samples), dtype=np.int64,
-                                 count=total)
-        values = np.fromiter((sample.value for one in series for sample in one.samples), dtype=np.float64,
-                             count=total)
-        metrics = [{label.name: label.value for label in one.labels} for one in series]
-        return MatrixChunk(metrics=metrics, counts=counts, timestamps_ms=timestamps, values=values)
+        decoded = (np.fromiter((s.timestamp for one in full for s in one.samples), dtype=np.int64, count=total),
+                   np.fromiter((s.value for one in full for s in one.samples), dtype=np.float64, count=total))
+    return MatrixChunk(metrics=metrics, counts=counts, timestamps_ms=decoded[0], values=decoded[1])
+
+
+_VALUE_TAG, _TIMESTAMP_TAG = 0x09, 0x10  # Sample: field 1 double (wire type 1), field 2 int64 varint (wire type 0)
+
+
+def decode_samples(payload: bytes, lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Timestamps and values of consecutive encoded `Sample` messages of the given lengths, vectorized.
+
+    The layout every Prometheus-compatible server writes: an optional value field (absent when 0.0, as proto3
+    leaves defaults out) then an optional timestamp varint. Anything else (fields repeated or reordered, unknown
+    fields) returns None, and the caller decodes with protobuf instead: each record must be consumed exactly.
+    """
+    count = len(lengths)
+    if count == 0:
+        return np.empty(0, dtype=np.int64), np.empty(0)
+    data = np.frombuffer(payload + bytes(20), dtype=np.uint8)  # padding: gathers past a record stay in bounds
+    starts = np.zeros(count, dtype=np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    ends = starts + lengths
+    has_value = (lengths > 0) & (data[starts] == _VALUE_TAG)
+    values = np.zeros(count)
+    at = starts[has_value] + 1
+    if len(at):
+        # Gather the 8 bytes of each double column by column: no (samples x 8) index matrix.
+        octets = np.empty((len(at), 8), dtype=np.uint8)
+        for k in range(8):
+            octets[:, k] = data[at + k]
+        values[has_value] = octets.view("<f8")[:, 0]
+        del octets
+    position = starts + 9 * has_value
+    has_time = (position < ends) & (data[position] == _TIMESTAMP_TAG)
+    timestamps = np.zeros(count, dtype=np.uint64)
+    consumed = position.copy()
+    at = position[has_time] + 1
+    if len(at):
+        # A varint: 7 bits a byte, low first, the high bit set on all but its last byte (at most 10 bytes).
+        total = np.zeros(len(at), dtype=np.uint64)
+        size = np.zeros(len(at), dtype=np.int64)
+        open_ = np.ones(len(at), dtype=bool)
+        for j in range(10):
+            byte = data[at + j]
+            total |= np.where(open_, (byte & 0x7F).astype(np.uint64) << np.uint64(7 * j), np.uint64(0))
+            size += open_
+            open_ &= byte >= 0x80
+            if not open_.any():
+                break
+        if open_.any():
+            return None
+        timestamps[has_time] = total
+        consumed[has_time] = at + size
+    if not np.array_equal(consumed, ends):
+        return None
+    return timestamps.view(np.int64), values
 
 
 class RangeVectorReader:
