@@ -58,6 +58,8 @@ def backtest(ruleset: RuleSet, source: Source, start: Time, end: Time, step: Ste
         return run_promql_backtest(ruleset, source, start_at, end_at, step_at, RULE_KINDS, rules)
     if isinstance(source, PrometheusSource) and reader != "query":
         source = LocalSource(source, reader)  # not closed here: the caller's source owns the connection
+    elif getattr(source, "raw_reader", None) is not None:  # a snapshot holding raw samples
+        source = LocalSource(source, source.raw_reader)
     return pandas_engine.run_backtest(ruleset, source, start_at, end_at, step_at, RULE_KINDS, rules, on_query=on_query,
                                concurrency=concurrency, pushdown=pushdown)
 

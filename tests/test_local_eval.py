@@ -271,3 +271,49 @@ def test_decode_samples_equals_protobuf(samples):
 def test_decode_samples_refuses_layouts_it_does_not_know():
     assert decode_samples(b"\x18\x01", np.array([2])) is None  # an unknown field
     assert decode_samples(b"\x10\x01\x09" + bytes(8), np.array([11])) is None  # fields reordered
+
+
+# -- snapshots: raw samples recorded once, replayed through the local evaluator ------------------------------------
+
+def test_snapshot_records_raw_samples_and_replays_them(prometheus, tmp_path):
+    from rules_engine.source.snapshot import SnapshotSource, record_snapshot
+
+    start = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("20m")
+    end = start + pd.Timedelta(hours=2)
+    step = pd.Timedelta("30s")
+    unsupported = f'quantile_over_time(0.9, t_queue{SEL}[5m])'
+    queries = QUERIES + [unsupported]
+    with PrometheusSource(prometheus.url) as source:
+        path = record_snapshot(LocalSource(source, "remote-read", cache_margin=pd.Timedelta(0)), queries, start, end, step, tmp_path / "raw.snapshot")
+        frames_only = record_snapshot(source, queries, start, end, step, tmp_path / "frames.snapshot")
+        snapshot = SnapshotSource(path)
+        assert snapshot.local_queries == frozenset(QUERIES) and snapshot.has_result(unsupported)
+        replay = LocalSource(snapshot, snapshot.raw_reader)
+        for query in queries:
+            _compare(source.query_range(query, start, end, step), replay.query_range(query, start, end, step), query)
+        assert replay.paths[unsupported] == "query (recorded result)"
+        assert replay.paths[QUERIES[0]] == "local (snapshot)"
+    # Each selector's samples once instead of every evaluated point of every query (the file sizes depend on how
+    # well jittered timestamps compress against evaluated points; the counts do not).
+    import json
+    import zipfile
+    stored = json.loads(zipfile.ZipFile(path).read("snapshot.json"))
+    points = json.loads(zipfile.ZipFile(frames_only).read("snapshot.json"))
+    raw_samples = sum(entry["samples"] for entry in stored["raw"])
+    evaluated = sum(entry["series"] for entry in points["queries"] if entry["query"] in QUERIES) * points["points"]
+    assert raw_samples < evaluated
+    with pytest.raises(Exception, match="holds query .* as raw samples"):
+        snapshot.query_range(QUERIES[0], start, end, step)
+
+
+def test_version_1_snapshots_still_replay():
+    import json
+    import zipfile
+
+    from rules_engine.source.snapshot import SnapshotSource
+
+    shipped = SnapshotSource("snapshots/vllm-demo.snapshot")
+    header = json.loads(zipfile.ZipFile(shipped.path).read("snapshot.json"))
+    assert header["version"] == 1 and shipped.raw_reader is None
+    query = shipped.queries[0]
+    assert shipped.query_range(query, shipped.start, shipped.end, shipped.step).series_count > 0

@@ -12,6 +12,7 @@ from rules_engine import api
 from rules_engine.commands.options import prometheus_options, source_from_options
 from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, Backtest
 from rules_engine.evaluate.findings import SEVERITIES, severity_rank
+from rules_engine.evaluate.local import LocalSource
 from rules_engine.evaluate.series import EvaluationError
 from rules_engine.report.export import backtest_record, write_export
 from rules_engine.report.text import render_text
@@ -138,7 +139,11 @@ def validate(rule_paths):
 @prometheus_options
 @with_options(range_options)
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Snapshot file to write.")
-def record(rule_paths, start, end, time_range, step, rule_names, out_path, **prometheus):
+@click.option("--reader", type=click.Choice(["auto", "remote-read", "range-vector", "query"]), default="auto",
+              show_default=True,
+              help="auto/remote-read/range-vector: queries the local evaluator computes are stored as the raw samples "
+                   "they read (once per selector), the others as results; query: every query's result.")
+def record(rule_paths, start, end, time_range, step, rule_names, out_path, reader, **prometheus):
     """Save every range result the rules need for a range to one compressed file, for `evaluate --snapshot`."""
     ruleset = load_or_exit(rule_paths)
     if not prometheus.get("prometheus_url"):
@@ -148,6 +153,8 @@ def record(rule_paths, start, end, time_range, step, rule_names, out_path, **pro
     try:
         queries, fetch_start = api.recording_plan(ruleset, start_at.floor(step_at), end_at.floor(step_at), step_at,
                                                   rule_names)
+        if reader != "query":
+            source = LocalSource(source, reader, cache_margin=pd.Timedelta(0))  # store only the range asked
         record_snapshot(source, queries, fetch_start, end_at.floor(step_at), step_at, out_path,
                         meta={"evaluation_start": start_at.floor(step_at).isoformat(),
                               "evaluation_end": end_at.floor(step_at).isoformat()})

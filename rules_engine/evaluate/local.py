@@ -653,22 +653,32 @@ READERS = ("auto", "remote-read", "range-vector", "query")
 
 class LocalSource:
     """A `Source` that computes each query from raw samples when the local evaluator supports it, and otherwise
-    asks `source` (a PrometheusSource) to range-query it. `reader`: "auto" (remote read where the server serves it,
-    else the query path), "remote-read", "range-vector" (raw samples through `selector[Δ]` queries) or "query"
-    (every query on the query path). `paths[query]` says how each query was answered (for reports)."""
+    asks `source` to range-query it. `source` is a PrometheusSource, with `reader` "auto" (remote read where the
+    server serves it, else the query path), "remote-read", "range-vector" (raw samples through `selector[Δ]`
+    queries) or "query" (every query on the query path); or a snapshot with its recorded raw samples as `reader`
+    (an object with `read(matchers, start_ms, end_ms)`, `has_staleness` and `name`), whose recorded results are
+    replayed as they are. `paths[query]` says how each query was answered (for reports)."""
 
-    def __init__(self, source, reader: str = "auto", cache_margin: pd.Timedelta = pd.Timedelta("1h")) -> None:
-        if reader not in READERS:
-            raise SourceError(f"reader must be one of {', '.join(READERS)}, got {reader!r}")
+    def __init__(self, source, reader="auto", cache_margin: pd.Timedelta = pd.Timedelta("1h")) -> None:
         self.source = source
-        self.client = source.client
-        self.url = source.url
-        if reader == "auto":
-            reader = "remote-read" if probe_remote_read(source.client) else "query"
-        self.reader = {"remote-read": RemoteReader, "range-vector": RangeVectorReader}.get(reader)
-        self.reader = self.reader(source.client) if self.reader else None
-        self.reader_name = reader
-        self.margin_ms = int(cache_margin.total_seconds() * 1000)
+        self.client = getattr(source, "client", None)
+        self.url = getattr(source, "url", None)
+        if isinstance(reader, str):
+            if reader not in READERS:
+                raise SourceError(f"reader must be one of {', '.join(READERS)}, got {reader!r}")
+            if self.client is None and reader != "query":
+                raise SourceError(f"reader {reader!r} reads from a Prometheus-compatible server; {source!r} is not one")
+            if reader == "auto":
+                reader = "remote-read" if probe_remote_read(self.client) else "query"
+            self.reader_name = reader
+            reader = {"remote-read": RemoteReader, "range-vector": RangeVectorReader}.get(reader)
+            self.reader = reader(self.client) if reader else None
+        else:
+            self.reader, self.reader_name = reader, reader.name
+        # Live reads take some extra history once, so queries with longer look-behinds reuse them; a recording
+        # is read exactly as recorded.
+        live = isinstance(self.reader, (RemoteReader, RangeVectorReader))
+        self.margin_ms = int(cache_margin.total_seconds() * 1000) if live else 0
         self.paths: dict[str, str] = {}
         self.samples_read = 0
         self.bytes_read = 0
@@ -678,6 +688,11 @@ class LocalSource:
 
     def close(self) -> None:
         self.source.close()
+
+    def raw_samples(self) -> list[tuple[tuple[Matcher, ...], int, int, RawSamples]]:
+        """Every selector's raw samples read so far: (matchers, start ms, end ms, samples); for snapshots."""
+        with self._lock:
+            return [(matchers, low, high, raw) for matchers, (low, high, raw) in self._cache.items()]
 
     def __enter__(self) -> "LocalSource":
         return self
@@ -698,6 +713,8 @@ class LocalSource:
         """How `query` would be answered: "local (<reader>)" or "query (<why not local>)"."""
         if self.reader is None:
             return "query (raw samples not read from this server)"
+        if getattr(self.source, "has_result", lambda _: False)(query):
+            return "query (recorded result)"
         try:
             check(promql_parser.parse(query), self.reader.has_staleness)
         except Unsupported as why:
