@@ -197,7 +197,9 @@ def test_local_results_equal_prometheus(prometheus, step):
             _compare(expected, actual, query)
 
 
-def test_range_vector_reader_agrees_and_keeps_instant_selectors_on_the_query_path(prometheus):
+def test_range_vector_reader_agrees_and_keeps_instant_selectors_on_the_query_path(prometheus, monkeypatch):
+    # Small blocks: range functions are evaluated a few series at a time, as they are on large fleets.
+    monkeypatch.setattr("rules_engine.evaluate.local.BLOCK_CELLS", 500)
     start = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("20m")
     end = start + pd.Timedelta(hours=2)
     step = pd.Timedelta("30s")

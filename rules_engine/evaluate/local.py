@@ -16,6 +16,7 @@ which adds in sample order like Prometheus does, so results agree to float preci
 """
 from __future__ import annotations
 
+import copy
 import math
 import threading
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from rules_engine.source.frame import RangeFrame, evaluation_grid
 from rules_engine.source.raw import Matcher, RawSamples, RangeVectorReader, RemoteReader, probe_remote_read
 
 LOOKBACK_MS = 5 * 60 * 1000
+BLOCK_CELLS = 1 << 16  # (step, series) cells evaluated at once by a range function
 _MS = 1_000_000  # ns per ms
 
 
@@ -182,12 +184,26 @@ class Windows:
 
     def resets(self) -> tuple[np.ndarray, np.ndarray]:
         """Where a counter decreased within its series (sample index, ascending) and the value before it."""
-        values = self.values
-        if len(values) < 2:
-            return np.empty(0, dtype=np.int64), np.empty(0)
-        where = np.flatnonzero(values[1:] < values[:-1]) + 1
-        where = where[~np.isin(where, self.offsets[1:-1])]  # a new series starting lower is no reset
-        return where, values[where - 1]
+        if getattr(self, "_resets", None) is None:
+            values = self.values
+            if len(values) < 2:
+                self._resets = np.empty(0, dtype=np.int64), np.empty(0)
+            else:
+                where = np.flatnonzero(values[1:] < values[:-1]) + 1
+                where = where[~np.isin(where, self.offsets[1:-1])]  # a new series starting lower is no reset
+                self._resets = where, values[where - 1]
+        return self._resets
+
+    def blocks(self, steps: int, budget: int | None = None):
+        """(first column, end column, these windows restricted to those series): blocks of about `budget`
+        (step, series) cells, so the temporaries of a function stay small whatever the range."""
+        self.resets()  # computed once, shared by the blocks
+        size = max(1, (budget or BLOCK_CELLS) // max(steps, 1))
+        for low in range(0, len(self.counts), size):
+            high = min(low + size, len(self.counts))
+            part = copy.copy(self)
+            part.counts, part.offsets = self.counts[low:high], self.offsets[low:high + 1]
+            yield low, high, part
 
 
 def _reduce_windows(ufunc, data: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
@@ -352,16 +368,20 @@ class Evaluator:
         raw = self._raw(selector, int(times_ms[0]) - offset - range_ms, int(times_ms[-1]) - offset)
         windows = Windows(raw, drop_stale=True)
         labels = [_without_name(metric) for metric in raw.metrics]
-        if name == "irate":
-            values, present = _irate(windows, times_ms, range_ms, offset)
-        elif name in RANGE_FUNCTIONS:
-            values, present = _extrapolated(windows, times_ms, range_ms, counter=name != "delta",
-                                            rate=name == "rate", offset_ms=offset)
-        else:
-            first, last = windows.window(times_ms - offset, range_ms)
-            values, present = _over_time(name, windows.values, first, last, lambda index: windows.values[index])
-            if name == "last_over_time":
-                labels = [dict(metric) for metric in raw.metrics]  # the one *_over_time that keeps the name
+        if name == "last_over_time":
+            labels = [dict(metric) for metric in raw.metrics]  # the one *_over_time that keeps the name
+        values = np.full((len(times_ms), len(raw.metrics)), np.nan)
+        present = np.zeros(values.shape, dtype=bool)
+        for low, high, part in windows.blocks(len(times_ms)):
+            if name == "irate":
+                block = _irate(part, times_ms, range_ms, offset)
+            elif name in RANGE_FUNCTIONS:
+                block = _extrapolated(part, times_ms, range_ms, counter=name != "delta", rate=name == "rate",
+                                      offset_ms=offset)
+            else:
+                first, last = part.window(times_ms - offset, range_ms)
+                block = _over_time(name, part.values, first, last, lambda index: part.values[index])
+            values[:, low:high], present[:, low:high] = block
         return Vec(values, present, labels)
 
     def _subquery_over_time(self, name: str, node, times_ms: np.ndarray) -> Vec:
@@ -450,8 +470,9 @@ def aggregate(op: str, values: np.ndarray, present: np.ndarray, ids: np.ndarray,
         return np.full((steps, groups), np.nan), np.zeros((steps, groups), dtype=bool)
     order = np.argsort(ids, kind="stable")
     starts = np.searchsorted(ids[order], np.arange(groups))
-    values, present = values[:, order], present[:, order]
-    count = np.add.reduceat(present.astype(np.int64), starts, axis=1)
+    if not np.array_equal(order, np.arange(len(order))):  # columns not already grouped: one reordered copy
+        values, present = values[:, order], present[:, order]
+    count = np.add.reduceat(present, starts, axis=1, dtype=np.int64)
     have = count > 0
     if op == "count":
         result = count.astype(np.float64)
@@ -460,7 +481,8 @@ def aggregate(op: str, values: np.ndarray, present: np.ndarray, ids: np.ndarray,
     else:
         total = np.add.reduceat(np.where(present, values, 0.0), starts, axis=1)
         result = total if op == "sum" else total / np.maximum(count, 1)
-    return np.where(have, result, np.nan), have
+    result[~have] = np.nan
+    return result, have
 
 
 def _parse_bound(text: str) -> float:
@@ -494,12 +516,29 @@ def histogram_quantile(q: float, inner: Vec) -> Vec:
     sorted_groups = bucket_group[order]
     position = np.arange(buckets) - np.searchsorted(sorted_groups, sorted_groups)
     width = int(position.max()) + 1
+    upper = np.full((groups, width), np.inf)
+    upper[sorted_groups, position] = bucket_bound[order]
+    counts, have = counts[:, order], have[:, order]
+    result = np.full((steps, groups), np.nan)
+    result_present = np.zeros((steps, groups), dtype=bool)
+    rows = max(1, BLOCK_CELLS // max(groups * width, 1))  # a few steps at a time: the cube stays small
+    for low in range(0, steps, rows):
+        high = min(low + rows, steps)
+        result[low:high], result_present[low:high] = _bucket_quantile(
+            q, counts[low:high], have[low:high], sorted_groups, position, upper)
+    out_labels = [{n: v for n, v in dict(key).items() if n not in ("le", "__name__")} for key in keys]
+    return Vec(result, result_present, out_labels)
+
+
+def _bucket_quantile(q: float, counts: np.ndarray, have: np.ndarray, groups_of: np.ndarray, position: np.ndarray,
+                     upper: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Prometheus' bucketQuantile for some steps at once: counts/have are (steps, buckets), bucket k belonging to
+    group groups_of[k] at position[k] in bound order; upper is (groups, width) of bounds."""
+    steps, (groups, width) = counts.shape[0], upper.shape
     cube = np.full((steps, groups, width), np.nan)
     there = np.zeros((steps, groups, width), dtype=bool)
-    upper = np.full((groups, width), np.inf)
-    cube[:, sorted_groups, position] = counts[:, order]
-    there[:, sorted_groups, position] = have[:, order]
-    upper[sorted_groups, position] = bucket_bound[order]
+    cube[:, groups_of, position] = counts
+    there[:, groups_of, position] = have
     if np.isnan(cube[there]).any():
         raise Unsupported("histogram_quantile over NaN bucket counts")
     # Compact the buckets present at each step to the left, keeping bound order.
@@ -507,19 +546,19 @@ def histogram_quantile(q: float, inner: Vec) -> Vec:
     n = there.sum(axis=2)
     cube = np.take_along_axis(cube, compact, axis=2)
     bound = np.take_along_axis(np.broadcast_to(upper, cube.shape), compact, axis=2)
+    del compact, there
     valid = np.arange(width)[None, None, :] < n[:, :, None]
-    cube = np.where(valid, cube, -np.inf)
-    cube = np.maximum.accumulate(cube, axis=2)  # ensureMonotonic
+    cube[~valid] = -np.inf
+    np.maximum.accumulate(cube, axis=2, out=cube)  # ensureMonotonic
     last = np.maximum(n - 1, 0)
     observations = np.take_along_axis(cube, last[:, :, None], axis=2)[:, :, 0]
     top = np.take_along_axis(bound, last[:, :, None], axis=2)[:, :, 0]
     result_present = n > 0
-    result = np.full((steps, groups), np.nan)
     with np.errstate(invalid="ignore", divide="ignore"):
         rank = q * observations
-        searchable = valid & (np.arange(width)[None, None, :] < (n - 1)[:, :, None])
-        hit = searchable & (cube >= rank[:, :, None])
+        hit = valid & (np.arange(width)[None, None, :] < (n - 1)[:, :, None]) & (cube >= rank[:, :, None])
         b = np.where(hit.any(axis=2), hit.argmax(axis=2), n - 1)
+        del hit, valid
         b_safe = np.clip(b, 0, width - 1)
         end = np.take_along_axis(bound, b_safe[:, :, None], axis=2)[:, :, 0]
         count_b = np.take_along_axis(cube, b_safe[:, :, None], axis=2)[:, :, 0]
@@ -538,9 +577,7 @@ def histogram_quantile(q: float, inner: Vec) -> Vec:
         result = np.full_like(result, -np.inf)
     elif q > 1:
         result = np.full_like(result, np.inf)
-    result = np.where(result_present, result, np.nan)
-    out_labels = [{n: v for n, v in dict(key).items() if n not in ("le", "__name__")} for key in keys]
-    return Vec(result, result_present, out_labels)
+    return np.where(result_present, result, np.nan), result_present
 
 
 def _signatures(vector: Vec, modifier) -> list[tuple]:
