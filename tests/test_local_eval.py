@@ -319,3 +319,40 @@ def test_version_1_snapshots_still_replay():
     assert header["version"] == 1 and shipped.raw_reader is None
     query = shipped.queries[0]
     assert shipped.query_range(query, shipped.start, shipped.end, shipped.step).series_count > 0
+
+
+def test_cli_reports_how_each_query_was_read(prometheus, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "pack.yaml").write_text("""\
+kind: RulePack
+name: local
+selector: '{job="vllm"}'
+keep_labels: [instance]
+rules:
+  - {name: ErrorRate, category: error_rate, above: 0.1, for: 2m,
+     signal: 'sum by (instance) (rate(t_requests_total{code="500"}[5m]))'}
+  - {name: QueueP90, category: queue_buildup, above: 100,
+     signal: 'quantile_over_time(0.9, max by (instance) (t_queue)[10m:1m])'}
+""")
+    start = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("30m")
+    exports = {}
+    for reader in ("auto", "query"):
+        out = tmp_path / f"{reader}.json"
+        done = subprocess.run([sys.executable, "-m", "rules_engine.cli", "evaluate", "--rules", str(tmp_path / "pack.yaml"),
+                               "--prometheus", prometheus.url, "--start", start.isoformat(),
+                               "--end", (start + pd.Timedelta(hours=2)).isoformat(), "--reader", reader,
+                               "--export", str(out), "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+        exports[reader] = json.loads(out.read_text())
+    reads = {rule["rule"]: rule["reads"] for rule in exports["auto"]["rules"]}
+    assert set(reads["ErrorRate"].values()) == {"local (remote-read)"}
+    assert all(path.startswith("query (function quantile_over_time") for path in reads["QueueP90"].values())
+    assert all(path.startswith("query (raw samples not read")
+               for rule in exports["query"]["rules"] for path in rule["reads"].values())
+    # The same findings; peaks equal to float precision (sums of rates add in another order than Prometheus').
+    local, queried = exports["auto"]["findings"], exports["query"]["findings"]
+    assert [{**f, "value": None} for f in local] == [{**f, "value": None} for f in queried]
+    np.testing.assert_allclose([f["value"] for f in local], [f["value"] for f in queried], rtol=1e-9)

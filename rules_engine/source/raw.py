@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from rules_engine.source.base import SourceError
 from rules_engine.source.client import PrometheusClient
-from rules_engine.source.prometheus import MatrixChunk, decode_matrix
+from rules_engine.source.prometheus import MatrixChunk, decode_matrix, series_of_chunks
 
 # Prometheus' staleness marker: a NaN with this bit pattern (pkg/value.StaleNaN).
 STALE_NAN_BITS = np.uint64(0x7FF0000000000002)
@@ -128,20 +128,8 @@ class RawSamples:
 def join_pieces(pieces: Iterable[MatrixChunk], has_staleness: bool) -> RawSamples:
     """Consecutive time pieces of one selector joined per label set (a series may be missing from some pieces)."""
     pieces = list(pieces)
-    index: dict[tuple, int] = {}
-    metrics: list[dict[str, str]] = []
-    ids, timestamps, values = [], [], []
-    for piece in pieces:
-        piece_ids = np.empty(len(piece.metrics), dtype=np.int64)
-        for i, metric in enumerate(piece.metrics):
-            key = tuple(sorted(metric.items()))
-            if key not in index:
-                index[key] = len(metrics)
-                metrics.append(metric)
-            piece_ids[i] = index[key]
-        ids.append(np.repeat(piece_ids, piece.counts))
-        timestamps.append(piece.timestamps_ms)
-        values.append(piece.values)
+    metrics, ids = series_of_chunks(pieces)
+    timestamps, values = [piece.timestamps_ms for piece in pieces], [piece.values for piece in pieces]
     if not metrics:
         empty = np.empty(0, dtype=np.int64)
         return RawSamples([], empty, empty, np.empty(0), has_staleness)
@@ -163,11 +151,11 @@ def _pieces(start_ms: int, end_ms: int, piece_ms: int) -> list[tuple[int, int]]:
     return [(low, high - 1) for low, high in zip(bounds[:-1], bounds[1:]) if high > low]
 
 
-class RemoteReader:
-    """Raw samples through remote read (SAMPLES response type), in time pieces of `piece_ms`."""
+class _PieceReader:
+    """Raw samples of a selector read in consecutive time pieces of `piece_ms` (bounded answers) and joined."""
 
-    has_staleness = True
-    name = "remote-read"
+    has_staleness: bool
+    name: str
 
     def __init__(self, client: PrometheusClient, piece_ms: int = DEFAULT_PIECE_MS) -> None:
         self.client = client
@@ -176,6 +164,16 @@ class RemoteReader:
     def read(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> RawSamples:
         return join_pieces((self._read_piece(matchers, low, high) for low, high in _pieces(start_ms, end_ms, self.piece_ms)),
                            self.has_staleness)
+
+    def _read_piece(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> MatrixChunk:
+        raise NotImplementedError
+
+
+class RemoteReader(_PieceReader):
+    """Raw samples through remote read (SAMPLES response type)."""
+
+    has_staleness = True
+    name = "remote-read"
 
     def _read_piece(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> MatrixChunk:
         request = ReadRequest()
@@ -269,20 +267,12 @@ def decode_samples(payload: bytes, lengths: np.ndarray) -> tuple[np.ndarray, np.
     return timestamps.view(np.int64), values
 
 
-class RangeVectorReader:
+class RangeVectorReader(_PieceReader):
     """Raw samples through instant queries of `selector[Δ]` over the query API, one piece per query. Prometheus
     leaves staleness markers out of range vectors, so these samples carry none."""
 
     has_staleness = False
     name = "range-vector"
-
-    def __init__(self, client: PrometheusClient, piece_ms: int = 3600 * 1000) -> None:
-        self.client = client
-        self.piece_ms = piece_ms
-
-    def read(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> RawSamples:
-        return join_pieces((self._read_piece(matchers, low, high) for low, high in _pieces(start_ms, end_ms, self.piece_ms)),
-                           self.has_staleness)
 
     def _read_piece(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> MatrixChunk:
         # A range [t - Δ, t] closed at both ends (Prometheus 2.x; 3.x opens it on the left): Δ = end - start.

@@ -211,12 +211,7 @@ class SnapshotSource:
 
     def _recorded_frame(self, entry: _Entry) -> RangeFrame:
         if entry.query not in self._frames:
-            try:
-                with zipfile.ZipFile(self.path) as archive:
-                    raw = archive.read(entry.member)
-            except (OSError, zipfile.BadZipFile, KeyError, lzma.LZMAError, zlib.error, EOFError) as exc:
-                raise SourceError(f"snapshot {self.path} is damaged: cannot read the values of query {entry.query} "
-                                  f"({exc}); re-record it") from None
+            raw = self._member(entry.member, f"the values of query {entry.query}")
             expected = entry.series * self.points * self.dtype.itemsize
             if len(raw) != expected:
                 raise SourceError(f"snapshot {self.path} is damaged: values of query {entry.query} hold {len(raw)} "
@@ -233,14 +228,16 @@ class SnapshotSource:
             raise SourceError(f"snapshot {self.path} holds no raw samples of {selector_text(matchers)} over "
                               f"{start_ms} .. {end_ms} ms; re-record it")
         if entry.matchers not in self._raw:
-            try:
-                with zipfile.ZipFile(self.path) as archive:
-                    data = archive.read(entry.member)
-            except (OSError, zipfile.BadZipFile, KeyError, lzma.LZMAError, zlib.error, EOFError) as exc:
-                raise SourceError(f"snapshot {self.path} is damaged: cannot read the raw samples of "
-                                  f"{selector_text(matchers)} ({exc}); re-record it") from None
+            data = self._member(entry.member, f"the raw samples of {selector_text(matchers)}")
             self._raw[entry.matchers] = _raw_samples(data, entry, self.path)
         return self._raw[entry.matchers]
+
+    def _member(self, member: str, what: str) -> bytes:
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                return archive.read(member)
+        except (OSError, zipfile.BadZipFile, KeyError, lzma.LZMAError, zlib.error, EOFError) as exc:
+            raise SourceError(f"snapshot {self.path} is damaged: cannot read {what} ({exc}); re-record it") from None
 
     def _missing_query_message(self, query: str) -> str:
         how = self.meta.get("record_command") or (
