@@ -356,3 +356,20 @@ rules:
     local, queried = exports["auto"]["findings"], exports["query"]["findings"]
     assert [{**f, "value": None} for f in local] == [{**f, "value": None} for f in queried]
     np.testing.assert_allclose([f["value"] for f in local], [f["value"] for f in queried], rtol=1e-9)
+
+
+def test_a_later_range_reads_only_the_new_samples(prometheus):
+    """A monitor's rounds: the same LocalSource over a range moved forward reads the new end (and a few minutes
+    before it again), not the whole range, and still agrees with Prometheus."""
+    query = f'sum by (instance)(rate(t_requests_total{SEL}[5m]))'
+    step = pd.Timedelta("30s")
+    first = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("1h")
+    with PrometheusSource(prometheus.url) as source:
+        local = LocalSource(source, "remote-read", cache_margin=pd.Timedelta(0))
+        local.query_range(query, first, first + pd.Timedelta("1h"), step)
+        before = local.samples_read
+        for shift in ("10m", "20m", "30m"):
+            start, end = first + pd.Timedelta(shift), first + pd.Timedelta("1h") + pd.Timedelta(shift)
+            _compare(source.query_range(query, start, end, step), local.query_range(query, start, end, step), query)
+        # 30 more minutes plus a 5-minute re-read per round, against 1h05m for the first read.
+        assert local.samples_read - before < before * (30 + 3 * 5) / 60

@@ -28,7 +28,9 @@ import promql_parser
 
 from rules_engine.source.base import SourceError
 from rules_engine.source.frame import RangeFrame, evaluation_grid
-from rules_engine.source.raw import Matcher, RawSamples, RangeVectorReader, RemoteReader, probe_remote_read
+from rules_engine.source.prometheus import MatrixChunk
+from rules_engine.source.raw import (Matcher, RangeVectorReader, RawSamples, RemoteReader, join_pieces,
+                                     probe_remote_read)
 
 LOOKBACK_MS = 5 * 60 * 1000
 BLOCK_CELLS = 1 << 16  # (step, series) cells evaluated at once by a range function
@@ -685,6 +687,21 @@ def to_frame(query: str, vector: Vec, grid: pd.DatetimeIndex) -> RangeFrame:
 
 # -- the source ---------------------------------------------------------------------------------------------------
 
+TAIL_REREAD_MS = 5 * 60 * 1000  # a later range re-reads this much before the previous end (late samples)
+
+
+def time_slice(raw: RawSamples, low_ms: int, high_ms: int) -> RawSamples:
+    """The samples of `raw` with low_ms <= t <= high_ms (every series kept, possibly with none)."""
+    keep = (raw.timestamps_ms >= low_ms) & (raw.timestamps_ms <= high_ms)
+    series = np.repeat(np.arange(len(raw.counts)), raw.counts)[keep]
+    return RawSamples(raw.metrics, np.bincount(series, minlength=len(raw.counts)).astype(np.int64),
+                      raw.timestamps_ms[keep], raw.values[keep], raw.has_staleness)
+
+
+def _as_chunk(raw: RawSamples) -> MatrixChunk:
+    return MatrixChunk(raw.metrics, raw.counts, raw.timestamps_ms, raw.values)
+
+
 READERS = ("auto", "remote-read", "range-vector", "query")
 
 
@@ -789,11 +806,23 @@ class LocalSource:
             cached = self._cache.get(key)
             if cached is not None and cached[0] <= start_ms and cached[1] >= end_ms:
                 return cached[2]
-            low = start_ms - self.margin_ms if cached is None else min(start_ms, cached[0]) - self.margin_ms
-            high = end_ms if cached is None else max(end_ms, cached[1])
-            raw = self.reader.read(matchers, low, high)
+            if cached is not None and cached[0] <= start_ms < cached[1]:
+                # A later range (a monitor's next round): keep what is still needed, read only the new end, again
+                # from a little before it (samples near the old end may have arrived since).
+                low = max(cached[0], start_ms - self.margin_ms)
+                tail = max(low, cached[1] - TAIL_REREAD_MS)
+                new = self.reader.read(matchers, tail, end_ms)
+                raw = join_pieces([_as_chunk(time_slice(cached[2], low, tail - 1)), _as_chunk(new)],
+                                  cached[2].has_staleness and new.has_staleness)
+                read, high = new, end_ms
+            elif cached is None or start_ms >= cached[1]:  # nothing read yet that is still needed
+                low, high = start_ms - self.margin_ms, end_ms
+                raw = read = self.reader.read(matchers, low, high)
+            else:  # an earlier start: read the union again
+                low, high = min(start_ms, cached[0]) - self.margin_ms, max(end_ms, cached[1])
+                raw = read = self.reader.read(matchers, low, high)
             self._cache[key] = (low, high, raw)
             with self._lock:
-                self.samples_read += len(raw.values)
-                self.bytes_read += raw.nbytes
+                self.samples_read += len(read.values)
+                self.bytes_read += read.nbytes
             return raw
