@@ -260,9 +260,11 @@ def _extrapolated(windows: Windows, times_ms: np.ndarray, range_ms: int, counter
         threshold = average * 1.1
         interval = sampled + np.where(to_start < threshold, to_start, average / 2)
         interval = interval + np.where(to_end < threshold, to_end, average / 2)
-        result = result * (interval / sampled)
+        # Prometheus scales once by a factor that already holds the division by the range (same rounding).
+        factor = interval / sampled
         if rate:
-            result = result / (range_ms / 1000)
+            factor = factor / (range_ms / 1000)
+        result = result * factor
     return np.where(present, result, np.nan), present
 
 
@@ -271,7 +273,7 @@ def _irate(windows: Windows, times_ms: np.ndarray, range_ms: int, offset_ms: int
     present = (last - first) >= 1
     if len(windows.values) == 0:
         return np.full(first.shape, np.nan), present
-    last_i, previous_i = np.where(present, last, 1), np.where(present, last - 1, 0)
+    last_i, previous_i = np.where(present, last, 0), np.where(present, last - 1, 0)
     last_v, previous_v = windows.values[last_i], windows.values[previous_i]
     interval = (windows.stamps[last_i] - windows.stamps[previous_i]).astype(np.float64)
     present &= interval != 0
