@@ -6,7 +6,9 @@ History: a simulated fleet (rules-engine simulate), backfilled with promtool int
 --cache (first run: minutes; later runs reuse it), served by a real Prometheus on 127.0.0.1.
 For each group of rules, in the same invocation:
 - ours: `rules_engine.backtest` (fetch each query once, pandas windows, vectorized for/severity), wall time and the peak
-  memory it allocated (tracemalloc, a second run; numpy/pandas buffers included);
+  memory it allocated (tracemalloc, a second run; numpy/pandas buffers included), with the raw-sample reader
+  (--reader, default remote-read: each stored sample read once, queries computed locally; the bytes per raw sample
+  read are the peak over the samples read) and again with the query path (Prometheus range-querying every query);
 - peer: Prometheus range-querying each rule's compiled alert expression (rules_engine.compile: window statistics
   as `*_over_time((signal)[w:step])`, guards as `and on(...)`), one rule after another as a rule group evaluates
   them, and again with the same concurrency as ours; Prometheus' peak RSS since it started (/proc VmHWM);
@@ -35,6 +37,7 @@ from rules_engine.api import backtest as run_backtest  # noqa: E402
 from rules_engine.api import fetch_plan  # noqa: E402
 from rules_engine.compile.generate import compile_ruleset  # noqa: E402
 from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, fetch_all, filtered_queries  # noqa: E402
+from rules_engine.evaluate.local import LocalSource  # noqa: E402
 from rules_engine.kinds import RULE_KINDS  # noqa: E402
 from rules_engine.simulate import FleetSpec, Incident, simulate  # noqa: E402
 from rules_engine.source.prometheus import MAX_POINTS_PER_QUERY, PrometheusSource  # noqa: E402
@@ -91,17 +94,23 @@ def peak_rss_bytes(pid: int) -> int:
     return 0
 
 
-def run_ours(ruleset, source, start, end, step, names):
+def run_ours(ruleset, source, start, end, step, names, reader):
+    """Wall time, traced peak memory, the backtest and the raw samples read (0 on the query path); each run reads
+    afresh (a new LocalSource holds no samples)."""
+    def one():
+        wrapped = LocalSource(source, reader) if reader != "query" else source
+        return run_backtest(ruleset, wrapped, start, end, step, rules=names, reader="query"), wrapped
+
     gc.collect()
     began = time.perf_counter()
-    backtest = run_backtest(ruleset, source, start, end, step, rules=names)
+    backtest, _ = one()
     seconds = time.perf_counter() - began
     gc.collect()
     tracemalloc.start()
-    run_backtest(ruleset, source, start, end, step, rules=names)
+    _, wrapped = one()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return seconds, peak, backtest
+    return seconds, peak, backtest, getattr(wrapped, "samples_read", 0)
 
 
 def fetched_samples(ruleset, source, start, end, step, names) -> int:
@@ -142,6 +151,8 @@ def main() -> None:
     parser.add_argument("--days", type=int, default=7)
     parser.add_argument("--step", default="30s")
     parser.add_argument("--cache", default="/tmp/rules-engine-bench")
+    parser.add_argument("--reader", default="remote-read", choices=["remote-read", "range-vector"])
+    parser.add_argument("--per-rule", action="store_true", help="Also time each rule alone.")
     args = parser.parse_args()
     step = parse_duration(args.step)
     cache = Path(args.cache)
@@ -159,6 +170,7 @@ def main() -> None:
     groups = {
         "window-statistic rules": [r.name for _, r in ruleset.rules() if r.stat is not None],
         "plain threshold rules": [r.name for _, r in ruleset.rules() if r.stat is None],
+        "whole pack": [r.name for _, r in ruleset.rules()],
     }
     with running_prometheus(data) as prometheus:
         source = PrometheusSource(prometheus.url, timeout=3600)
@@ -173,7 +185,10 @@ def main() -> None:
             peer_sequential = run_peer(prometheus.url, expressions, fetch_start, end, step, 1)
             peer_parallel = run_peer(prometheus.url, expressions, fetch_start, end, step, DEFAULT_CONCURRENCY)
             prometheus_peak = peak_rss_bytes(prometheus.pid)
-            seconds, peak, backtest = run_ours(ruleset, source, start, end, step, names)
+            seconds, peak, backtest, raw = run_ours(ruleset, source, start, end, step, names, args.reader)
+            query_seconds, query_peak, _, _ = run_ours(ruleset, source, start, end, step, names, "query")
+            local = sum(path.startswith("local") for o in backtest.outcomes for path in o.reads.values())
+            reads = sum(len(o.reads) for o in backtest.outcomes)
             # The floor: Prometheus computing the very queries we fetch, answers parsed but not framed.
             planned, _ = fetch_plan(ruleset, start, step, names)
             queries = [query for query in planned if query not in filtered_queries(planned)]  # what is really asked
@@ -182,8 +197,12 @@ def main() -> None:
             evaluated = samples  # the same denominator for both sides
             print(f"\n{title} ({len(names)}): {', '.join(names)}")
             print(f"  ours  {seconds:7.2f} s  {evaluated / seconds / 1e6:7.2f} M samples/s  "
-                  f"peak {peak / 1e6:7.1f} MB = {peak / max(samples, 1):5.1f} bytes per fetched sample "
-                  f"({samples / 1e6:.1f} M fetched, concurrency {DEFAULT_CONCURRENCY}); {len(backtest.findings)} findings")
+                  f"peak {peak / 1e6:7.1f} MB = {peak / max(raw, 1):5.1f} bytes per raw sample read "
+                  f"({raw / 1e6:.2f} M read by {args.reader}; {local}/{reads} queries computed locally); "
+                  f"{len(backtest.findings)} findings")
+            print(f"  ours, query path  {query_seconds:7.2f} s  peak {query_peak / 1e6:7.1f} MB = "
+                  f"{query_peak / max(samples, 1):5.1f} bytes per fetched sample ({samples / 1e6:.1f} M fetched, "
+                  f"concurrency {DEFAULT_CONCURRENCY}); local path {query_seconds / seconds:.2f}x faster")
             print(f"  peer  {peer_sequential:7.2f} s  {evaluated / peer_sequential / 1e6:7.2f} M samples/s  "
                   f"one rule after another (a rule group); {peer_parallel:.2f} s with {DEFAULT_CONCURRENCY} at once; "
                   f"Prometheus peak RSS so far {prometheus_peak / 1e6:.0f} MB")
@@ -191,10 +210,10 @@ def main() -> None:
                   f"({DEFAULT_CONCURRENCY} at once, JSON parsed): {floor / seconds:.0%} of ours")
             print(f"  ratio peer/ours: {peer_sequential / seconds:.2f}x (sequential peer), "
                   f"{peer_parallel / seconds:.2f}x (concurrent peer)")
-            for name, expression in zip(names, expressions):
+            for name, expression in zip(names, expressions) if args.per_rule and title != "whole pack" else ():
                 _, rule_fetch_start = fetch_plan(ruleset, start, step, [name])
                 began = time.perf_counter()
-                run_backtest(ruleset, source, start, end, step, rules=[name])
+                run_backtest(ruleset, LocalSource(source, args.reader), start, end, step, rules=[name])
                 alone = time.perf_counter() - began
                 peer_alone = run_peer(prometheus.url, [expression], rule_fetch_start, end, step, 1)
                 print(f"    {name:<28} ours {alone:6.2f} s  peer {peer_alone:6.2f} s  ratio {peer_alone / alone:5.2f}x")

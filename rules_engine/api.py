@@ -25,10 +25,12 @@ from rules_engine.compile.generate import Generated, GenerateOptions
 from rules_engine.compile.generate import generate as generate_files
 from rules_engine.evaluate import engine as pandas_engine
 from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, Backtest
+from rules_engine.evaluate.local import LocalSource
 from rules_engine.evaluate.promql_engine import run_promql_backtest
 from rules_engine.evaluate.tune import DEFAULT_GRACE, Sweep, run_tune
 from rules_engine.kinds import RULE_KINDS
 from rules_engine.source.base import Source
+from rules_engine.source.prometheus import PrometheusSource
 from rules_engine.spec.incidents import Incident
 from rules_engine.spec.loader import RuleSet
 from rules_engine.spec.models import parse_duration
@@ -41,11 +43,17 @@ Step = pd.Timedelta | str | float
 def backtest(ruleset: RuleSet, source: Source, start: Time, end: Time, step: Step = "30s", *,
              rules: Iterable[str] | None = None, engine: Literal["pandas", "promql"] = "pandas",
              concurrency: int = DEFAULT_CONCURRENCY, pushdown: bool = True,
-             on_query: Callable[[str], None] | None = None, keep_signals: bool = False) -> Backtest:
+             on_query: Callable[[str], None] | None = None, keep_signals: bool = False,
+             reader: Literal["auto", "remote-read", "range-vector", "query"] = "auto") -> Backtest:
     """What the rules (and SLOs) would have fired over [start, end] evaluated every `step`.
 
     `rules` selects rules or SLOs by name. `engine="promql"` range-queries the compiled alert conditions in
-    Prometheus instead of evaluating in pandas (what the live path in Prometheus would do). Times are pandas
+    Prometheus instead of evaluating in pandas (what the live path in Prometheus would do).
+    `reader` says how the pandas engine reads a PrometheusSource: "auto" reads raw samples by remote read and
+    computes each query it supports locally (rules_engine.evaluate.local) when the server serves remote read,
+    "remote-read" insists on it, "range-vector" reads raw samples through `selector[Δ]` queries, "query" has
+    Prometheus range-query every expression. Each rule's `RuleOutcome.reads` says how its queries were answered.
+    Times are pandas
     Timestamps (naive ones are UTC), RFC 3339 text with a zone, unix seconds or `now-1h`; `step` a Timedelta, a Prometheus duration or seconds.
     `keep_signals` keeps on each rule outcome the value it compared over the range and its levels, for plots
     (rules_engine.report.html); the pandas engine only.
@@ -55,6 +63,10 @@ def backtest(ruleset: RuleSet, source: Source, start: Time, end: Time, step: Ste
     start_at, end_at, step_at = _timestamp(start), _timestamp(end), parse_duration(step)
     if engine == "promql":
         return run_promql_backtest(ruleset, source, start_at, end_at, step_at, RULE_KINDS, rules)
+    if isinstance(source, PrometheusSource) and reader != "query":
+        source = LocalSource(source, reader)  # not closed here: the caller's source owns the connection
+    elif getattr(source, "raw_reader", None) is not None:  # a snapshot holding raw samples
+        source = LocalSource(source, source.raw_reader)
     return pandas_engine.run_backtest(ruleset, source, start_at, end_at, step_at, RULE_KINDS, rules, on_query=on_query,
                                concurrency=concurrency, pushdown=pushdown, keep_signals=keep_signals)
 

@@ -152,8 +152,8 @@ def test_other_files_are_refused_by_name(tmp_path):
 
     newer = tmp_path / "newer.snapshot"
     with zipfile.ZipFile(newer, "w") as archive:
-        archive.writestr("snapshot.json", json.dumps({"format": "rules-engine-snapshot", "version": 2}))
-    with pytest.raises(SourceError, match=f"snapshot {newer} is format version 2; this rules-engine reads version 1"):
+        archive.writestr("snapshot.json", json.dumps({"format": "rules-engine-snapshot", "version": 3}))
+    with pytest.raises(SourceError, match=f"snapshot {newer} is format version 3; this rules-engine reads versions 1, 2"):
         SnapshotSource(newer)
 
     with pytest.raises(SourceError, match=f"snapshot file {tmp_path / 'absent'} does not exist"):

@@ -553,7 +553,8 @@ def test_prometheus_warnings_are_carried_once_per_query_into_the_report_and_expo
     with fake_prometheus(_answer_with_a_warning) as server, PrometheusSource(server.url, max_points_per_query=20) as source:
         frame = source.query_range("up", start, start + pd.Timedelta(minutes=30), pd.Timedelta(minutes=1))
         assert len(server.requests) == 2 and frame.warnings == (PARTIAL,)
-        result = rules_engine.backtest(ruleset, source, start, end, "1m", rules=["VLLMQueueBuildup"])
+        result = rules_engine.backtest(ruleset, source, start, end, "1m", rules=["VLLMQueueBuildup"],
+                                       reader="query")  # the fake answers the query API only
     assert not caplog.records  # carried, not logged once per chunk
     [rule] = backtest_record(result, server.url)["rules"]
     assert rule["warnings"] == [PARTIAL] and rule["error"] is None

@@ -13,6 +13,7 @@ from rules_engine.commands.options import (EXIT_BAD_INPUT, fail, fix_options, lo
                                            source_from_options, use_colour)
 from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, Backtest
 from rules_engine.evaluate.findings import SEVERITIES, severity_rank
+from rules_engine.evaluate.local import LocalSource
 from rules_engine.evaluate.series import EvaluationError
 from rules_engine.report.export import backtest_record, export_text, write_export
 from rules_engine.report.html import render_html
@@ -68,9 +69,15 @@ def with_options(options):
 @click.option("--engine", type=click.Choice(["pandas", "promql"]), default="pandas", show_default=True,
               help="pandas: the engine's own evaluation. promql: range-query the alert expressions `generate` "
                    "writes and apply for/keep_firing_for to them, to see what the live path in Prometheus would do.")
+@click.option("--reader", type=click.Choice(["auto", "remote-read", "range-vector", "query"]), default="auto",
+              show_default=True,
+              help="How the pandas engine reads Prometheus. auto: raw samples by remote read, computed locally where "
+                   "the server serves it (each query the local evaluator does not support is range-queried); "
+                   "remote-read: insist on it; range-vector: raw samples through `metric[d]` queries; query: "
+                   "range-query every expression. The export's rules[*].reads says how each query was answered.")
 @fix_options
 def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min_severity, export_path, report_path,
-             fail_on, limit, progress, concurrency, engine, fix, dry_run, database_url, variables, **prometheus):
+             fail_on, limit, progress, concurrency, engine, reader, fix, dry_run, database_url, variables, **prometheus):
     """Backtest rules over history: what would have fired, when, for how long, how bad.
 
     Reads series from Prometheus (or Thanos, Mimir, VictoriaMetrics) with --prometheus, or from a recorded
@@ -79,7 +86,7 @@ def evaluate(rule_paths, snapshot, start, end, time_range, step, rule_names, min
     """
     ruleset = load_or_exit(rule_paths)
     source, source_name, (start_at, end_at, step_at) = source_and_range(snapshot, prometheus, start, end, time_range, step)
-    backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress, concurrency, engine,
+    backtest = _run(ruleset, source, start_at, end_at, step_at, rule_names, progress, concurrency, engine, reader,
                     keep_signals=report_path is not None)
 
     backtest.findings = [f for f in backtest.findings if severity_rank(f.severity) >= severity_rank(min_severity)]
@@ -139,7 +146,11 @@ def validate(rule_paths, output_format):
 @with_options(range_options)
 @rule_names_option
 @click.option("--out", "out_path", required=True, type=click.Path(dir_okay=False), help="Snapshot file to write.")
-def record(rule_paths, start, end, time_range, step, rule_names, out_path, **prometheus):
+@click.option("--reader", type=click.Choice(["auto", "remote-read", "range-vector", "query"]), default="auto",
+              show_default=True,
+              help="auto/remote-read/range-vector: queries the local evaluator computes are stored as the raw samples "
+                   "they read (once per selector), the others as results; query: every query's result.")
+def record(rule_paths, start, end, time_range, step, rule_names, out_path, reader, **prometheus):
     """Save every range result the rules need for a range to one compressed file, for `evaluate --snapshot`."""
     ruleset = load_or_exit(rule_paths)
     if not prometheus.get("prometheus_url"):
@@ -149,6 +160,8 @@ def record(rule_paths, start, end, time_range, step, rule_names, out_path, **pro
     try:
         queries, fetch_start = api.recording_plan(ruleset, start_at.floor(step_at), end_at.floor(step_at), step_at,
                                                   rule_names)
+        if reader != "query":
+            source = LocalSource(source, reader, cache_margin=pd.Timedelta(0))  # store only the range asked
         record_snapshot(source, queries, fetch_start, end_at.floor(step_at), step_at, out_path,
                         meta={"evaluation_start": start_at.floor(step_at).isoformat(),
                               "evaluation_end": end_at.floor(step_at).isoformat()})
@@ -272,15 +285,16 @@ def _plan_lines(workflow) -> list[str]:
     return lines
 
 
-def _run(ruleset, source, start, end, step, rule_names, progress, concurrency, engine, keep_signals=False) -> Backtest:
+def _run(ruleset, source, start, end, step, rule_names, progress, concurrency, engine, reader="auto",
+         keep_signals=False) -> Backtest:
     show = engine == "pandas" and (sys.stderr.isatty() if progress is None else progress)
     try:
         if not show:
             return api.backtest(ruleset, source, start, end, step, rules=rule_names, engine=engine,
-                                concurrency=concurrency, keep_signals=keep_signals and engine == "pandas")
+                                concurrency=concurrency, keep_signals=keep_signals and engine == "pandas", reader=reader)
         queries, _ = api.fetch_plan(ruleset, start.floor(step), step, rule_names)
         with click.progressbar(length=len(queries), label="querying", file=sys.stderr) as bar:
             return api.backtest(ruleset, source, start, end, step, rules=rule_names, concurrency=concurrency,
-                                on_query=lambda _: bar.update(1), keep_signals=keep_signals)
+                                on_query=lambda _: bar.update(1), keep_signals=keep_signals, reader=reader)
     except EvaluationError as error:
         fail(str(error))

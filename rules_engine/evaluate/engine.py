@@ -48,6 +48,8 @@ class RuleOutcome:
     signal: RangeFrame | None = field(default=None, repr=False)
     levels: list[tuple[str, float]] = field(default_factory=list)
     signal_filtered: bool = False
+    # role -> how its query was answered ("local (remote-read)", "query (<why not local>)"), when the source says
+    reads: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -270,11 +272,17 @@ def run_backtest(ruleset: RuleSet, source: Source, start: pd.Timestamp, end: pd.
     backtest = Backtest(start=start, end=end, step=step)
     pairs = select_rules(ruleset, names)
     planned = rule_queries(ruleset.rules(), step, kinds, pushdown)
+    derived = filtered_queries(queries)
     for pack, rule in pairs:
         kind = kinds[rule.type]
         outcome = RuleOutcome(pack=pack.name, rule=rule.name, kind=rule.type, category=rule.category,
                               queries=planned[rule.name])
         backtest.outcomes.append(outcome)
+        paths = getattr(source, "paths", None)
+        if paths is not None:
+            # A comparison computed from a query fetched anyway was read the way that query was.
+            outcome.reads = {role: paths.get(q) or paths.get(derived[q].base if q in derived else q, "query")
+                             for role, q in outcome.queries.items()}
         missing = [errors[q] for q in outcome.queries.values() if q in errors]
         if missing:
             outcome.error = missing[0]

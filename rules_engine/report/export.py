@@ -50,7 +50,8 @@ def backtest_record(backtest: Backtest, source: str, extra: dict[str, Any] | Non
         "source": source,
         "rules": [
             {"pack": o.pack, "rule": o.rule, "kind": o.kind, "category": o.category, "series": o.series,
-             "findings": o.findings, "error": o.error, "warnings": list(o.warnings), "queries": o.queries}
+             "findings": o.findings, "error": o.error, "warnings": list(o.warnings), "queries": o.queries,
+             "reads": o.reads}
             for o in backtest.outcomes
         ],
         "findings": [finding_record(f, backtest.end) for f in backtest.findings],

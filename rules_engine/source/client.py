@@ -116,6 +116,10 @@ class PrometheusClient:
         it without building Python objects per sample). `what` names the request in error messages."""
         return self._request("POST", path, what, data=form)
 
+    def post_bytes(self, path: str, body: bytes, headers: Mapping[str, str], what: str) -> bytes:
+        """POST an encoded body (remote read's snappy protobuf) with its own content headers; the answer undecoded."""
+        return self._request("POST", path, what, data=body, headers=dict(headers))
+
     def instant_query(self, expr: str, time: datetime | float | None = None) -> list[tuple[dict[str, str], float]]:
         """(labels, value) per series of an instant vector at `time` (default: now); a scalar comes back as one
         series without labels. Values are as Prometheus answered them, NaN included."""

@@ -242,12 +242,9 @@ def _chunk_from_lists(result: list[dict], warnings: tuple[str, ...], error: Call
                        warnings=warnings)
 
 
-def frame_from_chunks(query: str, chunks: list[MatrixChunk], grid: pd.DatetimeIndex) -> RangeFrame:
-    """Join chunk answers into one frame on `grid`: the same label set in two chunks is the same series.
-
-    Series are ordered by label set the way Prometheus orders a range result, so a split query yields the same
-    frame as an unsplit one. A warning repeated by several chunks is kept once: it is the query's.
-    """
+def series_of_chunks(chunks: list[MatrixChunk]) -> tuple[list[dict[str, str]], list[np.ndarray]]:
+    """The distinct label sets of some chunks (first seen first), and per chunk each sample's index among them:
+    the same label set in two chunks is the same series."""
     column_of: dict[tuple, int] = {}
     metrics: list[dict[str, str]] = []
     chunk_columns = []
@@ -260,6 +257,16 @@ def frame_from_chunks(query: str, chunks: list[MatrixChunk], grid: pd.DatetimeIn
                 metrics.append(metric)
             ids[i] = column_of[key]
         chunk_columns.append(np.repeat(ids, chunk.counts))
+    return metrics, chunk_columns
+
+
+def frame_from_chunks(query: str, chunks: list[MatrixChunk], grid: pd.DatetimeIndex) -> RangeFrame:
+    """Join chunk answers into one frame on `grid`: the same label set in two chunks is the same series.
+
+    Series are ordered by label set the way Prometheus orders a range result, so a split query yields the same
+    frame as an unsplit one. A warning repeated by several chunks is kept once: it is the query's.
+    """
+    metrics, chunk_columns = series_of_chunks(chunks)
     order = sorted(range(len(metrics)), key=lambda i: tuple(sorted(metrics[i].items())))
     rank = np.empty(len(metrics), dtype=np.int64)
     rank[order] = np.arange(len(metrics))

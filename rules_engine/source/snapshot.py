@@ -5,7 +5,11 @@ A snapshot is one ZIP archive (LZMA-compressed members):
 - `snapshot.json`: format name and version, the range (start, end, step), creation time, the source URL without
   credentials, free-form `meta`, and per query its labels and the name of its values member;
 - `values/<n>.bin`: that query's samples as a (series × points) little-endian float array, bytes shuffled so
-  each byte position of all floats is contiguous (sign/exponent bytes sit together and compress well).
+  each byte position of all floats is contiguous (sign/exponent bytes sit together and compress well);
+- version 2, recorded through a source that computes queries from raw samples (rules_engine.evaluate.local): a
+  query answered that way is marked `local` and has no values member; instead `raw` lists each selector's stored
+  samples (`raw/<n>.bin`: per-series counts, time deltas and values, shuffled the same way), so a long SLO period
+  costs its samples once rather than every evaluated point of every query. Replay recomputes those queries.
 
 Queries are matched as exact strings: the evaluator generates them canonically.
 """
@@ -26,10 +30,12 @@ import pandas as pd
 
 from rules_engine.source.base import Source, SourceError
 from rules_engine.source.frame import RangeFrame, evaluation_grid
+from rules_engine.source.raw import MATCH_TYPES, Matcher, RawSamples, selector_text
 from rules_engine.spec.times import rfc3339
 
 FORMAT = "rules-engine-snapshot"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 HEADER = "snapshot.json"
 
 
@@ -41,6 +47,10 @@ def record_snapshot(source: Source, queries: Iterable[str], start: pd.Timestamp,
     `meta` is kept as-is (JSON-serialisable); a `record_command` entry there is what a replay names when asked
     for a query the snapshot lacks. `single_precision` stores float32 (about 7 significant digits), halving the
     file for snapshots committed to git; replay then differs from the live query below that precision.
+
+    A source that says how it answered each query (`paths`, "local ..." for computed from raw samples) and hands
+    out the raw samples it read (`raw_samples()`: (matchers, start ms, end ms, RawSamples)) has those queries
+    stored as raw samples (always float64: the local evaluator recomputes from them).
     """
     unique_queries = list(dict.fromkeys(queries))
     grid = evaluation_grid(start, end, step)
@@ -57,6 +67,9 @@ def record_snapshot(source: Source, queries: Iterable[str], start: pd.Timestamp,
             entries = []
             for number, query in enumerate(unique_queries):
                 frame = source.query_range(query, start, end, step)
+                if str(getattr(source, "paths", {}).get(query, "")).startswith("local"):
+                    entries.append({"query": query, "local": True})
+                    continue
                 if not frame.values.index.equals(grid):
                     raise SourceError(f"cannot record snapshot {path}: the source answered query {query} on a "
                                       f"different grid")
@@ -66,6 +79,16 @@ def record_snapshot(source: Source, queries: Iterable[str], start: pd.Timestamp,
                 entries.append({"query": query, "member": member, "series": frame.series_count,
                                 "label_names": [str(name) for name in frame.labels.columns],
                                 "label_values": frame.labels.astype(str).to_numpy().tolist()})
+            raw_entries = []
+            for number, (matchers, low, high, raw) in enumerate(getattr(source, "raw_samples", lambda: [])()):
+                member = f"raw/{number}.bin"
+                archive.writestr(member, _raw_bytes(raw))
+                names = sorted({name for metric in raw.metrics for name in metric})
+                raw_entries.append({"matchers": [[m.name, m.op, m.value] for m in matchers], "start_ms": low,
+                                    "end_ms": high, "member": member, "series": len(raw.metrics),
+                                    "samples": int(len(raw.values)), "has_staleness": raw.has_staleness,
+                                    "label_names": names,
+                                    "label_values": [[metric.get(name, "") for name in names] for metric in raw.metrics]})
             header = {
                 "format": FORMAT, "version": VERSION,
                 "created": _text(pd.Timestamp.now(tz="UTC")),
@@ -75,6 +98,7 @@ def record_snapshot(source: Source, queries: Iterable[str], start: pd.Timestamp,
                 "points": len(grid), "dtype": dtype.str,
                 "meta": dict(meta or {}),
                 "queries": entries,
+                "raw": raw_entries,
             }
             archive.writestr(HEADER, json.dumps(header, indent=1, default=str))  # default: meta may hold timestamps
         os.chmod(temporary, 0o644)  # mkstemp's 0600 would surprise whoever commits or shares the file
@@ -91,6 +115,17 @@ class _Entry:
     member: str
     series: int
     labels: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class _RawEntry:
+    matchers: tuple[Matcher, ...]
+    start_ms: int
+    end_ms: int
+    member: str
+    samples: int
+    has_staleness: bool
+    metrics: list[dict[str, str]]
 
 
 class SnapshotSource:
@@ -110,7 +145,17 @@ class SnapshotSource:
             self.meta = dict(header.get("meta") or {})
             entries = [_Entry(query=str(item["query"]), member=str(item["member"]), series=int(item["series"]),
                               labels=_labels_frame(item["label_names"], item["label_values"]))
-                       for item in header["queries"]]
+                       for item in header["queries"] if not item.get("local")]
+            self.local_queries = frozenset(str(item["query"]) for item in header["queries"] if item.get("local"))
+            raw_entries = [_RawEntry(matchers=tuple(Matcher(str(n), str(op), str(v)) for n, op, v in item["matchers"]),
+                                     start_ms=int(item["start_ms"]), end_ms=int(item["end_ms"]),
+                                     member=str(item["member"]), samples=int(item["samples"]),
+                                     has_staleness=bool(item["has_staleness"]),
+                                     metrics=[{n: v for n, v in zip(item["label_names"], row) if v != ""}
+                                              for row in item["label_values"]])
+                           for item in header.get("raw", [])]
+            if any(m.op not in MATCH_TYPES for entry in raw_entries for m in entry.matchers):
+                raise ValueError("unknown matcher type")
         except (KeyError, TypeError, ValueError) as exc:
             raise SourceError(f"snapshot {self.path} has a malformed header ({type(exc).__name__}: {exc}); "
                               f"re-record it") from None
@@ -118,16 +163,27 @@ class SnapshotSource:
             raise SourceError(f"snapshot {self.path} has an inconsistent header (range, points or dtype); re-record it")
         self._entries = {entry.query: entry for entry in entries}
         self._frames: dict[str, RangeFrame] = {}
+        self._raw_entries = {entry.matchers: entry for entry in raw_entries}
+        self._raw: dict[tuple[Matcher, ...], RawSamples] = {}
+        # Replays the recorded raw samples to the local evaluator (rules_engine.evaluate.local.LocalSource).
+        self.raw_reader = _RecordedRaw(self) if raw_entries else None
 
     @property
     def queries(self) -> tuple[str, ...]:
-        return tuple(self._entries)
+        return tuple(self._entries) + tuple(sorted(self.local_queries))
+
+    def has_result(self, query: str) -> bool:
+        """Whether the query's result was recorded (rather than the raw samples it is computed from)."""
+        return query in self._entries
 
     def __repr__(self) -> str:
         return f"SnapshotSource({str(self.path)!r})"
 
     def query_range(self, query: str, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta) -> RangeFrame:
         entry = self._entries.get(query)
+        if entry is None and query in self.local_queries:
+            raise SourceError(f"snapshot {self.path} holds query {query} as raw samples: replay it through "
+                              f"rules_engine.api.backtest (or LocalSource), which recomputes it")
         if entry is None:
             raise SourceError(self._missing_query_message(query))
         if step != self.step:
@@ -155,12 +211,7 @@ class SnapshotSource:
 
     def _recorded_frame(self, entry: _Entry) -> RangeFrame:
         if entry.query not in self._frames:
-            try:
-                with zipfile.ZipFile(self.path) as archive:
-                    raw = archive.read(entry.member)
-            except (OSError, zipfile.BadZipFile, KeyError, lzma.LZMAError, zlib.error, EOFError) as exc:
-                raise SourceError(f"snapshot {self.path} is damaged: cannot read the values of query {entry.query} "
-                                  f"({exc}); re-record it") from None
+            raw = self._member(entry.member, f"the values of query {entry.query}")
             expected = entry.series * self.points * self.dtype.itemsize
             if len(raw) != expected:
                 raise SourceError(f"snapshot {self.path} is damaged: values of query {entry.query} hold {len(raw)} "
@@ -170,6 +221,23 @@ class SnapshotSource:
             values = pd.DataFrame(samples, index=grid, columns=pd.RangeIndex(entry.series))
             self._frames[entry.query] = RangeFrame(query=entry.query, values=values, labels=entry.labels)
         return self._frames[entry.query]
+
+    def read_raw(self, matchers: tuple[Matcher, ...], start_ms: int, end_ms: int) -> RawSamples:
+        entry = self._raw_entries.get(tuple(matchers))
+        if entry is None or entry.start_ms > start_ms or entry.end_ms < end_ms:
+            raise SourceError(f"snapshot {self.path} holds no raw samples of {selector_text(matchers)} over "
+                              f"{start_ms} .. {end_ms} ms; re-record it")
+        if entry.matchers not in self._raw:
+            data = self._member(entry.member, f"the raw samples of {selector_text(matchers)}")
+            self._raw[entry.matchers] = _raw_samples(data, entry, self.path)
+        return self._raw[entry.matchers]
+
+    def _member(self, member: str, what: str) -> bytes:
+        try:
+            with zipfile.ZipFile(self.path) as archive:
+                return archive.read(member)
+        except (OSError, zipfile.BadZipFile, KeyError, lzma.LZMAError, zlib.error, EOFError) as exc:
+            raise SourceError(f"snapshot {self.path} is damaged: cannot read {what} ({exc}); re-record it") from None
 
     def _missing_query_message(self, query: str) -> str:
         how = self.meta.get("record_command") or (
@@ -198,10 +266,44 @@ def _read_header(path: Path) -> dict:
         raise SourceError(f"snapshot {path} is damaged: cannot read {HEADER} ({exc}); re-record it") from None
     if not isinstance(header, dict) or header.get("format") != FORMAT:
         raise SourceError(f"{path} is not a rules-engine snapshot ({HEADER} does not say format {FORMAT!r})")
-    if header.get("version") != VERSION:
+    if header.get("version") not in READABLE_VERSIONS:
         raise SourceError(f"snapshot {path} is format version {header.get('version')}; this rules-engine reads "
-                          f"version {VERSION}; re-record it")
+                          f"versions {', '.join(map(str, READABLE_VERSIONS))}; re-record it")
     return header
+
+
+class _RecordedRaw:
+    """A raw-sample reader over a snapshot's recorded samples (the interface of rules_engine.source.raw's)."""
+
+    name = "snapshot"
+
+    def __init__(self, snapshot: "SnapshotSource") -> None:
+        self.snapshot = snapshot
+        self.has_staleness = all(entry.has_staleness for entry in snapshot._raw_entries.values())
+
+    def read(self, matchers, start_ms: int, end_ms: int) -> RawSamples:
+        return self.snapshot.read_raw(tuple(matchers), start_ms, end_ms)
+
+
+def _raw_bytes(raw: RawSamples) -> bytes:
+    """counts (int64), then timestamps as deltas from the previous sample (int64; small, so they compress), then
+    values (float64), each shuffled by byte position."""
+    deltas = np.diff(raw.timestamps_ms, prepend=np.int64(0)).astype("<i8")
+    return b"".join([_shuffled(raw.counts.astype("<i8")), _shuffled(deltas), _shuffled(raw.values.astype("<f8"))])
+
+
+def _raw_samples(data: bytes, entry: _RawEntry, path: Path) -> RawSamples:
+    series, samples = len(entry.metrics), entry.samples
+    if len(data) != 8 * (series + 2 * samples):
+        raise SourceError(f"snapshot {path} is damaged: raw samples of {selector_text(entry.matchers)} hold "
+                          f"{len(data)} bytes, expected {8 * (series + 2 * samples)}; re-record it")
+    counts = _unshuffled(data[:8 * series], np.dtype("<i8")).astype(np.int64)
+    stamps = np.cumsum(_unshuffled(data[8 * series:8 * (series + samples)], np.dtype("<i8"))).astype(np.int64)
+    values = _unshuffled(data[8 * (series + samples):], np.dtype("<f8")).astype(np.float64)
+    if counts.sum() != samples:
+        raise SourceError(f"snapshot {path} is damaged: raw sample counts of {selector_text(entry.matchers)} do not "
+                          f"add up; re-record it")
+    return RawSamples(entry.metrics, counts, stamps, values, entry.has_staleness)
 
 
 def _shuffled(samples: np.ndarray) -> bytes:
