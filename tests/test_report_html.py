@@ -20,7 +20,7 @@ from rules_engine.source.frame import RangeFrame
 from rules_engine.source.snapshot import SnapshotSource
 
 ROOT = Path(__file__).resolve().parent.parent
-SNAPSHOT = ROOT / "snapshots" / "vllm-demo.snapshot"
+SNAPSHOT = ROOT / "snapshots" / "demo.snapshot"
 CHROMIUM = "/usr/bin/chromium"
 
 
