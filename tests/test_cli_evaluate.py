@@ -32,8 +32,8 @@ def test_demo_report_tells_the_story(demo):
     for heading in ("Summary", "health", "SLOs", "Findings"):
         assert heading in out
     truth = json.loads((ROOT / "snapshots" / "demo.truth.json").read_text())
-    # Every incident of the mixed demo fleet (vLLM of every generation, TGI, SGLang) is found on its instance (GPU findings name the node by
-    # its Hostname label), under the incident's category; a restart is not an incident to report.
+    # Every incident of the mixed demo fleet (vLLM of every generation, TGI, SGLang) is found on its instance (GPU
+    # findings name the node by its Hostname label), under the incident's category; a restart is not an incident.
     for incident in truth["incidents"]:
         if incident["kind"] == "restart":
             continue
