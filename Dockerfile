@@ -14,4 +14,4 @@ COPY docker ./docker
 COPY alertmanager ./alertmanager
 USER nobody
 ENTRYPOINT ["rules-engine"]
-CMD ["evaluate", "--rules", "rules/", "--snapshot", "snapshots/vllm-demo.snapshot"]
+CMD ["evaluate", "--rules", "rules/", "--snapshot", "snapshots/demo.snapshot"]

@@ -31,7 +31,7 @@ python-deps: $(PYTHON)
 
 # The README's first command: a virtual environment, since a Debian/Ubuntu system Python refuses pip outside one.
 demo:
-	python3 -m venv .venv && .venv/bin/pip install --quiet -e . && .venv/bin/rules-engine evaluate --rules rules/vllm.yaml --rules rules/vllm-trends.yaml --rules rules/slo/vllm.yaml --snapshot snapshots/vllm-demo.snapshot
+	python3 -m venv .venv && .venv/bin/pip install --quiet -e . && .venv/bin/rules-engine evaluate --rules rules/ --snapshot snapshots/demo.snapshot
 
 # Regenerate what is generated and committed: golden files, shipped dashboards and Alertmanager fragment.
 golden: python-deps

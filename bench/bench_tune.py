@@ -3,8 +3,8 @@
     python bench/bench_tune.py [--instances 50] [--days 7] [--candidates 50] [--repeat 3]
 
 Two data sets:
-- the shipped demo snapshot (8 vLLM instances × 2 days at 30 s, recorded from a real Prometheus), rule
-  VLLMKVCacheNearlyFull (a 15m mean, a severity ladder, for 15m);
+- the shipped demo snapshot (a mixed fleet × 2 days at 30 s, recorded from a real Prometheus), rule
+  VLLMKVCacheNearlyFull (a 15m mean, a severity ladder, for 15m) on its 8 vLLM instances;
 - a generated fleet (--instances × --days at 30 s) served from memory, so fetching costs nothing and the ratio is
   evaluation against evaluation (the hardest case for the sweep: against Prometheus the fetch, paid once by each
   side, dominates both). Rule: a 10m mean with a guard, for 10m. The peer backtests with pushdown off, since a
@@ -102,7 +102,7 @@ def main() -> None:
     args = parser.parse_args()
 
     shipped = load_ruleset([str(ROOT / "rules")])
-    snapshot = rules_engine.SnapshotSource(ROOT / "snapshots" / "vllm-demo.snapshot")
+    snapshot = rules_engine.SnapshotSource(ROOT / "snapshots" / "demo.snapshot")
     compare("demo snapshot", shipped, snapshot, "VLLMKVCacheNearlyFull", "2026-11-18T00:00:00Z",
             "2026-11-20T00:00:00Z", args.candidates, args.repeat)
 

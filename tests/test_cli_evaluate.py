@@ -9,10 +9,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SNAPSHOT = ROOT / "snapshots" / "vllm-demo.snapshot"
-# The snapshot records a vLLM fleet: the vLLM packs and SLOs are what it holds range results for (TGI and SGLang
-# queries are not in it, so those rules could not be evaluated from it).
-VLLM_RULES = ("--rules", "rules/vllm.yaml", "--rules", "rules/vllm-trends.yaml", "--rules", "rules/slo/vllm.yaml")
+SNAPSHOT = ROOT / "snapshots" / "demo.snapshot"
 
 
 def run(*args: str) -> subprocess.CompletedProcess:
@@ -24,7 +21,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
     export = tmp_path_factory.mktemp("demo") / "findings.json"
-    result = run("evaluate", *VLLM_RULES, "--snapshot", str(SNAPSHOT), "--export", str(export))
+    result = run("evaluate", "--rules", "rules/", "--snapshot", str(SNAPSHOT), "--export", str(export))
     return result, json.loads(export.read_text())
 
 
@@ -34,9 +31,9 @@ def test_demo_report_tells_the_story(demo):
     out = result.stdout
     for heading in ("Summary", "health", "SLOs", "Findings"):
         assert heading in out
-    truth = json.loads((ROOT / "snapshots" / "vllm-demo.truth.json").read_text())
-    # Every incident of the mixed-generation demo fleet is found on its instance (GPU findings name the node by
-    # its Hostname label), under the incident's category; a restart is not an incident to report.
+    truth = json.loads((ROOT / "snapshots" / "demo.truth.json").read_text())
+    # Every incident of the mixed demo fleet (vLLM of every generation, TGI, SGLang) is found on its instance (GPU
+    # findings name the node by its Hostname label), under the incident's category; a restart is not an incident.
     for incident in truth["incidents"]:
         if incident["kind"] == "restart":
             continue

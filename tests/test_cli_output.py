@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-SNAPSHOT = ROOT / "snapshots" / "vllm-demo.snapshot"
+SNAPSHOT = ROOT / "snapshots" / "demo.snapshot"
 BAD_RULES = "kind: RulePack\nname: x\nrules:\n  - name: A\n    category: nope\n    signal: up\n    above: 1\n"
 
 

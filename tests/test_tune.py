@@ -22,8 +22,8 @@ from tests.conftest import require_binary
 from tests.frames import instance_frame
 
 ROOT = Path(__file__).resolve().parent.parent
-SNAPSHOT = ROOT / "snapshots" / "vllm-demo.snapshot"
-TRUTH = ROOT / "snapshots" / "vllm-demo.truth.json"
+SNAPSHOT = ROOT / "snapshots" / "demo.snapshot"
+TRUTH = ROOT / "snapshots" / "demo.truth.json"
 START, END = "2026-11-18T00:00:00Z", "2026-11-20T00:00:00Z"
 
 

@@ -66,6 +66,10 @@ SCENARIOS = {
                      "2d", DEMO_INCIDENTS, tuple(GENERATIONS)),
     "none": Scenario("none", "no incidents: background load, noise, spikes, random restarts and gaps only", 8,
                      "2d", ()),
+    "demo-mixed": Scenario("demo-mixed", "the demo's 8 vLLM instances (every generation, with GPUs) plus 3 TGI and 3 "
+                           "SGLang instances x 2 days, the demo's and the mixed scenario's incidents on day 2", 8,
+                           "2d", DEMO_INCIDENTS + MIXED_INCIDENTS, tuple(GENERATIONS), tgi_instances=3,
+                           sglang_instances=3),
     "mixed": Scenario("mixed", "2 vLLM, 3 TGI and 3 SGLang instances x 2 days, TGI and SGLang incidents on day 2", 2,
                       "2d", MIXED_INCIDENTS, tgi_instances=3, sglang_instances=3),
 }

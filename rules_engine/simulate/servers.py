@@ -11,7 +11,7 @@ from typing import BinaryIO, Iterable
 
 import numpy as np
 
-from rules_engine.simulate import sglang, tgi
+from rules_engine.simulate import catalog, sglang, tgi
 from rules_engine.simulate.fleet import FleetSpec, Instance, InstanceSeries, simulate_instance
 from rules_engine.simulate.incidents import Incident, Modifiers
 from rules_engine.simulate.openmetrics import timestamp_chars
@@ -33,7 +33,8 @@ def other_instances(spec: FleetSpec) -> list[Instance]:
         offsets = rng.integers(0, spec.step, count)
         for k in range(count):
             instances.append(Instance(index=index, name=f"{server}-{k}:8000", model=spec.models[k % len(spec.models)],
-                                      legacy=False, scale=float(scales[k]), phase_hours=float(phases[k]),
+                                      # the vLLM-shaped state it is derived from runs as the newest generation
+                                      generation=catalog.NEWEST, scale=float(scales[k]), phase_hours=float(phases[k]),
                                       scrape_offset=int(offsets[k]), server=server))
             index += 1
     return instances

@@ -100,8 +100,10 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
     rng = np.random.default_rng([spec.seed, instance.index + 1, 202])
     n, dt = base.times.size, float(spec.step)
     inc = base.increments
-    requests = inc["success_stop"] + inc["success_length"] + inc["success_abort"]
-    share = np.where(np.isnan(mods.abort_share), BASE_ABORT_SHARE, mods.abort_share)
+    requests = inc["success_stop"] + inc["success_length"] + inc["success_abort"] + inc["success_error"]
+    # SGLang counts an internal error (error_burst) and a client's abort (client_aborts) alike as aborted
+    share = (np.where(np.isnan(mods.abort_share), BASE_ABORT_SHARE, mods.abort_share)
+             + np.where(np.isnan(mods.error_share), 0.0, mods.error_share))
     aborted = rng.binomial(requests, np.clip(share, 0.0, 1.0))
     streaming = rng.binomial(requests, STREAMING_SHARE)
     total_tokens = model.num_gpu_blocks * model.block_size

@@ -100,7 +100,8 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
     rng = np.random.default_rng([spec.seed, instance.index + 1, 101])
     n, dt = base.times.size, float(spec.step)
     inc = base.increments
-    requests = inc["success_stop"] + inc["success_length"] + inc["success_abort"]  # reached the model
+    # reached the model
+    requests = inc["success_stop"] + inc["success_length"] + inc["success_abort"] + inc["success_error"]
     served_rate = np.maximum(requests / dt, 0.05)
 
     # The router admits at most max_concurrent_requests in flight: the queue is capped, the rest is refused.
@@ -109,7 +110,7 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
     queue = np.minimum(base.waiting, room)
     growth = np.maximum(np.diff(base.waiting, prepend=base.waiting[:1]), 0)
     overloaded = np.where(base.waiting > room, growth, 0).astype(np.int64)
-    share = np.where(np.isnan(mods.abort_share), BASE_GENERATION_ERROR_SHARE, mods.abort_share)
+    share = np.where(np.isnan(mods.error_share), BASE_GENERATION_ERROR_SHARE, mods.error_share)  # error_burst
     generation_errors = rng.binomial(requests, np.clip(share, 0.0, 1.0))
     validation_errors = rng.binomial(requests, VALIDATION_ERROR_SHARE)
     success = requests - generation_errors
