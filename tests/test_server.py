@@ -294,7 +294,7 @@ def test_serve_refuses_to_start_without_credentials_or_with_broken_playbooks(tmp
     path = tmp_path / "serve.yaml"
     path.write_text(f"database_url: sqlite:///{tmp_path / 'x.db'}\nplaybooks: [{REPO / 'rules' / 'playbooks'}]\n")
     result = CliRunner().invoke(main, ["serve", "--config", str(path)])
-    assert result.exit_code != 0 and "alertmanager_auth is required" in result.output
+    assert result.exit_code == 2 and "alertmanager_auth is required" in result.output
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "p.yaml").write_text("kind: Playbook\nname: p\nmatch: {}\nsteps: []\n")
     (tmp_path / "tok").write_text("t")
@@ -302,7 +302,7 @@ def test_serve_refuses_to_start_without_credentials_or_with_broken_playbooks(tmp
                     f"alertmanager_auth: {{bearer_token: {{file: {tmp_path / 'tok'}}}}}\n"
                     "operators: [{name: a, token: {file: " + str(tmp_path / "tok") + "}, roles: [admin]}]\n")
     result = CliRunner().invoke(main, ["serve", "--config", str(path)])
-    assert result.exit_code != 0 and "p.yaml" in result.output and "steps" in result.output
+    assert result.exit_code == 2 and "p.yaml" in result.output and "steps" in result.output
 
 
 # --- shipped configuration ----------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import tempfile
 
 import click
 
+from rules_engine.commands.options import fail
 from rules_engine.server.config import ConfigError, ServerConfig, load_config, prometheus_client
 from rules_engine.server.gunicorn import run_gunicorn
 from rules_engine.urls import redacted_url
@@ -46,7 +47,7 @@ def serve(config_path, listen, database_url, playbooks, rules, prometheus_url, d
                              workers=workers, threads=threads, process=False if no_processing else None)
         _check(config)
     except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+        fail(str(error))
     if config.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         # Before any worker imports prometheus_client: /metrics then sums every worker's samples.
         metrics_dir = tempfile.mkdtemp(prefix="rules-engine-metrics-")
@@ -100,7 +101,7 @@ def _store(config_path: str | None, database_url: str | None):
     try:
         config = load_config(config_path, database_url=database_url)
     except ConfigError as error:
-        raise click.ClickException(str(error)) from None
+        fail(str(error))
     return open_store(config.database_url, synchronous=config.sqlite_synchronous)
 
 
