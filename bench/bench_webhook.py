@@ -264,27 +264,40 @@ def backlog(port: int) -> float | None:
 _salts = iter(range(1, 4096))
 
 
-def run_case(name: str, cmd: list[str], port: int, tmp: Path, args, processing: bool = False,
-             full: bool = True, also: tuple[int, ...] = ()) -> dict:
-    """Measure one server; `also`: processes whose CPU counts as the server's (the PostgreSQL cluster)."""
+def run_case(name: str, cmd: list[str], port: int, tmp: Path, args, **kwargs) -> dict:
     with started(cmd, port, tmp / f"{name.replace(' ', '_').replace('/', '_')}.log") as proc:
-        def settle() -> float:  # the intake catches up, so the next measurement starts from an empty backlog
-            began = time.perf_counter()
-            while processing and (backlog(port) or 0) > 0 and time.perf_counter() - began < 300:
-                time.sleep(0.1)
-            return time.perf_counter() - began
+        return measure(port, proc.pid, tmp, args, **kwargs)
 
-        wrk(port, 1, tmp, next(_salts))  # warm-up: connections, imports, page cache
+
+def measure(port: int, pid: int, tmp: Path, args, processing: bool = False, full: bool = True,
+            also: tuple[int, ...] = (), peer: tuple[int, int] | None = None) -> dict:
+    """Measure the server at `port` (process `pid`; `also`: processes whose CPU counts as its own, the PostgreSQL
+    cluster). `peer`: the bare server's (port, pid), measured by the same wrk run just before, so the ratio
+    compares two runs seconds apart, under the same load from whatever else shares the machine."""
+    def settle() -> float:  # the intake catches up, so the next measurement starts from an empty backlog
+        began = time.perf_counter()
+        while processing and (backlog(port) or 0) > 0 and time.perf_counter() - began < 300:
+            time.sleep(0.1)
+        return time.perf_counter() - began
+
+    def closed_loop(port: int, pids: list[int], drain) -> dict:
+        cpu_before = cpu_seconds(pids)
+        found = wrk(port, args.seconds, tmp, next(_salts))
+        found["drain_s"] = drain()  # the intake's CPU for the burst counts too
+        found["cpu_ms"] = 1000 * (cpu_seconds(pids) - cpu_before) / (found["per_second"] * args.seconds)
+        return found
+
+    wrk(port, 1, tmp, next(_salts))  # warm-up: connections, imports, page cache
+    settle()
+    result = {}
+    if peer is not None:
+        adjacent = closed_loop(peer[0], [peer[1]], lambda: None)
+        result.update(peer_per_second=adjacent["per_second"], peer_cpu_ms=adjacent["cpu_ms"])
+    result.update(closed_loop(port, [pid, *also], settle if processing else lambda: None))
+    if full:
+        result.update(open_loop(port, args.rate, args.seconds, next(_salts)))
         settle()
-        cpu_before = cpu_seconds([proc.pid, *also])
-        result = wrk(port, args.seconds, tmp, next(_salts))
-        result["drain_s"] = settle() if processing else None  # the intake's CPU for the burst counts too
-        result["cpu_ms"] = 1000 * (cpu_seconds([proc.pid, *also]) - cpu_before) / (
-            result["per_second"] * args.seconds)
-        if full:
-            result.update(open_loop(port, args.rate, args.seconds, next(_salts)))
-            settle()
-            result["big_ms"] = big_payload(port, next(_salts), settle=settle)
+        result["big_ms"] = big_payload(port, next(_salts), settle=settle)
     return result
 
 
@@ -307,9 +320,9 @@ def main() -> None:
             sweep[(workers, threads)] = run_case(f"bare {workers}x{threads}", bare_command(port, workers, threads),
                                                  port, tmp, args, full=False)
         workers, threads = max(sweep, key=lambda k: sweep[k]["per_second"])
-        port = free_port()
-        cases = {"bare Flask (parse JSON, 200)": run_case("bare", bare_command(port, workers, threads), port, tmp,
-                                                          args)}
+        bare_port = free_port()
+        bare = stack.enter_context(started(bare_command(bare_port, workers, threads), bare_port, tmp / "bare.log"))
+        cases = {"bare Flask (parse JSON, 200)": measure(bare_port, bare.pid, tmp, args)}
         postgres_url = stack.enter_context(running_postgres(fsync=True)) if any(
             c.startswith("postgresql") for c in wanted) else None
         for case in wanted:
@@ -323,7 +336,7 @@ def main() -> None:
             label = f"ours, {'SQLite FULL' if store == 'sqlite' else 'PostgreSQL'}, " \
                     f"{'receive-only' if receive else 'processing'}"
             cases[label] = run_case(label, engine_command(tmp, port, workers, threads, url, not receive), port,
-                                    tmp, args, processing=not receive,
+                                    tmp, args, processing=not receive, peer=(bare_port, bare.pid),
                                     also=() if store == "sqlite" else (postgres_pid(url),))
     report(args, sweep, (workers, threads), cases)
 
@@ -341,24 +354,25 @@ def report(args, sweep: dict, best: tuple[int, int], cases: dict) -> None:
     print(f"bare Flask peer under gunicorn gthread, wrk -t2 -c16 {args.seconds:.0f}s closed loop, one distinct alert "
           f"per request: " + ", ".join(f"{w}x{t} {r['per_second']:.0f} req/s" for (w, t), r in sweep.items())
           + f"; best {best[0]} workers x {best[1]} threads, used for every case below\n")
-    print(f"{'':40} {'closed loop (wrk)':^42} | {f'open loop, {args.rate:.0f} alerts/s':^30} |")
-    print(f"{'case':40} {'req/s':>7} {'ratio':>6} {'errors':>6} {'CPU ms/req':>10} {'CPU ratio':>9} | "
-          f"{'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} | {'1000-alert ms':>13}")
-    bare = next(iter(cases.values()))
+    print(f"{'':40} {'closed loop (wrk)':^50} | {f'open loop, {args.rate:.0f} alerts/s':^30} |")
+    print(f"{'case':40} {'req/s':>6} {'bare':>6} {'ratio':>5} {'errors':>6} {'CPU ms/req':>10} {'bare':>6} "
+          f"{'ratio':>5} | {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} | {'1000-alert ms':>13}")
     for name, r in cases.items():
-        print(f"{name:40} {r['per_second']:7.0f} {r['per_second'] / bare['per_second']:6.2f} {r['errors']:6d} "
-              f"{r['cpu_ms']:10.3f} {bare['cpu_ms'] / r['cpu_ms']:9.2f} | {r['open_p50_ms']:7.2f} "
+        peer, peer_cpu = r.get("peer_per_second", r["per_second"]), r.get("peer_cpu_ms", r["cpu_ms"])
+        print(f"{name:40} {r['per_second']:6.0f} {peer:6.0f} {r['per_second'] / peer:5.2f} {r['errors']:6d} "
+              f"{r['cpu_ms']:10.3f} {peer_cpu:6.3f} {peer_cpu / r['cpu_ms']:5.2f} | {r['open_p50_ms']:7.2f} "
               f"{r['open_p99_ms']:7.2f} {r['open_max_ms']:7.1f} {r['open_errors']:6d} | {r['big_ms']:13.1f}")
     print()
     for name, r in cases.items():
         if r["drain_s"] is not None:
             print(f"{name}: the intake finished the closed-loop burst's backlog {r['drain_s']:.1f}s after it ended")
-    print("ratio: requests per second against the bare peer's; CPU ratio: the bare peer's CPU per request against "
-          "ours (servers' processes, PostgreSQL's included, during the wrk run and the intake's catch-up after it):"
-          " what the request rates would be with the cores to ourselves")
+    print("bare: the bare peer measured by the same wrk run seconds before each case (the ratios use it, so load "
+          "from\nanything else sharing the machine changes both sides alike). CPU ms/req: user+system CPU of the "
+          "server's\nprocesses (PostgreSQL's included, and the intake's catch-up after the burst) per acknowledged "
+          "request;\nits ratio is what the request rates would be with the cores to each server alone.")
     lag = max(r["client_lag_ms"] for r in cases.values())
-    print(f"open-loop client: latency from each request's scheduled send time to its answer; the client itself "
-          f"sent at most {lag:.1f} ms late")
+    print(f"open loop: latency from each request's scheduled send time to its answer; the client itself sent at "
+          f"most {lag:.1f} ms late")
 
 
 if __name__ == "__main__":
