@@ -78,10 +78,6 @@ def process_next_event(rt: Runtime, max_alerts: int = 200) -> bool:
     events share a commit; a large event is processed in chunks, its progress committed with their effects, so
     the write lock is never held for long and a crash resumes at the chunk boundary). False when idle.
 
-    On SQLite an acknowledgement waits for the transaction in progress, so the runner sizes `max_alerts` to a
-    few milliseconds of work (runner.INTAKE_TRANSACTION_SECONDS); the intake's commits skip the fsync
-    (Store.relaxed_engine), so small batches cost little.
-
     An error about the store's condition (locked, full, connection lost) propagates and leaves every event for
     the next round; an error about one event is recorded on it (see EVENT_ERRORS)."""
     with rt.store.read() as conn:  # polling must not take the write lock when there is nothing to do

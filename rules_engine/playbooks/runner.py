@@ -20,11 +20,6 @@ from rules_engine.playbooks.runtime import Runtime
 
 log = logging.getLogger(__name__)
 HOUSEKEEPING_INTERVAL = 5.0
-# How long one intake transaction should hold SQLite's write lock, which every acknowledgement needs too: the
-# intake sizes its batches to it from what the last one cost (an alert that starts a workflow costs 1-4 ms, a
-# resend a few tens of microseconds).
-INTAKE_TRANSACTION_SECONDS = 0.010
-INTAKE_MAX_ALERTS = 200
 INTAKE_FAILURES_NOT_READY = 3
 
 
@@ -39,7 +34,6 @@ class Runner:
     threads: list[threading.Thread] = field(default_factory=list)
     intake_failures: int = 0  # intake rounds failed in a row
     intake_error: str | None = None  # why the last one failed
-    intake_batch: int = 50  # alerts per intake transaction (see _size_batch)
 
     def start(self) -> "Runner":
         self.threads = [threading.Thread(target=self._intake_loop, name="intake", daemon=True)]
@@ -75,11 +69,9 @@ class Runner:
                 worked = False
                 while not self.rt.stop.is_set():
                     self.rt.store.yield_to_acks()
-                    started = time.perf_counter()
-                    if not process_next_event(self.rt, max_alerts=self.intake_batch):
+                    if not process_next_event(self.rt):
                         break
                     worked = True
-                    self._size_batch(time.perf_counter() - started)
                 if worked:
                     self.executor_wake.set()
                 if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL:
@@ -93,16 +85,6 @@ class Runner:
                 self.rt.stop.wait(1.0)
             self.intake_wake.wait(self.poll_interval)
             self.intake_wake.clear()
-
-    def _size_batch(self, seconds: float) -> None:
-        """The next intake batch: on SQLite, about INTAKE_TRANSACTION_SECONDS of work at what this one cost per
-        alert (moving halfway there, so one slow round does not swing it); elsewhere acknowledgements do not wait
-        for the intake's transactions, and INTAKE_MAX_ALERTS amortizes each."""
-        if self.rt.store.dialect != "sqlite":
-            self.intake_batch = INTAKE_MAX_ALERTS
-            return
-        fitting = self.intake_batch * INTAKE_TRANSACTION_SECONDS / max(seconds, 1e-6)
-        self.intake_batch = max(1, min(INTAKE_MAX_ALERTS, round((self.intake_batch * fitting) ** 0.5)))
 
     def _executor_loop(self) -> None:
         while not self.rt.stop.is_set():
