@@ -1,29 +1,37 @@
 """Webhook acknowledgement: `rules-engine serve` against a bare Flask endpoint, same WSGI server, same load.
 
-    python bench/bench_webhook.py [--seconds 5] [--connections 16] [--workers 2] [--threads 4]
+    python bench/bench_webhook.py [--seconds 5] [--rate 500] [--settings 1x16,2x8,4x4] [--cases ...]
 
-Both servers run under gunicorn with identical settings (rules_engine.server.gunicorn.run_gunicorn); the bare peer
-only parses the JSON body and returns 200. The load generator is a bounded, time-limited loop of keep-alive
-HTTP/1.1 connections on 127.0.0.1 (one thread per connection, spread over two processes so the client is not
-limited to one core), posting a one-alert Alertmanager payload that rotates over 50 series (mostly resends, as
-in production). Reported: acknowledgement latency p50/p99, sustained deliveries per second, and their ratios;
-then one 1,000-alert payload (median of 5). Our server runs with processing on (intake and executors compete for
-the same two cores and the SQLite write lock) with the default `synchronous=FULL` (a commit is on disk before the
-2xx); then with NORMAL (durable against a crash of the process, not of the machine); then FULL receive-only
-(`--no-processing`: another process would run the intake).
+Needs `wrk` (Debian: apt-get install wrk), aiohttp (the `test` extra) and, for the PostgreSQL cases, Debian's
+PostgreSQL server binaries (started here with fsync on, so its commits are durable like SQLite's FULL).
+
+1. The peer: a bare Flask app that only parses the JSON body and answers 200, under gunicorn with the very settings
+   `serve` uses (rules_engine.server.gunicorn.run_gunicorn), at each of `--settings` (workers x threads); the
+   best of them is "its best settings", and every case of ours runs at those too.
+2. Throughput, closed loop: wrk, 2 threads x 16 keep-alive connections on 127.0.0.1 for `--seconds`, each request
+   one distinct alert (its own fingerprint and instance: a new episode, no resend shortcut).
+3. Latency, open loop: requests sent at a fixed `--rate` (one alert each) on a schedule that does not wait for
+   answers (asyncio + aiohttp, new connections when all are busy), the latency of each measured from its
+   scheduled send time to its complete answer, so a stall shows as the delay of everything scheduled behind it.
+4. One 1,000-alert payload (median of 5), each sent alone.
+
+Ours runs with SQLite `synchronous=FULL` (WAL: a commit is fsynced before the 2xx, durable against power loss;
+NORMAL would only survive a crash of the process) and with PostgreSQL (fsync on, synchronous_commit on), each
+with processing on (intake and executors compete for the same cores) and receive-only (`--no-processing`:
+another process runs the intake). The machine may be shared: the ratios within one invocation are what count.
 """
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import hashlib
-import http.client
 import json
-import multiprocessing
+import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,24 +40,31 @@ import requests
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from tests.processes import stop_process_group  # noqa: E402
+from tests.processes import free_port, running_postgres, stop_process_group, wait_for  # noqa: E402
+
 TOKEN = "bench-token"
+PATH = "/alertmanager/webhook"
+HEADERS = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
+FINGERPRINT = "FPFPFPFPFPFPFPFP"  # replaced per request: 16 hex digits, as Alertmanager sends
 
 
-def alert_payload(n_alerts: int, offset: int = 0) -> bytes:
-    alerts = [{
+def alert(key: str) -> dict:
+    return {
         "status": "firing",
-        "labels": {"alertname": "VLLMQueueBuildup", "instance": f"vllm-{(offset + i) % 50}:8000", "model_name": "llama",
+        "labels": {"alertname": "VLLMQueueBuildup", "instance": f"vllm-{key}:8000", "model_name": "llama",
                    "severity": "high", "category": "queue_buildup", "rule_pack": "vllm"},
         "annotations": {"summary": "requests waiting", "playbook": "vllm-scale-out"},
         "startsAt": "2026-01-01T00:00:00.123456789Z", "endsAt": "0001-01-01T00:00:00Z",
-        "generatorURL": "http://prometheus:9090/graph", "fingerprint": f"{(offset + i) % 50:016x}",
-    } for i in range(n_alerts)]
+        "generatorURL": "http://prometheus:9090/graph", "fingerprint": key,
+    }
+
+
+def alert_payload(keys: list[str]) -> bytes:
     return json.dumps({
         "version": "4", "groupKey": '{}/{rule_pack=~".+"}:{alertname="VLLMQueueBuildup"}', "truncatedAlerts": 0,
         "status": "firing", "receiver": "rules-engine", "groupLabels": {"alertname": "VLLMQueueBuildup"},
         "commonLabels": {"alertname": "VLLMQueueBuildup"}, "commonAnnotations": {},
-        "externalURL": "http://alertmanager:9093", "alerts": alerts}).encode()
+        "externalURL": "http://alertmanager:9093", "alerts": [alert(key) for key in keys]}).encode()
 
 
 # --- the bare peer --------------------------------------------------------------------------------------------------
@@ -58,7 +73,7 @@ def bare_app():
 
     app = Flask("bare")
 
-    @app.post("/alertmanager/webhook")
+    @app.post(PATH)
     def webhook():
         request.get_json(force=True)
         return {"status": "ok"}, 200
@@ -67,131 +82,175 @@ def bare_app():
 
 
 def serve_bare(port: int, workers: int, threads: int) -> None:
-    sys.path.insert(0, str(REPO))
-    from rules_engine.server.gunicorn import run_gunicorn
     from rules_engine.server.config import ServerConfig
+    from rules_engine.server.gunicorn import run_gunicorn
 
     run_gunicorn(ServerConfig(listen=f"127.0.0.1:{port}", workers=workers, threads=threads), load=bare_app)
 
 
-# --- load generator ------------------------------------------------------------------------------------------------
-def _connection_loop(port: int, bodies: list[bytes], deadline: float, latencies: list[float], errors: list[int]):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"}
-    i = 0
-    while time.perf_counter() < deadline:
-        body = bodies[i % len(bodies)]
-        i += 1
-        started = time.perf_counter()
-        try:
-            conn.request("POST", "/alertmanager/webhook", body=body, headers=headers)
-            response = conn.getresponse()
-            response.read()
-            if response.status != 200:
-                errors.append(response.status)
-                continue
-        except (OSError, http.client.HTTPException):
-            errors.append(0)
-            conn.close()
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            continue
-        latencies.append(time.perf_counter() - started)
-    conn.close()
+# --- closed loop: wrk ---------------------------------------------------------------------------------------------
+WRK_SCRIPT = """
+local body = [==[%(body)s]==]
+local head, tail = body:match("^(.-)%(marker)s(.*)$")
+local mid, rest = tail:match("^(.-)%(marker)s(.*)$")
+local counter = 0  -- `id`: a global each thread gets from setup()
+local threads = {}
+function setup(thread) thread:set("id", #threads + 1); table.insert(threads, thread) end
+function request()
+  counter = counter + 1
+  local key = string.format("%%04x%%012x", %(salt)d * 16 + id, counter)
+  return wrk.format("POST", "%(path)s", {["Content-Type"] = "application/json",
+                    ["Authorization"] = "Bearer %(token)s"}, head .. key .. mid .. key .. rest)
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("WRK_JSON {\\"requests\\": %%d, \\"duration_us\\": %%d, \\"non_2xx\\": %%d, "
+    .. "\\"socket_errors\\": %%d, \\"p50_us\\": %%d, \\"p99_us\\": %%d}\\n", summary.requests, summary.duration,
+    e.status, e.connect + e.read + e.write + e.timeout, latency:percentile(50), latency:percentile(99)))
+end
+"""
 
 
-def _client_process(port: int, connections: int, seconds: float, start_at: float, queue) -> None:
-    bodies = [alert_payload(1, offset=i) for i in range(50)]
-    while time.time() < start_at:
-        time.sleep(0.001)
-    deadline = time.perf_counter() + seconds
+def wrk(port: int, seconds: float, tmp: Path, salt: int, connections: int = 16) -> dict:
+    """Closed-loop throughput: every connection sends its next request as soon as the last one is answered."""
+    body = alert_payload([FINGERPRINT]).decode()
+    script = tmp / f"wrk-{salt}.lua"
+    script.write_text(WRK_SCRIPT % {"body": body, "marker": FINGERPRINT, "path": PATH, "token": TOKEN,
+                                    "salt": salt})
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{max(1, round(seconds))}s", "-s", str(script),
+                          f"http://127.0.0.1:{port}"], capture_output=True, text=True, check=True).stdout
+    found = json.loads(next(line for line in out.splitlines() if line.startswith("WRK_JSON ")).split(" ", 1)[1])
+    ok = found["requests"] - found["non_2xx"]
+    return {"per_second": ok / (found["duration_us"] / 1e6), "errors": found["non_2xx"] + found["socket_errors"],
+            "closed_p50_ms": found["p50_us"] / 1000, "closed_p99_ms": found["p99_us"] / 1000}
+
+
+# --- open loop: a fixed rate ---------------------------------------------------------------------------------------
+async def _open_loop(port: int, rate: float, seconds: float, salt: int) -> dict:
+    import aiohttp
+
+    url = f"http://127.0.0.1:{port}{PATH}"
+    total = int(rate * seconds)
+    bodies = [alert_payload([f"{salt:04x}{i:012x}"]) for i in range(total)]
     latencies: list[float] = []
-    errors: list[int] = []
-    threads = [threading.Thread(target=_connection_loop, args=(port, bodies, deadline, latencies, errors))
-               for _ in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    queue.put((latencies, errors))
+    errors: list[str] = []
+    lag = 0.0  # how late the client itself sent (its own scheduling); counted in the latencies anyway
 
+    async def send(session, body: bytes, scheduled: float) -> None:
+        try:
+            async with session.post(url, data=body, headers=HEADERS) as response:
+                await response.read()
+                if response.status != 200:
+                    errors.append(str(response.status))
+                    return
+        except (aiohttp.ClientError, asyncio.TimeoutError) as error:
+            errors.append(type(error).__name__)
+            return
+        latencies.append(time.perf_counter() - scheduled)
 
-def load(port: int, connections: int, seconds: float, processes: int = 2) -> dict:
-    queue = multiprocessing.Queue()
-    start_at = time.time() + 0.5
-    per_process = [connections // processes + (1 if i < connections % processes else 0) for i in range(processes)]
-    workers = [multiprocessing.Process(target=_client_process, args=(port, n, seconds, start_at, queue))
-               for n in per_process if n]
-    for worker in workers:
-        worker.start()
-    latencies, errors = [], []
-    for _ in workers:
-        got_latencies, got_errors = queue.get()
-        latencies += got_latencies
-        errors += got_errors
-    for worker in workers:
-        worker.join()
+    timeout = aiohttp.ClientTimeout(total=30)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256), timeout=timeout) as session:
+        tasks = []
+        start = time.perf_counter() + 0.05
+        for i, body in enumerate(bodies):
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            lag = max(lag, time.perf_counter() - scheduled)
+            tasks.append(asyncio.ensure_future(send(session, body, scheduled)))
+        await asyncio.gather(*tasks)
     latencies.sort()
-    return {"requests": len(latencies), "errors": len(errors), "per_second": len(latencies) / seconds,
-            "p50_ms": 1000 * latencies[len(latencies) // 2],
-            "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]}
+    pick = (lambda q: 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * q))]) if latencies else (
+        lambda q: float("nan"))
+    return {"open_p50_ms": pick(0.50), "open_p99_ms": pick(0.99), "open_max_ms": pick(1.0),
+            "open_errors": len(errors), "open_sent": total, "client_lag_ms": 1000 * lag}
 
 
-def big_payload(port: int, runs: int = 5, settle=lambda: None) -> float:
-    body = alert_payload(1000)
+def open_loop(port: int, rate: float, seconds: float, salt: int) -> dict:
+    return asyncio.run(_open_loop(port, rate, seconds, salt))
+
+
+# --- CPU spent by the servers: the figure the machine's other load disturbs least ---------------------------------
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(roots: list[int]) -> float:
+    """User + system CPU of the processes `roots` and all their descendants (from /proc)."""
+    stats = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+                stats[int(entry)] = (int(fields[1]), sum(int(f) for f in fields[11:15]))  # ppid; u/s/cu/cs time
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in stats.items():
+        children.setdefault(ppid, []).append(pid)
+    total, todo = 0, list(roots)
+    while todo:
+        pid = todo.pop()
+        total += stats.get(pid, (0, 0))[1]
+        todo += children.get(pid, [])
+    return total / _TICK
+
+
+def postgres_pid(url: str) -> int:
+    """The postmaster of the cluster at `url` (its backends are its children)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine("postgresql+psycopg://" + url.split("://", 1)[1])
+    with engine.connect() as conn:
+        data = conn.execute(text("SHOW data_directory")).scalar_one()
+    engine.dispose()
+    return int(Path(data, "postmaster.pid").read_text().split()[0])
+
+
+def big_payload(port: int, salt: int, runs: int = 5, settle=lambda: None) -> float:
     times = []
     with requests.Session() as session:
-        for _ in range(runs):
+        for run in range(runs):
+            body = alert_payload([f"{salt:04x}{run:04x}{i:08x}" for i in range(1000)])
             settle()  # each payload alone: not behind the intake of the previous one
             started = time.perf_counter()
-            response = session.post(f"http://127.0.0.1:{port}/alertmanager/webhook", data=body, timeout=30,
-                                    headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+            response = session.post(f"http://127.0.0.1:{port}{PATH}", data=body, timeout=60, headers=HEADERS)
             times.append(time.perf_counter() - started)
             assert response.status_code == 200, response.text
     return 1000 * statistics.median(times)
 
 
 # --- servers -------------------------------------------------------------------------------------------------------
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            requests.get(url, timeout=1)
-            return
-        except requests.RequestException:
-            time.sleep(0.05)
-    raise RuntimeError(f"server not ready at {url}")
-
-
-def start(cmd: list[str], port: int, log_path: Path) -> subprocess.Popen:
+@contextlib.contextmanager
+def started(cmd: list[str], port: int, log_path: Path):
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=REPO)
-    wait_ready(f"http://127.0.0.1:{port}/", proc)
-    return proc
+    try:
+        def up():
+            if proc.poll() is not None:
+                raise RuntimeError(f"server exited with {proc.returncode}: {log_path.read_text()[-2000:]}")
+            with contextlib.suppress(requests.RequestException):
+                return requests.get(f"http://127.0.0.1:{port}/", timeout=1) is not None  # any answer, 404 too
+            return False
+        wait_for(f"the server on port {port}", up, timeout=60, interval=0.05)
+        yield proc
+    finally:
+        stop_process_group(proc, 15)
 
 
-
-
-def engine_command(tmp: Path, port: int, workers: int, threads: int, synchronous: str, processing: bool) -> list[str]:
+def engine_command(tmp: Path, port: int, workers: int, threads: int, database_url: str, processing: bool) -> list[str]:
     (tmp / "token").write_text(TOKEN)
     config = tmp / f"serve-{port}.yaml"
     config.write_text(json.dumps({
-        "listen": f"127.0.0.1:{port}", "database_url": f"sqlite:///{tmp / f'bench-{port}.db'}",
-        "sqlite_synchronous": synchronous, "playbooks": [str(REPO / "rules" / "playbooks")],
+        "listen": f"127.0.0.1:{port}", "database_url": database_url, "sqlite_synchronous": "FULL",
+        "playbooks": [str(REPO / "rules" / "playbooks")],
         "alertmanager_auth": {"bearer_token": {"file": str(tmp / "token")}},
         "operators": [{"name": "bench", "token": {"sha256": hashlib.sha256(b"op").hexdigest()}, "roles": ["admin"]}],
         "workers": workers, "threads": threads, "process": processing,
     }))
     return [sys.executable, "-c", "from rules_engine.cli import main; main()", "serve", "--config", str(config)]
+
+
+def bare_command(port: int, workers: int, threads: int) -> list[str]:
+    return [sys.executable, __file__, "--serve-bare", str(port), str(workers), str(threads)]
 
 
 def backlog(port: int) -> float | None:
@@ -202,63 +261,118 @@ def backlog(port: int) -> float | None:
     return None  # the bare peer has no backlog
 
 
-def run_case(name: str, cmd: list[str], port: int, tmp: Path, args, processing: bool = False) -> dict:
-    proc = start(cmd, port, tmp / f"{name}.log")
-    try:
-        load(port, args.connections, 1.0)  # warm-up: connections, imports, SQLite page cache
-        result = load(port, args.connections, args.seconds)
-        result["drain_s"] = None
+_salts = iter(range(1, 4096))
 
-        def settle() -> float:
-            started = time.perf_counter()
-            while processing and (backlog(port) or 0) > 0 and time.perf_counter() - started < 120:
-                time.sleep(0.05)
-            return time.perf_counter() - started
 
-        if processing:  # the intake catches up after the burst; the 1,000-alert payload is then measured alone
-            result["drain_s"] = settle()
-        result["big_ms"] = big_payload(port, settle=settle)
-    finally:
-        stop_process_group(proc, 15)
+def run_case(name: str, cmd: list[str], port: int, tmp: Path, args, **kwargs) -> dict:
+    with started(cmd, port, tmp / f"{name.replace(' ', '_').replace('/', '_')}.log") as proc:
+        return measure(port, proc.pid, tmp, args, **kwargs)
+
+
+def measure(port: int, pid: int, tmp: Path, args, processing: bool = False, full: bool = True,
+            also: tuple[int, ...] = (), peer: tuple[int, int] | None = None) -> dict:
+    """Measure the server at `port` (process `pid`; `also`: processes whose CPU counts as its own, the PostgreSQL
+    cluster). `peer`: the bare server's (port, pid), measured by the same wrk run just before, so the ratio
+    compares two runs seconds apart, under the same load from whatever else shares the machine."""
+    def settle() -> float:  # the intake catches up, so the next measurement starts from an empty backlog
+        began = time.perf_counter()
+        while processing and (backlog(port) or 0) > 0 and time.perf_counter() - began < 300:
+            time.sleep(0.1)
+        return time.perf_counter() - began
+
+    def closed_loop(port: int, pids: list[int], drain) -> dict:
+        cpu_before = cpu_seconds(pids)
+        found = wrk(port, args.seconds, tmp, next(_salts))
+        found["drain_s"] = drain()  # the intake's CPU for the burst counts too
+        found["cpu_ms"] = 1000 * (cpu_seconds(pids) - cpu_before) / (found["per_second"] * args.seconds)
+        return found
+
+    wrk(port, 1, tmp, next(_salts))  # warm-up: connections, imports, page cache
+    settle()
+    result = {}
+    if peer is not None:
+        adjacent = closed_loop(peer[0], [peer[1]], lambda: None)
+        result.update(peer_per_second=adjacent["per_second"], peer_cpu_ms=adjacent["cpu_ms"])
+    result.update(closed_loop(port, [pid, *also], settle if processing else lambda: None))
+    if full:
+        result.update(open_loop(port, args.rate, args.seconds, next(_salts)))
+        settle()
+        result["big_ms"] = big_payload(port, next(_salts), settle=settle)
     return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seconds", type=float, default=5.0)
-    parser.add_argument("--connections", type=int, default=16)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per measurement (default 5)")
+    parser.add_argument("--rate", type=float, default=500.0, help="open-loop alerts per second (default 500)")
+    parser.add_argument("--settings", default="1x16,2x8,4x4",
+                        help="gunicorn workers x threads tried for the bare peer; ours runs at its best")
+    parser.add_argument("--cases", default="sqlite,sqlite-receive,postgresql,postgresql-receive",
+                        help="which of ours to run (comma-separated)")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp_dir:
+    wanted = args.cases.split(",")
+    settings = [tuple(int(n) for n in item.split("x")) for item in args.settings.split(",")]
+    with tempfile.TemporaryDirectory(prefix="bench-webhook-") as tmp_dir, contextlib.ExitStack() as stack:
         tmp = Path(tmp_dir)
-        cases = {}
-        port = free_port()
-        cases["bare Flask (parse JSON, 200)"] = run_case("bare", [
-            sys.executable, __file__, "--serve-bare", str(port), str(args.workers), str(args.threads)], port, tmp, args)
-        for synchronous, processing in (("FULL", True), ("NORMAL", True), ("FULL", False)):
+        sweep = {}
+        for workers, threads in settings:
             port = free_port()
-            name = f"rules-engine serve ({synchronous}, {'processing' if processing else 'receive-only'})"
-            cases[name] = run_case(name.replace(" ", "_"), engine_command(
-                tmp, port, args.workers, args.threads, synchronous, processing), port, tmp, args, processing)
-    bare = cases["bare Flask (parse JSON, 200)"]
-    print(f"gunicorn gthread, {args.workers} workers x {args.threads} threads; {args.connections} keep-alive "
-          f"connections on 127.0.0.1; {args.seconds:.0f}s per case; one-alert payloads\n")
-    print(f"{'case':44} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} {'1000-alert ms':>14}")
+            sweep[(workers, threads)] = run_case(f"bare {workers}x{threads}", bare_command(port, workers, threads),
+                                                 port, tmp, args, full=False)
+        workers, threads = max(sweep, key=lambda k: sweep[k]["per_second"])
+        bare_port = free_port()
+        bare = stack.enter_context(started(bare_command(bare_port, workers, threads), bare_port, tmp / "bare.log"))
+        cases = {"bare Flask (parse JSON, 200)": measure(bare_port, bare.pid, tmp, args)}
+        postgres_url = stack.enter_context(running_postgres(fsync=True)) if any(
+            c.startswith("postgresql") for c in wanted) else None
+        for case in wanted:
+            store, _, receive = case.partition("-")
+            port = free_port()
+            if store == "sqlite":
+                url = f"sqlite:///{tmp / f'bench-{port}.db'}"
+            else:
+                url = postgres_url
+                reset_postgres(url)
+            label = f"ours, {'SQLite FULL' if store == 'sqlite' else 'PostgreSQL'}, " \
+                    f"{'receive-only' if receive else 'processing'}"
+            cases[label] = run_case(label, engine_command(tmp, port, workers, threads, url, not receive), port,
+                                    tmp, args, processing=not receive, peer=(bare_port, bare.pid),
+                                    also=() if store == "sqlite" else (postgres_pid(url),))
+    report(args, sweep, (workers, threads), cases)
+
+
+def reset_postgres(url: str) -> None:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine("postgresql+psycopg://" + url.split("://", 1)[1])
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE IF EXISTS events, episodes, workflows, steps, audit, notifications CASCADE"))
+    engine.dispose()
+
+
+def report(args, sweep: dict, best: tuple[int, int], cases: dict) -> None:
+    print(f"bare Flask peer under gunicorn gthread, wrk -t2 -c16 {args.seconds:.0f}s closed loop, one distinct alert "
+          f"per request: " + ", ".join(f"{w}x{t} {r['per_second']:.0f} req/s" for (w, t), r in sweep.items())
+          + f"; best {best[0]} workers x {best[1]} threads, used for every case below\n")
+    print(f"{'':40} {'closed loop (wrk)':^50} | {f'open loop, {args.rate:.0f} alerts/s':^30} |")
+    print(f"{'case':40} {'req/s':>6} {'bare':>6} {'ratio':>5} {'errors':>6} {'CPU ms/req':>10} {'bare':>6} "
+          f"{'ratio':>5} | {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7} {'errors':>6} | {'1000-alert ms':>13}")
     for name, r in cases.items():
-        print(f"{name:44} {r['per_second']:8.0f} {r['p50_ms']:8.2f} {r['p99_ms']:8.2f} {r['errors']:7d} "
-              f"{r['big_ms']:14.1f}")
+        peer, peer_cpu = r.get("peer_per_second", r["per_second"]), r.get("peer_cpu_ms", r["cpu_ms"])
+        print(f"{name:40} {r['per_second']:6.0f} {peer:6.0f} {r['per_second'] / peer:5.2f} {r['errors']:6d} "
+              f"{r['cpu_ms']:10.3f} {peer_cpu:6.3f} {peer_cpu / r['cpu_ms']:5.2f} | {r['open_p50_ms']:7.2f} "
+              f"{r['open_p99_ms']:7.2f} {r['open_max_ms']:7.1f} {r['open_errors']:6d} | {r['big_ms']:13.1f}")
     print()
     for name, r in cases.items():
         if r["drain_s"] is not None:
-            print(f"{name}: the backlog left by the burst was processed {r['drain_s']:.1f}s after it ended")
-    print()
-    for name, r in cases.items():
-        if r is bare:
-            continue
-        print(f"{name}: throughput {r['per_second'] / bare['per_second']:.2f}x of bare, "
-              f"p50 {r['p50_ms'] / bare['p50_ms']:.2f}x, p99 {r['p99_ms'] / bare['p99_ms']:.2f}x, "
-              f"1000-alert payload {r['big_ms'] / bare['big_ms']:.2f}x")
+            print(f"{name}: the intake finished the closed-loop burst's backlog {r['drain_s']:.1f}s after it ended")
+    print("bare: the bare peer measured by the same wrk run seconds before each case (the ratios use it, so load "
+          "from\nanything else sharing the machine changes both sides alike). CPU ms/req: user+system CPU of the "
+          "server's\nprocesses (PostgreSQL's included, and the intake's catch-up after the burst) per acknowledged "
+          "request;\nits ratio is what the request rates would be with the cores to each server alone.")
+    lag = max(r["client_lag_ms"] for r in cases.values())
+    print(f"open loop: latency from each request's scheduled send time to its answer; the client itself sent at "
+          f"most {lag:.1f} ms late")
 
 
 if __name__ == "__main__":

@@ -6,13 +6,8 @@ the binaries are part of the contract and a silent skip would hide a broken inst
 from __future__ import annotations
 
 import contextlib
-import glob
 import os
 import pwd
-import shutil
-import subprocess
-import tempfile
-import time
 from typing import Callable, Iterator
 
 import pytest
@@ -79,52 +74,22 @@ def alertmanager(start_alertmanager) -> processes.RunningAlertmanager:
     return start_alertmanager()
 
 
-def _pg_bin() -> str | None:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
-    return os.path.dirname(found[-1]) if found else None
-
-
 @pytest.fixture(scope="session")
 def postgres_url():
-    """A throwaway PostgreSQL cluster for the session (initdb in a temp dir, run as the `postgres` user since the
-    server refuses root, TCP on a free loopback port, trust auth). Skipped where the server binaries or psycopg
-    are not installed: SQLite is the default store, PostgreSQL an option."""
-    bindir = _pg_bin()
-    if bindir is None:
+    """A throwaway PostgreSQL cluster for the session (tests/processes.running_postgres, fsync off). Skipped where
+    the server binaries or psycopg are not installed: SQLite is the default store, PostgreSQL an option."""
+    if processes.postgres_bindir() is None:
         message = "PostgreSQL server binaries not installed (apt-get install -y postgresql)"
         if os.environ.get("CI"):
             pytest.fail(f"{message}; CI installs it", pytrace=False)
         pytest.skip(message)
     pytest.importorskip("psycopg", reason="psycopg not installed (pip install 'psycopg[binary]')")
     try:
-        user = pwd.getpwnam("postgres")
+        pwd.getpwnam("postgres")
     except KeyError:
         pytest.skip("no `postgres` system user to run the server as")
-    tmp = tempfile.mkdtemp(prefix="pg-")
-    os.chown(tmp, user.pw_uid, user.pw_gid)
-    data = os.path.join(tmp, "data")
-    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-    subprocess.run([*as_postgres, f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
-                   check=True, capture_output=True)
-    port = processes.free_port()
-    log = os.path.join(tmp, "postgres.log")
-    proc = subprocess.Popen([*as_postgres, f"{bindir}/postgres", "-D", data, "-p", str(port), "-h", "127.0.0.1",
-                             "-k", tmp, "-c", "fsync=off"], stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 30
-        while subprocess.run([f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
-                             capture_output=True).returncode != 0:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"postgres did not start: {open(log).read()[-2000:]}")
-            time.sleep(0.1)
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"  # the plain URL an operator writes
-    finally:
-        proc.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(15)
-        if proc.poll() is None:
-            proc.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+    with processes.running_postgres(fsync=False) as url:
+        yield url
 
 
 def drop_schema(url: str) -> None:

@@ -390,3 +390,46 @@ def simulated_prometheus(spec, incidents=(), shards: int = 1, jobs: int = 1, **p
             path.unlink()
         with running_prometheus(data_dir=root / "data", **prometheus_kwargs) as prometheus:
             yield prometheus, simulation
+
+
+def postgres_bindir() -> str | None:
+    """The newest Debian PostgreSQL server's bin directory (apt-get install postgresql), or None."""
+    import glob
+
+    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+    return os.path.dirname(found[-1]) if found else None
+
+
+@contextlib.contextmanager
+def running_postgres(fsync: bool = True, timeout: float = 30.0) -> Iterator[str]:
+    """A throwaway PostgreSQL cluster (initdb in a temp dir, run as the `postgres` system user when root, since the
+    server refuses root; TCP on a free loopback port, trust auth); yields its URL and always stops it. `fsync=False`
+    suits tests (nothing survives them anyway); a benchmark of durable commits needs True."""
+    import pwd
+
+    bindir = postgres_bindir()
+    if bindir is None:
+        raise ProcessStartError("PostgreSQL server binaries not installed (apt-get install -y postgresql)")
+    user = pwd.getpwnam("postgres")
+    tmp = tempfile.mkdtemp(prefix="pg-")
+    os.chown(tmp, user.pw_uid, user.pw_gid)
+    data = os.path.join(tmp, "data")
+    as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    subprocess.run([*as_postgres, f"{bindir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "--no-sync"],
+                   check=True, capture_output=True)
+    port = free_port()
+    log = os.path.join(tmp, "postgres.log")
+    proc = subprocess.Popen([*as_postgres, f"{bindir}/postgres", "-D", data, "-p", str(port), "-h", "127.0.0.1",
+                             "-k", tmp, "-c", f"fsync={'on' if fsync else 'off'}"],
+                            stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + timeout
+        while subprocess.run([f"{bindir}/pg_isready", "-h", "127.0.0.1", "-p", str(port)],
+                             capture_output=True).returncode != 0:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise ProcessStartError(f"postgres did not start: {open(log).read()[-2000:]}")
+            time.sleep(0.1)
+        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"  # the plain URL an operator writes
+    finally:
+        _stop(proc, 15)
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -49,6 +49,10 @@ UNSTORABLE = {
     "startsAt past year 9999 in UTC": (with_alert(startsAt="9999-12-31T23:00:00-05:00"), "alerts[0].startsAt",
                                        "outside years 0001-9999"),
     "NUL in groupKey": (json.dumps({**json.loads(payload(alert())), "groupKey": "{}:\x00"}), "groupKey", "NUL"),
+    "2049-byte ASCII label value": (with_alert(labels={"model": "m" * 2049}), "alerts[0].labels.model",
+                                    "at most 2048"),
+    "300-byte commonLabels name": (json.dumps({**json.loads(payload(alert())), "commonLabels": {"n" * 300: "v"}}),
+                                   "commonLabels.", "at most 256"),
 }
 
 
@@ -67,7 +71,7 @@ def test_values_at_the_limits_are_stored_and_processed(app):
     rng = random.Random(7)
     value = "".join(chr(rng.randrange(0x4E00, 0x9FFF)) for _ in range(682)) + "xy"  # 682 x 3 + 2 = 2048 bytes
     assert len(value.encode()) == 2048
-    body = with_alert(labels={"instance": value, "n" * 256: "v"}, fingerprint="f" * 64)
+    body = with_alert(labels={"instance": value, "n" * 256: "v", "model": "m" * 2048}, fingerprint="f" * 64)
     response = app.test_client().post("/alertmanager/webhook", data=body, headers=am_headers())
     assert response.status_code == 200, response.json
     drain(app)

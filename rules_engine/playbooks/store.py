@@ -229,6 +229,21 @@ class Store:
             yield conn
 
     @contextlib.contextmanager
+    def driver_write(self) -> Iterator[Any]:
+        """write() with a DBAPI cursor for the statements: the same serialized, durable transaction (begun and
+        committed by SQLAlchemy, its events included), without SQLAlchemy's per-statement work (compilation, result
+        objects), which cost more CPU than the webhook's whole insert. A driver error is raised as SQLAlchemy's
+        DBAPIError, like one from write(). The statements are the caller's, in the store's dialect."""
+        with self.write() as conn:
+            cursor = conn.connection.dbapi_connection.cursor()
+            try:
+                yield cursor
+            except self.engine.dialect.loaded_dbapi.Error as error:
+                raise DBAPIError.instance(None, None, error, self.engine.dialect.loaded_dbapi.Error) from error
+            finally:
+                cursor.close()
+
+    @contextlib.contextmanager
     def _process_lock(self) -> Iterator[None]:
         if self.lock_path is None:
             yield
@@ -404,14 +419,10 @@ class EventCommitter:
                     pending.taken = True
             self.store.acks_waiting += 1  # only this thread changes it; readers tolerate a stale value
             try:
-                with self.store.write() as conn:
-                    now = time.time()
-                    # One multi-row INSERT ... RETURNING for the whole batch, ids in the batch's order.
-                    ids = conn.execute(insert(events).returning(events.c.id, sort_by_parameter_order=True),
-                                       [{"received_at": now, "progress": 0, "attempts": 0, **pending.values}
-                                        for pending in batch]).scalars().all()
-                    for pending, event_id in zip(batch, ids):
-                        pending.event_id = int(event_id)
+                rows = [{"received_at": time.time(), "progress": 0, "attempts": 0, **pending.values}
+                        for pending in batch]
+                for pending, event_id in zip(batch, self._insert(rows)):
+                    pending.event_id = int(event_id)
             except Exception as error:  # every request of the batch answers 503, and Alertmanager retries
                 for pending in batch:
                     pending.error, pending.event_id = error, None
@@ -419,6 +430,37 @@ class EventCommitter:
                 self.store.acks_waiting -= 1
             for pending in batch:
                 pending.done.set()
+
+
+    def _insert(self, rows: list[dict]) -> list[int]:
+        """Insert the batch in one transaction and commit; the ids in the batch's order."""
+        dialect = self.store.dialect
+        if dialect == "sqlite":
+            with self.store.driver_write() as cursor:
+                ids = []
+                for row in rows:  # a few microseconds each in the driver; the commit (one fsync) is the cost
+                    cursor.execute(_EVENT_INSERT_SQLITE, row)
+                    ids.append(cursor.lastrowid)
+                return ids
+        if dialect == "postgresql":
+            with self.store.driver_write() as cursor:
+                cursor.executemany(_EVENT_INSERT_POSTGRES, rows, returning=True)  # pipelined: one round trip
+                ids = []
+                while True:
+                    ids.append(cursor.fetchone()[0])
+                    if not cursor.nextset():
+                        return ids
+        with self.store.write() as conn:  # any other database: SQLAlchemy's multi-row INSERT ... RETURNING
+            return list(conn.execute(insert(events).returning(events.c.id, sort_by_parameter_order=True),
+                                     rows).scalars().all())
+
+
+_EVENT_COLUMNS = ("received_at", "progress", "attempts", "remote_addr", "external_url", "group_key", "status",
+                  "alert_count", "body")
+_EVENT_INSERT_SQLITE = (f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
+                        f"VALUES ({', '.join(f':{c}' for c in _EVENT_COLUMNS)})")
+_EVENT_INSERT_POSTGRES = (f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
+                          f"VALUES ({', '.join(f'%({c})s' for c in _EVENT_COLUMNS)}) RETURNING id")
 
 
 def has_unprocessed_events(conn: Connection) -> bool:
