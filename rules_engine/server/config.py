@@ -155,8 +155,8 @@ class ServerConfig(BaseModel):
     poll_interval: float = Field(default=0.5, gt=0)
     executor_threads: int = Field(default=2, ge=1)
     # WSGI worker processes and threads per worker. With SQLite one process with many threads acknowledges
-    # faster (one writer: concurrent deliveries share a commit; bench/bench_webhook.py: ~1,000/s, p99 ~35 ms
-    # against ~660/s, p99 ~120 ms with 2 x 8); with PostgreSQL more processes help.
+    # faster (one writer: concurrent deliveries share a commit; bench/bench_webhook.py measures both shapes against
+    # a bare Flask endpoint); with PostgreSQL more processes help.
     workers: int = Field(default=1, ge=1)
     threads: int = Field(default=16, ge=1)
     max_payload_bytes: int = 16 * 1024 * 1024
