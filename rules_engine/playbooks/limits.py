@@ -11,6 +11,10 @@ The limits sit far above anything a real Alertmanager sends and below what the s
 """
 from __future__ import annotations
 
+from typing import Annotated
+
+from pydantic import AfterValidator
+
 FINGERPRINT_MAX_CHARS = 64
 LABEL_NAME_MAX_BYTES = 256
 LABEL_VALUE_MAX_BYTES = 2048
@@ -30,3 +34,20 @@ def text_problem(value: str) -> str | None:
 def size_problem(value: str, max_bytes: int) -> str | None:
     size = len(value.encode("utf-8", "surrogatepass"))
     return f"is {size} bytes long; at most {max_bytes} are accepted" if size > max_bytes else None
+
+
+def _checked(problem_of) -> AfterValidator:
+    def check(value: str) -> str:
+        problem = problem_of(value)
+        if problem:
+            raise ValueError(problem)
+        return value
+    return AfterValidator(check)
+
+
+# Field types for request models that hold texts the store keeps (the API's findings and recommendations): the same
+# limits, checked per field. The webhook checks a whole alert at once instead (playbooks/payload.py), for speed.
+StoredText = Annotated[str, _checked(text_problem)]
+LabelName = Annotated[StoredText, _checked(lambda v: size_problem(v, LABEL_NAME_MAX_BYTES))]
+LabelValue = Annotated[StoredText, _checked(lambda v: size_problem(v, LABEL_VALUE_MAX_BYTES))]
+Labels = dict[LabelName, LabelValue]

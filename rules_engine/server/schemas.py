@@ -7,7 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from rules_engine.playbooks.analysis import JOB_STATES, AnalysisRequest
-from rules_engine.playbooks.payload import Labels, StoredText
+from rules_engine.playbooks.limits import Labels, StoredText
 from rules_engine.playbooks.workflow import STATES
 from rules_engine.spec.playbook import OPTIMIZATION_LEVELS, step_types
 
