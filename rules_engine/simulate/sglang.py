@@ -100,9 +100,10 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
     rng = np.random.default_rng([spec.seed, instance.index + 1, 202])
     n, dt = base.times.size, float(spec.step)
     inc = base.increments
-    requests = inc["success_stop"] + inc["success_length"] + inc["success_abort"]
+    requests = inc["success_stop"] + inc["success_length"] + inc["success_abort"] + inc["success_error"]
+    # SGLang counts an internal error as an abort; client aborts on top of the base share.
     share = np.where(np.isnan(mods.abort_share), BASE_ABORT_SHARE, mods.abort_share)
-    aborted = rng.binomial(requests, np.clip(share, 0.0, 1.0))
+    aborted = inc["success_error"] + rng.binomial(requests - inc["success_error"], np.clip(share, 0.0, 1.0))
     streaming = rng.binomial(requests, STREAMING_SHARE)
     total_tokens = model.num_gpu_blocks * model.block_size
     prompt = inc["prompt_tokens"]
