@@ -283,6 +283,7 @@ class Score:
     false_alarms: int = 0
     false_alarm_rules: dict[str, int] = field(default_factory=dict)
     false_alarm_servers: dict[str, int] = field(default_factory=dict)  # by the server kind of the host
+    false_alarm_findings: list = field(default_factory=list)
 
 
 def windows_by_host(truth: dict, range_end: pd.Timestamp) -> dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]]:
@@ -331,6 +332,7 @@ def score(findings, truth: dict, range_end: pd.Timestamp) -> Score:
             result.false_alarms += 1
             result.false_alarm_rules[finding.rule] = result.false_alarm_rules.get(finding.rule, 0) + 1
             result.false_alarm_servers[server] = result.false_alarm_servers.get(server, 0) + 1
+            result.false_alarm_findings.append(finding)
     return result
 
 
@@ -384,6 +386,9 @@ def report(ours: Score, naive: Score, instance_days: dict[str, float]) -> dict:
     for server, kind in SERVER_KINDS.items():
         for category, reason in kind.not_exposed:
             print(f"{server}: no {category} incident: {reason} (not applicable, not a miss)")
+    for finding in ours.false_alarm_findings:
+        print(f"shipped false alarm: {finding.rule} on {finding_host(finding)} from {finding.start:%Y-%m-%d %H:%M} "
+              f"to {'-' if finding.end is None else f'{finding.end:%H:%M}'}")
     summary: dict = {"fleet": {}, "servers": {}}
     print()
     for name, s in (("shipped", ours), ("naive", naive)):
