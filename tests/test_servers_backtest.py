@@ -7,6 +7,7 @@ must not mistake TGI or SGLang series for its own, nor they for each other.
 """
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -16,6 +17,7 @@ from rules_engine.source.prometheus import PrometheusSource
 from rules_engine.spec import load_ruleset
 from tests import processes
 from tests.conftest import require_binary
+from tests.test_compile_fidelity import firing_masks, widen
 
 pytestmark = pytest.mark.integration
 
@@ -125,13 +127,27 @@ def test_slos_evaluate_on_the_servers_real_buckets(fleet):
 @pytest.mark.parametrize("server", ["tgi", "sglang"])
 def test_compiled_alerts_in_prometheus_find_what_the_engine_finds(fleet, server):
     """`--engine promql` range-queries the generated alert expressions: the live path in Prometheus must fire
-    where the backtest does, for TGI's odd boundaries and SGLang's rank aggregation alike."""
+    where the backtest does, for TGI's odd boundaries and SGLang's rank aggregation alike. Threshold rules fire on
+    the same intervals; level-shift and trend rules, whose engine adds a significance test (Mann-Whitney U, R²)
+    PromQL cannot run, fire only inside (within a step) where their compiled alert does."""
     prometheus, _ = fleet
     ruleset = load_ruleset(f"rules/{server}.yaml")
-    found = {}
+    filtered = {rule.name for _, rule in ruleset.rules()
+                if rule.type == "regression" or (rule.type == "trend" and rule.min_r2 > 0)}
+    results = {}
     for engine in ("pandas", "promql"):
         result = backtest(ruleset, PrometheusSource(prometheus.url), END - pd.Timedelta(hours=HOURS - 1), END, STEP,
                           engine=engine)
         assert not result.failed, [(o.rule, o.error) for o in result.failed]
-        found[engine] = {(f.rule, f.labels["instance"], f.start, f.end) for f in result.findings}
+        results[engine] = result
+    found = {engine: {(f.rule, f.labels["instance"], f.start, f.end) for f in result.findings
+                      if f.rule not in filtered} for engine, result in results.items()}
     assert found["pandas"] and found["pandas"] == found["promql"]
+
+    grid = pd.date_range(END - pd.Timedelta(hours=HOURS + 1), END, freq=STEP, tz="UTC")
+    engine_masks = {key: mask for key, mask in firing_masks(results["pandas"].findings, grid, END).items()
+                    if key[0] in filtered}
+    compiled_masks = firing_masks(results["promql"].findings, grid, END)
+    assert engine_masks, "no level-shift or trend finding to compare"
+    for key, mask in engine_masks.items():
+        assert not (mask & ~widen(compiled_masks.get(key, np.zeros(len(grid), dtype=bool)))).any(), key

@@ -33,7 +33,6 @@ def other_instances(spec: FleetSpec) -> list[Instance]:
         offsets = rng.integers(0, spec.step, count)
         for k in range(count):
             instances.append(Instance(index=index, name=f"{server}-{k}:8000", model=spec.models[k % len(spec.models)],
-                                      # the vLLM-shaped state it is derived from runs as the newest generation
                                       generation=catalog.NEWEST, scale=float(scales[k]), phase_hours=float(phases[k]),
                                       scrape_offset=int(offsets[k]), server=server))
             index += 1
@@ -61,10 +60,13 @@ def annotate_truth(truth: dict, instances: Iterable[Instance]) -> None:
     servers = {instance.name: instance.server for instance in instances}
     for record in truth["instances"]:
         record["server"] = servers[record["instance"]]
+        if record["server"] != "vllm":  # the load model's generation is a placeholder for them
+            record["generation"] = record["legacy_metric_names"] = None
     for record in truth["incidents"]:
         server = record["server"] = servers[record["instance"]]
         if server in SERVERS:
             record["expected_signals"] = list(SERVERS[server].EXPECTED_SIGNALS.get(record["kind"], ()))
+            record["generation"] = None
             if server == "tgi":
                 record["model_name"] = None  # TGI series carry no model label
 

@@ -101,10 +101,9 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
     n, dt = base.times.size, float(spec.step)
     inc = base.increments
     requests = inc["success_stop"] + inc["success_length"] + inc["success_abort"] + inc["success_error"]
-    # SGLang counts an internal error (error_burst) and a client's abort (client_aborts) alike as aborted
-    share = (np.where(np.isnan(mods.abort_share), BASE_ABORT_SHARE, mods.abort_share)
-             + np.where(np.isnan(mods.error_share), 0.0, mods.error_share))
-    aborted = rng.binomial(requests, np.clip(share, 0.0, 1.0))
+    # SGLang counts an internal error as an abort; client aborts on top of the base share.
+    share = np.where(np.isnan(mods.abort_share), BASE_ABORT_SHARE, mods.abort_share)
+    aborted = inc["success_error"] + rng.binomial(requests - inc["success_error"], np.clip(share, 0.0, 1.0))
     streaming = rng.binomial(requests, STREAMING_SHARE)
     total_tokens = model.num_gpu_blocks * model.block_size
     prompt = inc["prompt_tokens"]

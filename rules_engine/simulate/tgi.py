@@ -84,7 +84,6 @@ EXPECTED_SIGNALS = {
 UNSUPPORTED_INCIDENTS = {"low_cache_hit": "TGI exposes no prefix-cache metric"}
 
 MAX_CONCURRENT_REQUESTS = 128  # TGI's default --max-concurrent-requests
-BASE_GENERATION_ERROR_SHARE = 0.0005
 VALIDATION_ERROR_SHARE = 0.002  # bad input: refused before the queue
 SIGMA = {QUEUE_DURATION: 1.0, REQUEST_DURATION: 0.45, TIME_PER_TOKEN: 0.3,
          "prefill": 0.5, "decode": 0.2}
@@ -100,7 +99,7 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
     rng = np.random.default_rng([spec.seed, instance.index + 1, 101])
     n, dt = base.times.size, float(spec.step)
     inc = base.increments
-    # reached the model
+    # Reached the model; a client that aborts mid-generation is not a failure to the router.
     requests = inc["success_stop"] + inc["success_length"] + inc["success_abort"] + inc["success_error"]
     served_rate = np.maximum(requests / dt, 0.05)
 
@@ -110,8 +109,7 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
     queue = np.minimum(base.waiting, room)
     growth = np.maximum(np.diff(base.waiting, prepend=base.waiting[:1]), 0)
     overloaded = np.where(base.waiting > room, growth, 0).astype(np.int64)
-    share = np.where(np.isnan(mods.error_share), BASE_GENERATION_ERROR_SHARE, mods.error_share)  # error_burst
-    generation_errors = rng.binomial(requests, np.clip(share, 0.0, 1.0))
+    generation_errors = inc["success_error"]  # engine errors (error_burst, CUDA OOM): err="generation"
     validation_errors = rng.binomial(requests, VALIDATION_ERROR_SHARE)
     success = requests - generation_errors
     received = requests + validation_errors + overloaded + np.maximum(np.diff(queue, prepend=queue[:1]), 0)
