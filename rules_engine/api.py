@@ -63,12 +63,19 @@ def backtest(ruleset: RuleSet, source: Source, start: Time, end: Time, step: Ste
     start_at, end_at, step_at = _timestamp(start), _timestamp(end), parse_duration(step)
     if engine == "promql":
         return run_promql_backtest(ruleset, source, start_at, end_at, step_at, RULE_KINDS, rules)
+    return pandas_engine.run_backtest(ruleset, _computing(source, reader), start_at, end_at, step_at, RULE_KINDS, rules,
+                                      on_query=on_query, concurrency=concurrency, pushdown=pushdown,
+                                      keep_signals=keep_signals)
+
+
+def _computing(source: Source, reader: str = "auto") -> Source:
+    """The source the pandas engine reads: one that computes supported queries from raw samples when it can
+    (Prometheus serving remote read; a snapshot holding raw samples), else `source` itself."""
     if isinstance(source, PrometheusSource) and reader != "query":
-        source = LocalSource(source, reader)  # not closed here: the caller's source owns the connection
-    elif getattr(source, "raw_reader", None) is not None:  # a snapshot holding raw samples
-        source = LocalSource(source, source.raw_reader)
-    return pandas_engine.run_backtest(ruleset, source, start_at, end_at, step_at, RULE_KINDS, rules, on_query=on_query,
-                               concurrency=concurrency, pushdown=pushdown, keep_signals=keep_signals)
+        return LocalSource(source, reader)  # not closed here: the caller's source owns the connection
+    if getattr(source, "raw_reader", None) is not None:  # a snapshot holding raw samples
+        return LocalSource(source, source.raw_reader)
+    return source
 
 
 def tune(ruleset: RuleSet, source: Source, rule: str, start: Time, end: Time, step: Step = "30s", *,
@@ -77,7 +84,7 @@ def tune(ruleset: RuleSet, source: Source, rule: str, start: Time, end: Time, st
     """A threshold rule's alerts over [start, end] for many thresholds (default: around its own) and `for`
     durations (default: its own) at once, scored against labelled incidents when given (spec.incidents).
     Raises EvaluationError for an unknown or non-threshold rule, or data that cannot be fetched."""
-    return run_tune(ruleset, source, rule, _timestamp(start), _timestamp(end), parse_duration(step), RULE_KINDS,
+    return run_tune(ruleset, _computing(source), rule, _timestamp(start), _timestamp(end), parse_duration(step), RULE_KINDS,
                     thresholds=list(thresholds) if thresholds is not None else None,
                     fors=[parse_duration(f) for f in fors] if fors else None, incidents=list(incidents),
                     grace=parse_duration(grace))

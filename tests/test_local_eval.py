@@ -315,12 +315,13 @@ def test_version_1_snapshots_still_replay():
 
     from rules_engine.source.snapshot import SnapshotSource
 
-    shipped = SnapshotSource(Path(__file__).resolve().parent.parent / "snapshots" / "demo.snapshot")  # a version 1 file
-    header = json.loads(zipfile.ZipFile(shipped.path).read("snapshot.json"))
-    assert header["version"] == 1 and shipped.raw_reader is None
-    counts = [shipped.query_range(query, shipped.start, shipped.end, shipped.step).series_count
-              for query in shipped.queries]
-    assert sum(counts) > 0 and all(count >= 0 for count in counts)
+    # Two queries of the demo snapshot as the version 1 writer recorded them (results only, no raw samples).
+    old = SnapshotSource(Path(__file__).resolve().parent / "fixtures" / "snapshot-v1.snapshot")
+    header = json.loads(zipfile.ZipFile(old.path).read("snapshot.json"))
+    assert header["version"] == 1 and old.raw_reader is None and len(old.queries) == 2
+    frames = [old.query_range(query, old.start, old.end, old.step) for query in old.queries]
+    assert [frame.series_count for frame in frames] == [1, 2]
+    assert all(np.isfinite(frame.values.to_numpy()).any() for frame in frames)
 
 
 def test_cli_reports_how_each_query_was_read(prometheus, tmp_path):

@@ -759,11 +759,15 @@ class LocalSource:
     def __repr__(self) -> str:
         return f"LocalSource({self.url!r}, reader={self.reader_name!r})"
 
-    def label_values(self, label: str, match: str | None = None) -> list[str]:
-        return self.source.label_values(label, match)
+    # The wrapped source's lookups, as attributes of its own: a recorded snapshot has none, and callers that
+    # check with getattr(source, "label_values", None) must see that through this wrapper too.
+    @property
+    def label_values(self) -> Callable[..., list[str]]:
+        return self.source.label_values
 
-    def series_exists(self, match: str, start=None, end=None) -> bool:
-        return self.source.series_exists(match, start, end)
+    @property
+    def series_exists(self) -> Callable[..., bool]:
+        return self.source.series_exists
 
     def plan(self, query: str) -> str:
         """How `query` would be answered: "local (<reader>)" or "query (<why not local>)"."""
