@@ -72,15 +72,36 @@ def test_fail_on_min_severity_and_rule_filter(tmp_path):
 
 
 def test_query_missing_from_snapshot_is_reported_not_raised(tmp_path):
-    pack = (ROOT / "rules" / "vllm.yaml").read_text().replace("above: 5\n", "above: 5\n", 1)
-    pack = pack.replace("sum by (instance, model_name) (vllm:num_requests_waiting)",
-                        "max by (instance, model_name) (vllm:num_requests_waiting)", 1)
+    # A metric the snapshot never recorded: that rule cannot be evaluated, the others are.
+    pack = (ROOT / "rules" / "vllm.yaml").read_text().replace(
+        "sum by (instance, model_name) (vllm:num_requests_waiting)",
+        "sum by (instance, model_name) (vllm:num_requests_parked)", 1)
     (tmp_path / "changed.yaml").write_text(pack)
     result = run("evaluate", "--rules", str(tmp_path / "changed.yaml"), "--snapshot", str(SNAPSHOT),
                  "--fail-on", "critical")
     assert result.returncode == 3
-    assert "Could not be evaluated" in result.stdout and "query not in snapshot" in result.stdout
+    failed = result.stdout[result.stdout.index("Could not be evaluated"):]
+    assert "VLLMQueueBuildup: snapshot" in failed and "no raw samples of" in failed and "re-record it" in failed
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_a_changed_query_over_recorded_series_replays_from_raw_samples(tmp_path):
+    # The snapshot holds raw samples: a query the recording never ran, over series it did record, is computed.
+    pack = (ROOT / "rules" / "vllm.yaml").read_text().replace(
+        "sum by (instance, model_name) (vllm:num_requests_waiting)",
+        "max by (instance, model_name) (vllm:num_requests_waiting)", 1)
+    (tmp_path / "changed.yaml").write_text(pack)
+    export = tmp_path / "export.json"
+    result = run("evaluate", "--rules", str(tmp_path / "changed.yaml"), "--snapshot", str(SNAPSHOT),
+                 "--rule", "VLLMQueueBuildup", "--export", str(export))
+    assert result.returncode == 0, result.stdout + result.stderr
+    original = tmp_path / "original.json"
+    assert run("evaluate", "--rules", "rules/vllm.yaml", "--snapshot", str(SNAPSHOT), "--rule", "VLLMQueueBuildup",
+               "--export", str(original)).returncode == 0
+    episodes = [[(f["labels"]["instance"], f["start"], f["end"]) for f in json.loads(path.read_text())["findings"]]
+                for path in (export, original)]
+    # One engine per instance and model: max and sum agree, so the changed rule finds what the recorded one did.
+    assert episodes[0] == episodes[1] and "vllm-2:8000" in {instance for instance, _, _ in episodes[0]}
 
 
 def test_unreachable_prometheus_is_a_clear_error_and_unknown_health(tmp_path):
@@ -101,7 +122,7 @@ def test_a_partial_failure_is_shown_beside_the_score(tmp_path, demo):
     _, full = demo
     pack = (ROOT / "rules" / "vllm.yaml").read_text().replace(
         "sum by (instance, model_name) (vllm:num_requests_waiting)",
-        "max by (instance, model_name) (vllm:num_requests_waiting)", 1)  # not in the snapshot: this rule fails
+        "sum by (instance, model_name) (vllm:num_requests_parked)", 1)  # not in the snapshot: this rule fails
     (tmp_path / "changed.yaml").write_text(pack)
     export = tmp_path / "export.json"
     result = run("evaluate", "--rules", str(tmp_path / "changed.yaml"), "--snapshot", str(SNAPSHOT),

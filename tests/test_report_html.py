@@ -15,6 +15,7 @@ import pytest
 import rules_engine
 from rules_engine.evaluate.engine import Backtest, RuleOutcome
 from rules_engine.evaluate.findings import Finding
+from rules_engine.evaluate.local import LocalSource
 from rules_engine.report.html import MAX_PLOTS, downsample, render_html
 from rules_engine.source.frame import RangeFrame
 from rules_engine.source.snapshot import SnapshotSource
@@ -106,10 +107,11 @@ def test_signals_are_kept_on_request_and_burn_downs_end_at_the_budget_left():
     assert kv.signal.values.index[0] == backtest.start and kv.signal.values.index[-1] == backtest.end
     assert not kv.signal_filtered and kv.signal.values.notna().to_numpy().mean() > 0.99
     assert kv.levels == [("low", 0.95), ("medium", 0.97), ("high", 0.98), ("critical", 0.995)]
-    raw = source.query_range(kv.queries["signal"], backtest.start - pd.Timedelta("15m"), backtest.end, backtest.step)
+    computing = LocalSource(source, source.raw_reader)  # the snapshot holds raw samples: compute the signal query
+    raw = computing.query_range(kv.queries["signal"], backtest.start - pd.Timedelta("15m"), backtest.end, backtest.step)
     expected = raw.values.rolling("15min", closed="both", min_periods=1).mean().loc[backtest.start:]
     assert np.allclose(kv.signal.values.to_numpy(), expected.to_numpy(), equal_nan=True)
-    assert by_rule["VLLMHighTTFT"].signal_filtered  # its comparison ran in Prometheus (the snapshot holds that)
+    assert by_rule["VLLMHighTTFT"].signal_filtered  # its query carries the comparison (pushed down), computed or not
     without = rules_engine.backtest(ruleset, source, "2026-11-18T00:00:00Z", "2026-11-20T00:00:00Z", "30s",
                                     rules=["VLLMKVCacheNearlyFull"])
     assert without.outcomes[0].signal is None
