@@ -10,7 +10,6 @@ packs and the compiler write.
 """
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import cramjam
