@@ -117,14 +117,15 @@ def serve_config(workdir: Path, name: str, port: int, prometheus_url: str, orche
 
 
 @contextlib.contextmanager
-def running_serve(config_path: Path, port: int, *args: str) -> Iterator[subprocess.Popen]:
+def running_serve(config_path: Path, port: int, *args: str, ready_timeout: float = 30.0
+                  ) -> Iterator[subprocess.Popen]:
     """`rules-engine serve` in its own process group (so the test can kill -9 the master and its workers)."""
     log_path = config_path.with_suffix(f".{time.monotonic_ns()}.log")
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-c", "from rules_engine.cli import main; main()", "serve", "--config", str(config_path),
                                  *args], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        processes.wait_ready(proc, f"http://127.0.0.1:{port}/api/v1/ready", log_path, "rules-engine serve", 30)
+        processes.wait_ready(proc, f"http://127.0.0.1:{port}/api/v1/ready", log_path, "rules-engine serve", ready_timeout)
         yield proc
     finally:
         processes.stop_process_group(proc, 15)

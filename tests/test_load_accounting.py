@@ -221,7 +221,9 @@ class Receiver:
     kills: list[dict] = field(default_factory=list)
 
     def start(self) -> None:
-        self.proc = self.stack.enter_context(running_serve(self.config_path, self.port))
+        # After a kill -9 the receiver answers 503 on /ready until its intake has caught up with the backlog the
+        # kill left: thousands of deliveries, which take longer than a plain start on two shared cores.
+        self.proc = self.stack.enter_context(running_serve(self.config_path, self.port, ready_timeout=DEADLINE))
 
     def kill(self, **note) -> None:
         os.killpg(self.proc.pid, signal.SIGKILL)  # master and workers at once: nothing gets to clean up
