@@ -20,7 +20,7 @@ from rules_engine.compile.alertmanager import SLO_PACK
 from rules_engine.compile.render import dump_yaml
 from rules_engine.promql.burn_windows import AlertPair, WindowCatalog, slo_catalog
 from rules_engine.promql.levels import number
-from rules_engine.promql.selectors import inject_selector
+from rules_engine.promql.selectors import inject_selector, matcher_text, render
 from rules_engine.promql.slo import latency_bucket, latency_series, slo_exact_in_promql
 from rules_engine.spec.models import format_duration
 
@@ -52,14 +52,14 @@ def _rate(expr: str, window: str, what: str) -> str:
 
     def to_rate(node):
         if isinstance(node, promql_parser.VectorSelector):
-            matchers = [str(m) for m in node.matchers.matchers]
+            matchers = [matcher_text(m) for m in node.matchers.matchers]
             selector = (node.name or "") + ("{" + ", ".join(matchers) + "}" if matchers else "")
             return promql_parser.parse(f"rate({selector}[{window}])")
         return None
 
     parsed = promql_parser.parse(expr)
     promql_parser.walk(parsed, pre_visit=check)
-    return str(promql_parser.transform(parsed, post_visit=to_rate))
+    return render(promql_parser.transform(parsed, post_visit=to_rate))
 
 
 def _sum(expr: str, group_by: list[str]) -> str:
