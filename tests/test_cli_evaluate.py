@@ -61,6 +61,7 @@ def test_export_contract(demo):
         # float noise ("3.5711146384479724").
         for text in (finding["summary"], finding["description"]):
             assert "{{" not in text and not re.search(r"\d\.\d{6,}", text), text
+        assert finding["runbook_url"].startswith("docs/runbooks/"), finding["rule"]  # SLO burn alerts too
         window = finding["details"].get("window")
         assert window is None or re.fullmatch(r"(\d+[ywdhms]|\d+ms)+", window), window
 
