@@ -1,7 +1,7 @@
 """The generated files the repository ships (grafana/, alertmanager/generated/) match the shipped rules."""
 from __future__ import annotations
 
-from scripts.regenerate_shipped import ROOT, shipped_files
+from scripts.regenerate_shipped import ROOT, readme_with_rules_table, rules_table, shipped_files
 
 
 def test_shipped_generated_files_are_up_to_date():
@@ -16,3 +16,13 @@ def test_shipped_dashboards_cover_every_pack_and_the_slos():
     assert "grafana/dashboards/slo-overview.json" in files
     assert "grafana/provisioning/dashboards/rules-engine.yml" in files
     assert "alertmanager/generated/rules-engine.yml" in files
+
+
+def test_readme_table_lists_what_rules_ship():
+    readme = (ROOT / "README.md").read_text()
+    assert readme_with_rules_table(readme, rules_table()) == readme, \
+        "the README's table per server kind drifted from rules/: regenerate with `python scripts/regenerate_shipped.py`"
+    # Every shipped alert of a server kind's pack appears in it, the throughput rules among them.
+    for name in ("VLLMLowThroughput", "TGIThroughputBelowDemand", "TGILowThroughput", "SGLangThroughputBelowDemand",
+                 "SGLangLowThroughput", "GPUUtilizationCollapse"):
+        assert f"`{name}`" in readme
