@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -56,6 +57,13 @@ def test_export_contract(demo):
                                        "memory_pressure", "batch_size_suboptimal", "error_rate", "slo_burn")
         if finding["kind"] == "threshold":
             assert "instance" in finding["labels"]
+        # Text for people: annotations rendered for the finding, durations spelled as Prometheus spells them, no
+        # float noise ("3.5711146384479724").
+        for text in (finding["summary"], finding["description"]):
+            assert "{{" not in text and not re.search(r"\d\.\d{6,}", text), text
+        assert finding["runbook_url"].startswith("docs/runbooks/"), finding["rule"]  # SLO burn alerts too
+        window = finding["details"].get("window")
+        assert window is None or re.fullmatch(r"(\d+[ywdhms]|\d+ms)+", window), window
 
 
 def test_fail_on_min_severity_and_rule_filter(tmp_path):

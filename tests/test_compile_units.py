@@ -131,7 +131,7 @@ def test_low_objective_pairs_that_could_never_fire_are_refused():
 def test_counter_expressions_become_rates_before_aggregation():
     assert slo_compile._rate("sum by (instance) (req_total{code=\"5xx\"})", "1h", "total") == \
         'sum by (instance)(rate(req_total{code="5xx"}[1h]))'
-    assert slo_compile._rate("a_total or b_total", "5m", "total") == "rate(a_total{}[5m]) or  rate(b_total{}[5m])"
+    assert slo_compile._rate("a_total or b_total", "5m", "total") == "rate(a_total[5m]) or  rate(b_total[5m])"
 
 
 def test_event_queries_rate_cannot_take_are_refused_with_the_field():

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 from rules_engine.promql.templates import (Unrenderable, go_float, humanize, humanize1024, humanize_duration,
-                                           humanize_timestamp, printf, render_template)
+                                           humanize_timestamp, printf, readable_value, render_readable,
+                                           render_template)
 
 LABELS = {"instance": "gpu-node-a:8000", "job": "vllm server_x"}
 
@@ -128,3 +129,23 @@ def test_templates_render_labels_value_and_pipes():
 def test_what_cannot_be_rendered_exactly_says_so(template):
     with pytest.raises(Unrenderable):
         render_template(template, {"name": "straße"}, 1e21)
+
+
+def test_readable_rendering_for_reports():
+    labels = {"instance": "vllm-0:8000"}
+    assert render_readable("{{ $labels.instance }} preempts {{ $value }} requests/s", labels, 3.5711146384479724) == \
+        "vllm-0:8000 preempts 3.571 requests/s"
+    assert [readable_value(v) for v in (0.0, 0.2352, 12.5, 999.96, 12345.6, 0.00001234, float("nan"))] == \
+        ["0", "0.2352", "12.5", "1000", "12.35k", "12.34u", "NaN"]
+    # Explicit functions render exactly as Prometheus would; what cannot be reproduced stays as written.
+    assert render_readable("{{ $value | humanizePercentage }} of {{ .Labels.instance }}", labels, 0.2352) == \
+        "23.52% of vllm-0:8000"
+    assert render_readable("{{ if gt $value 1.0 }}high{{ end }} {{ $value }}", labels, 2.0) == \
+        "{{ if gt $value 1.0 }}high{{ end }} 2"
+
+
+def test_label_values_are_data_never_templates():
+    hostile = {"instance": '{{ $value }} {{ template "x" }} {{ $labels.instance }}'}
+    for render in (render_readable, render_template):
+        assert render("on {{ $labels.instance }}: {{ $labels.missing }}.", hostile, 7.0) == \
+            'on {{ $value }} {{ template "x" }} {{ $labels.instance }}: .'

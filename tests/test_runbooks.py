@@ -45,6 +45,13 @@ def test_every_shipped_rule_links_an_existing_runbook_heading(pack, rule):
     assert anchor in anchors(ROOT / path), f"{rule.name}: no heading with anchor #{anchor} in {path}"
 
 
+@pytest.mark.parametrize("slo", SHIPPED.slos, ids=lambda slo: slo.name)
+def test_every_shipped_slo_links_its_server_kinds_runbook(slo):
+    path, _, anchor = slo.runbook_url.partition("#")
+    assert path == f"docs/runbooks/{slo.server}.md", f"{slo.name}: runbook_url {slo.runbook_url!r}"
+    assert anchor in anchors(ROOT / path), f"{slo.name}: no heading with anchor #{anchor} in {path}"
+
+
 def test_github_anchor_follows_githubs_rules():
     assert github_anchor(" VLLMQueueBuildup") == "vllmqueuebuildup"
     assert github_anchor("What it means, and why?") == "what-it-means-and-why"
@@ -61,8 +68,18 @@ def test_generate_runbook_base_url_prefixes_relative_links(tmp_path):
     urls = {r["annotations"]["runbook_url"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
     assert urls == {f"{base}/docs/runbooks/gpu.md#{a}" for a in
                     ("gpuxiderror", "gpuframebuffernearlyfull", "gpuutilizationcollapse")}
+    # SLO burn-rate alerts link their server kind's runbook the same way.
+    slo = subprocess.run([sys.executable, "-m", "rules_engine.cli", "generate", "--rules", "rules/slo/tgi.yaml",
+                          "--out", str(tmp_path / "slo"), "--tests", "--runbook-base-url", base],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert slo.returncode == 0, slo.stderr
+    slo_alerts = [r for path in (tmp_path / "slo" / "prometheus").glob("*.yml")
+                  for g in yaml.safe_load(path.read_text())["groups"] for r in g["rules"] if "alert" in r]
+    assert slo_alerts and {r["annotations"].get("runbook_url") for r in slo_alerts} == {
+        f"{base}/docs/runbooks/tgi.md#slo-burn-rate-alerts"}
     # The promtool tests expect the same annotations, so they still pass.
     tests = sorted(str(p) for p in (tmp_path / "out" / "tests").glob("*.yml"))
+    tests += sorted(str(p) for p in (tmp_path / "slo" / "tests").glob("*.yml"))
     checked = subprocess.run([processes.PROMTOOL, "test", "rules", *tests], capture_output=True, text=True,
                              cwd=tmp_path / "out" / "tests", timeout=120)
     assert checked.returncode == 0, checked.stdout + checked.stderr

@@ -48,6 +48,7 @@ def test_for_window_and_severity():
     assert finding.labels == {"instance": "b"} and finding.severity == "critical" and finding.value == 12.0
     assert finding.start == GRID[40]  # active from row 30, firing 10 steps later
     assert finding.end == GRID[65]  # max over 5m stays above until row 64 inclusive
+    assert finding.details["window"] == "5m"  # spelled as in the rule, not "0 days 00:05:00"
 
 
 def test_guard_matches_on_kept_labels():

@@ -77,6 +77,7 @@ def test_climb_warned_before_saturation_with_predicted_time_close_to_true():
     predicted = pd.Timestamp(finding.details["predicted_crossing"])
     assert abs(predicted - true_crossing) <= 0.15 * lead
     assert finding.kind == "trend" and finding.threshold == 0.98 and finding.details["r2"] >= 0.6
+    assert finding.details["window"] == "1h"
 
 
 def test_flat_and_noisy_series_are_not_extrapolated():

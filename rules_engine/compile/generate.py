@@ -93,19 +93,23 @@ def generate(ruleset: RuleSet, kinds: Mapping[str, RuleKind], options: GenerateO
 
 
 def with_runbook_base(ruleset: RuleSet, base_url: str) -> RuleSet:
-    """The rule set with `base_url` prefixed to every relative `runbook_url` (absolute ones stay as written)."""
+    """The rule set with `base_url` prefixed to every relative `runbook_url` of a rule or an SLO (absolute ones stay
+    as written)."""
     if not base_url:
         return ruleset
 
-    def absolute(rule):
-        url = rule.annotations.runbook_url
+    def joined(url: str) -> str:
         if not url or urlsplit(url).scheme:
-            return rule
-        joined = base_url.rstrip("/") + "/" + url.lstrip("/")
-        return rule.model_copy(update={"annotations": rule.annotations.model_copy(update={"runbook_url": joined})})
+            return url
+        return base_url.rstrip("/") + "/" + url.lstrip("/")
 
-    packs = [pack.model_copy(update={"rules": [absolute(rule) for rule in pack.rules]}) for pack in ruleset.packs]
-    return replace(ruleset, packs=packs)
+    def rule_with_base(rule):
+        notes = rule.annotations
+        return rule.model_copy(update={"annotations": notes.model_copy(update={"runbook_url": joined(notes.runbook_url)})})
+
+    packs = [pack.model_copy(update={"rules": [rule_with_base(rule) for rule in pack.rules]}) for pack in ruleset.packs]
+    slos = [slo.model_copy(update={"runbook_url": joined(slo.runbook_url)}) for slo in ruleset.slos]
+    return replace(ruleset, packs=packs, slos=slos)
 
 
 def _slo_files(ruleset: RuleSet, options: GenerateOptions) -> tuple[dict[str, str], list[str]]:

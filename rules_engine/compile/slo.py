@@ -20,7 +20,7 @@ from rules_engine.compile.alertmanager import SLO_PACK
 from rules_engine.compile.render import dump_yaml
 from rules_engine.promql.burn_windows import AlertPair, WindowCatalog, slo_catalog
 from rules_engine.promql.levels import number
-from rules_engine.promql.selectors import inject_selector
+from rules_engine.promql.selectors import inject_selector, matcher_text, render
 from rules_engine.promql.slo import latency_bucket, latency_series, slo_exact_in_promql
 from rules_engine.spec.models import format_duration
 
@@ -52,14 +52,14 @@ def _rate(expr: str, window: str, what: str) -> str:
 
     def to_rate(node):
         if isinstance(node, promql_parser.VectorSelector):
-            matchers = [str(m) for m in node.matchers.matchers]
+            matchers = [matcher_text(m) for m in node.matchers.matchers]
             selector = (node.name or "") + ("{" + ", ".join(matchers) + "}" if matchers else "")
             return promql_parser.parse(f"rate({selector}[{window}])")
         return None
 
     parsed = promql_parser.parse(expr)
     promql_parser.walk(parsed, pre_visit=check)
-    return str(promql_parser.transform(parsed, post_visit=to_rate))
+    return render(promql_parser.transform(parsed, post_visit=to_rate))
 
 
 def _sum(expr: str, group_by: list[str]) -> str:
@@ -161,24 +161,12 @@ def compile_slo(slo, catalog: WindowCatalog, interval: pd.Timedelta) -> tuple[di
         if rate is not None and slo.alerting.min_event_rate > 0:
             on = ", ".join(slo.group_by)
             expr += f"\nand on({on})\n({rate} >= {number(slo.alerting.min_event_rate)})"
-        windows = f"{format_duration(pair.long)}/{format_duration(pair.short)}"
-        annotations = {
-            "title": f"({pair.alert}) {{{{$labels.sloth_service}}}} {{{{$labels.sloth_slo}}}} SLO error budget burn rate is too fast.",
-            "summary": f"{{{{$labels.sloth_service}}}} {{{{$labels.sloth_slo}}}} SLO error budget burn rate is over expected ({number(factor)}x over {windows}).",
-            "description": slo.description,
-            "recommendation": slo.recommendation.strip(),
-            "playbook": slo.playbook or "",
-            "rule_kind": "slo",
-            "burn_rate_factor": number(factor),
-            "burn_windows": windows,
-            "threshold": number(factor * slo.error_budget),
-        }
         alerts.append({
             "alert": slo.name,
             "expr": expr + "\n",
             "labels": {"severity": pair.severity, "category": "slo_burn", "rule_pack": SLO_PACK, **user,
                        "sloth_severity": pair.alert},
-            "annotations": {k: v for k, v in annotations.items() if v},
+            "annotations": alert_annotations(slo, pair, factor),
         })
     if not alerts and (slo.alerting.page or slo.alerting.ticket):
         notes.append(f"SLO {slo.name}: no burn-rate alert can fire at objective {number(slo.objective)}%")
@@ -190,6 +178,24 @@ def compile_slo(slo, catalog: WindowCatalog, interval: pd.Timedelta) -> tuple[di
     if alerts:
         groups.append({"name": f"sloth-slo-alerts-{ids['sloth_id']}", "interval": step, "rules": alerts})
     return {"groups": groups}, notes
+
+
+def alert_annotations(slo, pair: AlertPair, factor: float) -> dict[str, str]:
+    """The annotations of a burn-rate alert (Sloth's title and summary, then ours), each only when set."""
+    windows = f"{format_duration(pair.long)}/{format_duration(pair.short)}"
+    annotations = {
+        "title": f"({pair.alert}) {{{{$labels.sloth_service}}}} {{{{$labels.sloth_slo}}}} SLO error budget burn rate is too fast.",
+        "summary": f"{{{{$labels.sloth_service}}}} {{{{$labels.sloth_slo}}}} SLO error budget burn rate is over expected ({number(factor)}x over {windows}).",
+        "description": slo.description,
+        "recommendation": slo.recommendation.strip(),
+        "playbook": slo.playbook or "",
+        "runbook_url": slo.runbook_url,
+        "rule_kind": "slo",
+        "burn_rate_factor": number(factor),
+        "burn_windows": windows,
+        "threshold": number(factor * slo.error_budget),
+    }
+    return {k: v for k, v in annotations.items() if v}
 
 
 def slo_files(ruleset, options) -> tuple[dict[str, str], list[str]]:

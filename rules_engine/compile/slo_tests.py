@@ -15,7 +15,7 @@ import promql_parser
 
 from rules_engine.compile.alertmanager import SLO_PACK
 from rules_engine.compile.promtool_tests import Unrenderable, render_template
-from rules_engine.compile.slo import burn_factor, sloth_labels
+from rules_engine.compile.slo import alert_annotations, burn_factor, sloth_labels
 from rules_engine.promql.burn_windows import AlertPair, WindowCatalog
 from rules_engine.promql.levels import number
 from rules_engine.promql.selectors import inject_selector
@@ -85,16 +85,9 @@ def slo_tests(slo, catalog: WindowCatalog, interval: pd.Timedelta, rule_file: st
     guarded = slo.sli.type != "timeslices" and slo.alerting.min_event_rate > 0
     groups = []
 
-    def annotations_of(pair: AlertPair, factor_bound: float, labels: dict[str, str]) -> dict[str, str]:
-        windows = f"{format_duration(pair.long)}/{format_duration(pair.short)}"
-        factor = burn_factor(pair, slo.period)
-        annotations = {
-            "title": f"({pair.alert}) {{{{$labels.sloth_service}}}} {{{{$labels.sloth_slo}}}} SLO error budget burn rate is too fast.",
-            "summary": f"{{{{$labels.sloth_service}}}} {{{{$labels.sloth_slo}}}} SLO error budget burn rate is over expected ({number(factor)}x over {windows}).",
-            "description": slo.description, "recommendation": slo.recommendation.strip(), "playbook": slo.playbook or "",
-            "rule_kind": "slo", "burn_rate_factor": number(factor), "burn_windows": windows,
-            "threshold": number(factor * slo.error_budget)}
-        return {k: render_template(v, labels, 0.0) for k, v in annotations.items() if v}
+    def annotations_of(pair: AlertPair, labels: dict[str, str]) -> dict[str, str]:
+        return {k: render_template(v, labels, 0.0)
+                for k, v in alert_annotations(slo, pair, burn_factor(pair, slo.period)).items()}
 
     def case(tag: str, name: str, ratios: dict[pd.Timedelta, float], traffic: bool) -> dict:
         labels = {**user, **ids, **{label: f"{label}-{tag}" for label in slo.group_by}}
@@ -113,7 +106,7 @@ def slo_tests(slo, catalog: WindowCatalog, interval: pd.Timedelta, rule_file: st
             if fires:
                 expected.append({"exp_labels": {**labels, "severity": pair.severity, "category": "slo_burn",
                                                 "rule_pack": SLO_PACK, **user, "sloth_severity": pair.alert},
-                                 "exp_annotations": annotations_of(pair, bound, labels)})
+                                 "exp_annotations": annotations_of(pair, labels)})
         return {"name": f"SLO {slo.name}: {name}", "interval": format_duration(interval), "input_series": series,
                 "alert_rule_test": [{"eval_time": eval_time, "alertname": slo.name, "exp_alerts": expected}]}
 

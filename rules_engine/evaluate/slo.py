@@ -448,7 +448,7 @@ def _burn_findings(slo: SLO, pairs: list[AlertPair], burn: dict, event_rate: dic
                 value=float(peaks[index]), threshold=factor, recommendation=slo.recommendation, playbook=slo.playbook,
                 pack=f"slo/{slo.name}", summary=f"{slo.name}: error budget burn over {factor:.3g}x on {format_duration(pair.long)} and "
                                                 f"{format_duration(pair.short)} ({pair.alert}, {pair.speed})",
-                description=slo.description, rule_labels=dict(slo.labels),
+                description=slo.description, runbook_url=slo.runbook_url, rule_labels=dict(slo.labels),
                 details={"slo": slo.name, "alert": pair.alert, "speed": pair.speed,
                          "long_window": format_duration(pair.long), "short_window": format_duration(pair.short),
                          "factor": factor, "objective": slo.objective, "period": format_duration(slo.period),

@@ -11,7 +11,7 @@ from rules_engine.evaluate.findings import Finding
 from rules_engine.evaluate.series import RangeWindow, findings_from_episodes, guard_holds
 from rules_engine.evaluate.windows import window_stat
 from rules_engine.source.frame import RangeFrame
-from rules_engine.spec.models import RulePack, SeverityLadder, ThresholdRule
+from rules_engine.spec.models import RulePack, SeverityLadder, ThresholdRule, format_duration
 
 
 def compared_values(rule: ThresholdRule, pack: RulePack, frames: dict[str, RangeFrame], window: RangeWindow
@@ -35,7 +35,8 @@ def evaluate(rule: ThresholdRule, pack: RulePack, frames: dict[str, RangeFrame],
     episodes = window.overlapping(episodes, values.index)
     peaks = episode_extremes(observed, episodes, largest=rule.direction == "above")
     severities = severity_of(rule, peaks)
-    details = {"stat": rule.stat, "window": str(rule.window) if rule.window is not None else None, "direction": rule.direction}
+    details = {"stat": rule.stat, "window": format_duration(rule.window) if rule.window is not None else None,
+               "direction": rule.direction}
     return findings_from_episodes(rule, pack, "threshold", signal, values.index, episodes, peaks, severities,
                                   rule.threshold, details)
 

@@ -17,7 +17,7 @@ from rules_engine.evaluate.alerting import episode_extremes, firing_episodes, st
 from rules_engine.evaluate.findings import Finding
 from rules_engine.evaluate.series import RangeWindow, findings_from_episodes, guard_holds
 from rules_engine.source.frame import RangeFrame
-from rules_engine.spec.models import RulePack, SeverityLadder
+from rules_engine.spec.models import RulePack, SeverityLadder, format_duration
 from rules_engine.spec.trend import LeadTimeLadder, TrendRule
 
 
@@ -92,7 +92,7 @@ def evaluate(rule: TrendRule, pack: RulePack, frames: dict[str, RangeFrame], win
     at_fire = (episodes.firing_row, episodes.column)
     details = {
         "mode": rule.mode,
-        "window": str(rule.window),
+        "window": format_duration(rule.window),
         "fit_samples": fit["n"][at_fire].astype(int).tolist(),
         "r2": fit["r2"][at_fire].tolist(),
         "slope_per_second": slope_per_second[at_fire].tolist(),

@@ -33,6 +33,7 @@ from rules_engine import api
 from rules_engine.playbooks import limits
 from rules_engine.playbooks import store as st
 from rules_engine.evaluate.series import EvaluationError
+from rules_engine.promql.selectors import matcher_text
 from rules_engine.report.export import backtest_record
 from rules_engine.report.html import PLOTLYJS_SLOT, render_html
 from rules_engine.source.base import SourceError
@@ -250,7 +251,7 @@ def load_inline(text: str, max_bytes: int) -> RuleSet:
 def with_selector(ruleset: RuleSet, matchers: list[str]) -> RuleSet:
     """The rule set with `matchers` added to every pack's and SLO's selector (so to every query they send)."""
     def combined(selector: str) -> str:
-        own = [str(m) for m in parse_selector(selector)] if selector.strip() else []
+        own = [matcher_text(m) for m in parse_selector(selector)] if selector.strip() else []
         return "{" + ", ".join(own + matchers) + "}"
 
     return RuleSet(packs=[p.model_copy(update={"selector": combined(p.selector)}) for p in ruleset.packs],

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from rules_engine.promql.histograms import le_regex
-from rules_engine.promql.selectors import inject_selector
+from rules_engine.promql.selectors import inject_selector, matcher_text, quote
 from rules_engine.spec.promql import parse_selector
 from rules_engine.spec.slo import SLO
 
@@ -48,16 +48,12 @@ def latency_series(slo: SLO, suffix: str, *extra_matchers: str) -> str:
 
 def latency_bucket(slo: SLO, boundary: float) -> str:
     """The bucket series of a latency SLI at `boundary` (the requests at most that slow), however `le` is spelled."""
-    return latency_series(slo, "_bucket", f"le=~{_quote(le_regex(boundary))}")
-
-
-def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return latency_series(slo, "_bucket", f"le=~{quote(le_regex(boundary))}")
 
 
 def _matchers(*selectors: str) -> list[str]:
     found: list[str] = []
     for selector in selectors:
         if selector.strip():
-            found.extend(str(m) for m in parse_selector(selector))
+            found.extend(matcher_text(m) for m in parse_selector(selector))
     return found

@@ -2,8 +2,9 @@
 
 Prometheus expands an annotation with Go's text/template, `missingkey=zero`, `$labels`/`.Labels` (a missing
 label is ""), `$value`/`.Value` (a float64, printed with Go's `%v`) and its own template functions. The generated
-promtool tests compare our rendering with Prometheus' byte for byte, and the terminal report shows a finding's
-summary as Prometheus would send it, so both use this one renderer.
+promtool tests compare our rendering with Prometheus' byte for byte (`render_template`); the terminal report and
+the export show a finding's summary and description as Prometheus would send them, with a bare `{{ $value }}` in
+4 significant digits (`render_readable`), so both use this one renderer.
 
 Supported: actions that are a pipeline (`{{ $value | humanize }}`, `{{ humanize $value }}`,
 `{{ printf "%.2f" $value }}`, `{{ $labels.x | toUpper }}`) over `$value`, `.Value`, `$labels.NAME`,
@@ -280,6 +281,34 @@ def _pipeline(body: str, labels: dict[str, str], value: float) -> str:
 
 def render_template(text: str, labels: dict[str, str], value: float) -> str:
     """The annotation `text` as Prometheus renders it for an alert with these labels and value."""
+    return _render(text, lambda action: _pipeline(action.group("body").strip(), labels, value))
+
+
+def readable_value(value: float) -> str:
+    """A sample value for people: 4 significant digits, SI prefixes (humanize) outside 0.001 .. 1000."""
+    if value == 0 or not math.isfinite(value) or 1e-3 <= abs(value) < 1e3:
+        return go_float(float(f"{value:.4g}")) if math.isfinite(value) else go_float(value)
+    return humanize(value)
+
+
+def render_readable(text: str, labels: dict[str, str], value: float) -> str:
+    """An annotation rendered for a report: as Prometheus would, except that a bare `{{ $value }}` prints as
+    `readable_value` ("3.571", not "3.5711146384479724") and an action this renderer cannot reproduce is kept as
+    written. Label values are substituted as data, never read as a template."""
+    def action(match: re.Match) -> str:
+        body = match.group("body").strip()
+        if body in ("$value", ".Value"):
+            return readable_value(float(value))
+        try:
+            return _pipeline(body, labels, value)
+        except Unrenderable:
+            return match.group(0)
+
+    return _render(text, action)
+
+
+def _render(text: str, action: Callable[[re.Match], str]) -> str:
+    """`text` with each action replaced by what `action` makes of it, Go's trim markers applied."""
     pieces: list[str] = []
     position, trim_next = 0, False
     for match in _ACTION.finditer(text):
@@ -289,7 +318,7 @@ def render_template(text: str, labels: dict[str, str], value: float) -> str:
         if match.group("left"):
             literal = literal.rstrip(" \t\r\n")
         pieces.append(literal)
-        pieces.append(_pipeline(match.group("body").strip(), labels, value))
+        pieces.append(action(match))
         position, trim_next = match.end(), bool(match.group("right"))
     tail = text[position:]
     pieces.append(tail.lstrip(" \t\r\n") if trim_next else tail)

@@ -10,6 +10,7 @@ import pandas as pd
 
 from rules_engine.evaluate.engine import Backtest
 from rules_engine.evaluate.findings import Finding
+from rules_engine.promql.templates import render_readable
 from rules_engine.spec.models import format_duration
 from rules_engine.spec.times import rfc3339
 
@@ -21,6 +22,7 @@ def _number(value: float) -> float | None:
 
 
 def finding_record(finding: Finding, range_end: pd.Timestamp) -> dict[str, Any]:
+    """A finding as the export writes it; its summary and description rendered for its own labels and value."""
     return {
         "rule": finding.rule,
         "kind": finding.kind,
@@ -35,8 +37,8 @@ def finding_record(finding: Finding, range_end: pd.Timestamp) -> dict[str, Any]:
         "recommendation": finding.recommendation,
         "playbook": finding.playbook,
         "pack": finding.pack,
-        "summary": finding.summary,
-        "description": finding.description,
+        "summary": render_readable(finding.summary, finding.labels, finding.value),
+        "description": render_readable(finding.description, finding.labels, finding.value),
         "runbook_url": finding.runbook_url,
         "rule_labels": dict(finding.rule_labels),
         "details": _jsonable(finding.details),

@@ -11,7 +11,7 @@ from rules_engine.evaluate.engine import Backtest
 from rules_engine.evaluate.findings import SEVERITIES, Finding
 from rules_engine.evaluate.health import Health
 from rules_engine.evaluate.slo import SLOResult
-from rules_engine.promql.templates import Unrenderable, render_template
+from rules_engine.promql.templates import render_readable
 from rules_engine.spec.models import format_duration
 from rules_engine.spec.times import rfc3339
 
@@ -22,18 +22,6 @@ def format_value(value: float) -> str:
     if value != value:  # NaN
         return "n/a"
     return f"{value:.4g}"
-
-
-def render_annotation(template: str, labels: dict[str, str], value: float) -> str:
-    """A rule's own annotation as Prometheus would send it for this finding, so the report reads like the alert.
-
-    Label values are data, never evaluated as a template. A template the renderer cannot reproduce exactly is
-    shown as written rather than approximated.
-    """
-    try:
-        return render_template(template, labels, value)
-    except Unrenderable:
-        return template
 
 
 def _series_name(finding: Finding) -> str:
@@ -105,7 +93,7 @@ def _finding_lines(index: int, finding: Finding, range_end: pd.Timestamp, style)
               f"peak {format_value(finding.value)} {comparison} {format_value(finding.threshold)}")
     lines = [headline, timing]
     if finding.summary:
-        lines.append(f"       {render_annotation(finding.summary, finding.labels, finding.value)}")
+        lines.append(f"       {render_readable(finding.summary, finding.labels, finding.value)}")
     if finding.recommendation:
         wrapped = textwrap.wrap(finding.recommendation, width=100, initial_indent="       -> ", subsequent_indent="          ")
         lines.extend(wrapped)

@@ -124,6 +124,7 @@ class SLO(SpecModel):
     labels: dict[str, str] = Field(default_factory=dict)
     recommendation: str = ""
     playbook: str | None = None
+    runbook_url: str = ""  # the burn-rate alerts' runbook_url annotation, as a rule's annotations.runbook_url
 
     @field_validator("period")
     @classmethod
