@@ -322,8 +322,8 @@ class _ChunkBatch:
 
 def decode_streamed_chunks(blocks: Iterable[bytes], start_ms: int, end_ms: int,
                            error: Callable[[str], SourceError]) -> MatrixChunk:
-    """A STREAMED_XOR_CHUNKS answer of one query as flat arrays: its samples in [start_ms, end_ms] (chunks are sent
-    whole) grouped by series in time order. Frames are parsed as the blocks arrive and their XOR chunks decoded
+    """A STREAMED_XOR_CHUNKS answer of one query as flat arrays: its samples in [start_ms, end_ms] (Prometheus cuts
+    chunks to the range, a server may not) grouped by series in time order. Frames are parsed as the blocks arrive and their XOR chunks decoded
     in numpy in batches (rules_engine.source.xor). Chunks of other encodings (native histograms) are skipped: the
     SAMPLES answer carries no float samples for them either."""
     column_of: dict[tuple, int] = {}
@@ -372,7 +372,7 @@ def decode_streamed_chunks(blocks: Iterable[bytes], start_ms: int, end_ms: int,
     flush()
     if not decoded:
         empty = np.empty(0, dtype=np.int64)
-        return MatrixChunk(metrics, np.zeros(len(metrics), dtype=np.int64), empty, np.empty(0))
+        return MatrixChunk([], empty, empty, np.empty(0))
     series, stamps, values = (np.concatenate(parts) for parts in zip(*decoded))
     del decoded
     later = (series[1:] > series[:-1]) | ((series[1:] == series[:-1]) & (stamps[1:] > stamps[:-1]))
@@ -382,7 +382,8 @@ def decode_streamed_chunks(blocks: Iterable[bytes], start_ms: int, end_ms: int,
         keep = np.ones(len(series), dtype=bool)
         keep[1:] = (series[1:] != series[:-1]) | (stamps[1:] != stamps[:-1])
         series, stamps, values = series[keep], stamps[keep], values[keep]
-    return MatrixChunk(metrics, np.bincount(series, minlength=len(metrics)).astype(np.int64), stamps, values)
+    counts = np.bincount(series, minlength=len(metrics)).astype(np.int64)
+    return with_samples(MatrixChunk(metrics, counts, stamps, values))
 
 
 def decode_read_response(body: bytes, error: Callable[[str], SourceError]) -> MatrixChunk:
@@ -407,7 +408,18 @@ def decode_read_response(body: bytes, error: Callable[[str], SourceError]) -> Ma
         total = int(counts.sum())
         decoded = (np.fromiter((s.timestamp for one in full for s in one.samples), dtype=np.int64, count=total),
                    np.fromiter((s.value for one in full for s in one.samples), dtype=np.float64, count=total))
-    return MatrixChunk(metrics=metrics, counts=counts, timestamps_ms=decoded[0], values=decoded[1])
+    return with_samples(MatrixChunk(metrics=metrics, counts=counts, timestamps_ms=decoded[0], values=decoded[1]))
+
+
+def with_samples(answer: MatrixChunk) -> MatrixChunk:
+    """The answer without its series that have no sample in the range. Prometheus' SAMPLES answer lists a series
+    whose stored chunk overlaps the range even when none of its samples falls inside; its streamed chunks are cut
+    to the range and leave such a series out. Both response types give the same series this way."""
+    if answer.counts.all():
+        return answer
+    kept = np.flatnonzero(answer.counts)
+    return MatrixChunk([answer.metrics[i] for i in kept], answer.counts[kept], answer.timestamps_ms, answer.values,
+                       answer.warnings)
 
 
 _VALUE_TAG, _TIMESTAMP_TAG = 0x09, 0x10  # Sample: field 1 double (wire type 1), field 2 int64 varint (wire type 0)

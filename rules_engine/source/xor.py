@@ -80,7 +80,7 @@ def read_varints(words: np.ndarray, cursors: np.ndarray) -> tuple[np.ndarray, np
         open_ &= byte >= _U(0x80)
         if not open_.any():
             break
-    return total, used + 8 * 10 * open_
+    return total, used
 
 
 def decode_chunks(data: bytes, starts: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
