@@ -264,6 +264,35 @@ def test_a_chunk_that_does_not_decode_names_its_series(prometheus):
 
 
 @pytest.mark.integration
+def test_overlapping_and_unordered_chunks_give_each_sample_once(prometheus):
+    """The protocol lets a series' chunks overlap (Thanos, Mimir: replicas): each timestamp is kept once."""
+    matchers = [Matcher("__name__", "Re", "x_(odd|latency_seconds)")]
+    body = _stream(prometheus.url, matchers, T0, HEAD_END).content
+    want = decode_streamed_chunks([body], T0, HEAD_END, _error)
+    frames = []
+    for message in streamed_frames([body], _error):
+        answer = ChunkedReadResponse.FromString(message)
+        for series in answer.chunked_series:
+            chunks = list(series.chunks)
+            del series.chunks[:]
+            series.chunks.extend(chunks[::-1] + chunks[len(chunks) // 2:])  # backwards, then half of them again
+        frames.append(_frame(answer.SerializeToString()))
+    got = decode_streamed_chunks(frames, T0, HEAD_END, _error)
+    assert got.metrics == want.metrics
+    np.testing.assert_array_equal(got.counts, want.counts)
+    np.testing.assert_array_equal(got.timestamps_ms, want.timestamps_ms)
+    np.testing.assert_array_equal(got.values.view(np.uint64), want.values.view(np.uint64))
+    # Chunks reaching past the range asked (a server that does not cut them as Prometheus does) are cut here.
+    low, high = T0 + 5 * 3600_000 + 17, T0 + 7 * 3600_000
+    cut = decode_streamed_chunks(frames, low, high, _error)
+    with PrometheusClient(prometheus.url) as client:
+        asked = RemoteReader(client).read(matchers, low, high)
+    assert cut.metrics == asked.metrics
+    np.testing.assert_array_equal(cut.timestamps_ms, asked.timestamps_ms)
+    np.testing.assert_array_equal(cut.values.view(np.uint64), asked.values.view(np.uint64))
+
+
+@pytest.mark.integration
 def test_decoder_on_real_chunks_keeps_staleness_markers(prometheus):
     """The chunks of the head (written with staleness markers) decoded straight from Prometheus' bytes."""
     body = _stream(prometheus.url, [Matcher("__name__", "Equal", "x_queue")], T0 + DAY, HEAD_END).content

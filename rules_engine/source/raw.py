@@ -192,7 +192,7 @@ RESPONSE_TYPES = {"SAMPLES": 0, "STREAMED_XOR_CHUNKS": 1}
 DEFAULT_RESPONSE_TYPES = ("STREAMED_XOR_CHUNKS", "SAMPLES")
 STREAMED_PROTO = "prometheus.ChunkedReadResponse"
 MAX_FRAME_BYTES = 50_000_000  # the frame size Prometheus' own remote-read client refuses beyond
-DECODE_BATCH_BYTES = 16 << 20  # chunk bytes decoded at once: bounds the decoder's temporaries
+DECODE_BATCH_BYTES = 4 << 20  # chunk bytes decoded at once (about half a million samples): bounds temporaries
 _XOR_ENCODING = 1
 PROBE_METRIC = "rules_engine_remote_read_probe"
 
@@ -323,29 +323,38 @@ class _ChunkBatch:
 def decode_streamed_chunks(blocks: Iterable[bytes], start_ms: int, end_ms: int,
                            error: Callable[[str], SourceError]) -> MatrixChunk:
     """A STREAMED_XOR_CHUNKS answer of one query as flat arrays: its samples in [start_ms, end_ms] (Prometheus cuts
-    chunks to the range, a server may not) grouped by series in time order. Frames are parsed as the blocks arrive and their XOR chunks decoded
-    in numpy in batches (rules_engine.source.xor). Chunks of other encodings (native histograms) are skipped: the
-    SAMPLES answer carries no float samples for them either."""
+    chunks to the range, a server may not) grouped by series in time order. Frames are parsed as the blocks
+    arrive and their XOR chunks decoded in numpy a batch at a time (rules_engine.source.xor), so temporaries stay
+    within a batch and the answer is held as its samples once. Chunks of other encodings (native histograms) are
+    skipped: the SAMPLES answer carries no float samples for them either."""
     column_of: dict[tuple, int] = {}
     metrics: list[dict[str, str]] = []
-    decoded: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+    # Per decoded chunk: its series and how many of its samples are in the range; the samples themselves.
+    chunk_series: list[np.ndarray] = []
+    chunk_counts: list[np.ndarray] = []
+    stamp_parts: list[np.ndarray] = []
+    value_parts: list[np.ndarray] = []
     batch = _ChunkBatch()
 
     def flush() -> None:
         if not batch.data:
             return
-        data = b"".join(batch.data)
         lengths = np.fromiter(map(len, batch.data), dtype=np.int64, count=len(batch.data))
         ends = np.cumsum(lengths)
         try:
-            counts, stamps, values = decode_chunks(data, ends - lengths, ends)
+            counts, stamps, values = decode_chunks(b"".join(batch.data), ends - lengths, ends)
         except ChunkError as bad:
             low, high = batch.spans[bad.chunk]
             raise error(f"series {metrics[batch.series[bad.chunk]]}: XOR chunk {low}..{high} ms does not decode: "
                         f"{bad}") from None
-        series = np.repeat(np.asarray(batch.series, dtype=np.int64), counts)
         keep = (stamps >= start_ms) & (stamps <= end_ms)
-        decoded.append((series[keep], stamps[keep], values[keep]))
+        if not keep.all():
+            counts = np.bincount(np.repeat(np.arange(len(counts)), counts)[keep], minlength=len(counts))
+            stamps, values = stamps[keep], values[keep]
+        chunk_series.append(np.asarray(batch.series, dtype=np.int64))
+        chunk_counts.append(counts)
+        stamp_parts.append(stamps)
+        value_parts.append(values)
         batch.data, batch.series, batch.spans, batch.size = [], [], [], 0
 
     for message in streamed_frames(blocks, error):
@@ -370,20 +379,30 @@ def decode_streamed_chunks(blocks: Iterable[bytes], start_ms: int, end_ms: int,
         if batch.size >= DECODE_BATCH_BYTES:
             flush()
     flush()
-    if not decoded:
+    if not stamp_parts:
         empty = np.empty(0, dtype=np.int64)
         return MatrixChunk([], empty, empty, np.empty(0))
-    series, stamps, values = (np.concatenate(parts) for parts in zip(*decoded))
-    del decoded
-    later = (series[1:] > series[:-1]) | ((series[1:] == series[:-1]) & (stamps[1:] > stamps[:-1]))
-    if not later.all():  # chunks of a series may overlap (the protocol allows it): sort, keep one sample a time
-        order = np.lexsort((stamps, series))
-        series, stamps, values = series[order], stamps[order], values[order]
-        keep = np.ones(len(series), dtype=bool)
-        keep[1:] = (series[1:] != series[:-1]) | (stamps[1:] != stamps[:-1])
-        series, stamps, values = series[keep], stamps[keep], values[keep]
-    counts = np.bincount(series, minlength=len(metrics)).astype(np.int64)
-    return with_samples(MatrixChunk(metrics, counts, stamps, values))
+    series, counts = np.concatenate(chunk_series), np.concatenate(chunk_counts)
+    # One array at a time, each freed once joined: the answer is held about once over.
+    stamps = np.concatenate(stamp_parts)
+    stamp_parts.clear()
+    values = np.concatenate(value_parts)
+    value_parts.clear()
+    per_series = np.bincount(series, weights=counts, minlength=len(metrics)).astype(np.int64)
+    later = stamps[1:] > stamps[:-1]
+    starts = np.cumsum(per_series)[:-1]
+    later[starts[(starts > 0) & (starts < len(stamps))] - 1] = True  # a new series may start earlier
+    if (np.diff(series) < 0).any() or not later.all():
+        # Series are streamed one after another and chunks in time order, but the protocol lets chunks overlap:
+        # sort and keep one sample per timestamp.
+        ids = np.repeat(series, counts)
+        order = np.lexsort((stamps, ids))
+        ids, stamps, values = ids[order], stamps[order], values[order]
+        keep = np.ones(len(ids), dtype=bool)
+        keep[1:] = (ids[1:] != ids[:-1]) | (stamps[1:] != stamps[:-1])
+        ids, stamps, values = ids[keep], stamps[keep], values[keep]
+        per_series = np.bincount(ids, minlength=len(metrics)).astype(np.int64)
+    return with_samples(MatrixChunk(metrics, per_series, stamps, values))
 
 
 def decode_read_response(body: bytes, error: Callable[[str], SourceError]) -> MatrixChunk:
