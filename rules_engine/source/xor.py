@@ -130,19 +130,23 @@ def decode_chunks(data: bytes, starts: np.ndarray, ends: np.ndarray) -> tuple[np
                 first_delta, used = read_varints(words, cursor)
                 delta[:] = first_delta.view(np.int64)
                 cursor += used
+                window = None
             else:
                 window = peek(words, cursor)
                 top4 = (window >> _U(60)).astype(np.intp)
                 prefix, width = _PREFIX_BITS[top4], _WIDTH[top4]
                 field = top_bits(window << prefix, width)
                 field = np.where(field > _HALF[top4], field - _FULL[top4], field)  # negative narrow fields
+                used = prefix + width
+                window <<= np.minimum(used, _U(63))  # a narrow field leaves the value's control bits in view
                 wide = np.flatnonzero(width == _U(64))
                 if len(wide):  # 4 + 64 bits: not within one window
                     field[wide] = peek(words, cursor[wide] + 4)
+                    window[wide] = peek(words, cursor[wide] + 68)
                 delta += field.view(np.int64)
-                cursor += (prefix + width).view(np.int64)
+                cursor += used.view(np.int64)
             time += delta
-            invalid = _read_values(words, cursor, value, leading, trailing)
+            invalid = _read_values(words, cursor, value, leading, trailing, window)
             if invalid.any():
                 bad = int(order[np.flatnonzero(invalid)[0]])
                 raise ChunkError(bad, f"sample {j} has more than 64 leading zeros and meaningful bits")
@@ -166,23 +170,23 @@ def decode_chunks(data: bytes, starts: np.ndarray, ends: np.ndarray) -> tuple[np
 
 
 def _read_values(words: np.ndarray, cursor: np.ndarray, value: np.ndarray, leading: np.ndarray,
-                 trailing: np.ndarray) -> np.ndarray:
+                 trailing: np.ndarray, window: np.ndarray | None = None) -> np.ndarray:
     """One XOR-coded value per cursor, applied to `value` in place; cursors, leading and trailing updated.
-    Returns where the zero counts are impossible (leading + meaningful > 64)."""
-    window = peek(words, cursor)
-    changed = (window >> _U(63)).astype(bool)
-    fresh = changed & ((window >> _U(62)) & _U(1)).astype(bool)  # control bits 11: new zero counts follow
+    `window`: the 64 bits at the cursors when the caller has them. Returns where the zero counts are impossible
+    (leading + meaningful > 64)."""
+    if window is None:
+        window = peek(words, cursor)
+    changed = window >> _U(63)
+    fresh = changed & (window >> _U(62))  # control bits 11: new zero counts follow
     new_leading = (window >> _U(57)) & _U(31)
     new_meaningful = (window >> _U(51)) & _U(63)
     new_meaningful[new_meaningful == _U(0)] = _U(64)  # 6 bits cannot say 64; 0 meaningful bits never occurs
-    invalid = fresh & (new_leading + new_meaningful > _U(64))
-    fresh &= ~invalid
-    leading[fresh] = new_leading[fresh]
-    trailing[fresh] = _U(64) - new_leading[fresh] - new_meaningful[fresh]
-    meaningful = np.where(changed, _U(64) - leading - trailing, _U(0))
-    header = np.where(fresh, _U(13), np.where(changed, _U(2), _U(1)))
-    cursor += header.view(np.int64)
-    xor = read_bits(words, cursor, np.minimum(meaningful, _U(64)))
-    value ^= xor << np.minimum(trailing, _U(63))
+    invalid = (fresh == _U(1)) & (new_leading + new_meaningful > _U(64))
+    take = (fresh == _U(1)) & ~invalid
+    np.copyto(leading, new_leading, where=take)
+    np.copyto(trailing, _U(64) - new_leading - new_meaningful, where=take)
+    meaningful = changed * (_U(64) - leading - trailing)
+    cursor += (_U(1) + changed + _U(11) * fresh).view(np.int64)  # control bits, and 5 + 6 bits when fresh
+    value ^= read_bits(words, cursor, meaningful) << np.minimum(trailing, _U(63))
     cursor += meaningful.view(np.int64)
     return invalid
