@@ -308,9 +308,10 @@ def test_decoder_on_real_chunks_keeps_staleness_markers(prometheus):
 
 
 class _Replay:
-    """An HTTP server that answers every remote read with a fixed Content-Type and body."""
+    """An HTTP server that answers every remote read with a fixed Content-Type and body (`promised` bytes said in
+    Content-Length, then the connection closed: a body cut off in transit)."""
 
-    def __init__(self, content_type: str, body: bytes) -> None:
+    def __init__(self, content_type: str, body: bytes, promised: int | None = None) -> None:
         import http.server
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -318,9 +319,10 @@ class _Replay:
                 self.rfile.read(int(self.headers["Content-Length"]))
                 self.send_response(200)
                 self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
+                self.send_header("Content-Length", str(promised or len(body)))
                 self.end_headers()
                 self.wfile.write(body)
+                self.close_connection = True
 
             def log_message(self, *args):
                 pass
@@ -335,8 +337,13 @@ def test_answers_of_other_kinds_are_named(prometheus):
              ("application/x-streamed-protobuf; proto=prometheus.Other", body, "a stream of proto=prometheus.Other"),
              ("application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse", body[:-1],
               "the answer ends 1 bytes into a frame")]
+    streamed = "application/x-streamed-protobuf; proto=prometheus.ChunkedReadResponse"
+    broke = r"the answer of Prometheus at .* to remote read .* broke off part-way: IncompleteRead"
+    cases.append((streamed, body[:len(body) // 2], broke))
     for content_type, answer, message in cases:
-        with processes.serving(_Replay(content_type, answer).handler) as url, PrometheusClient(url, retries=0) as client:
+        promised = len(body) if message == broke else None
+        with processes.serving(_Replay(content_type, answer, promised).handler) as url, \
+                PrometheusClient(url, retries=0) as client:
             with pytest.raises(SourceError, match=message):
                 RemoteReader(client).read([Matcher("__name__", "Equal", "x_odd")], T0, HEAD_END)
             assert not probe_remote_read(client)

@@ -25,7 +25,8 @@ from urllib3.exceptions import InsecureRequestWarning
 from urllib3.util.retry import Retry
 
 from rules_engine.source.base import SourceError
-from rules_engine.source.failures import RETRY_STATUSES, status_error, text_excerpt, transport_error
+from rules_engine.source.failures import (RETRY_STATUSES, broken_answer, status_error, text_excerpt,
+                                          transport_error)
 from rules_engine.urls import redacted_url
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,7 @@ class PrometheusClient:
         try:
             yield from response.iter_content(chunk_size=1 << 16)
         except requests.RequestException as exc:
-            raise SourceError(transport_error(exc, self.url, self.timeout, 0, what + ", while its answer streamed")) from exc
+            raise SourceError(broken_answer(exc, self.url, self.timeout, what)) from exc
 
     def instant_query(self, expr: str, time: datetime | float | None = None) -> list[tuple[dict[str, str], float]]:
         """(labels, value) per series of an instant vector at `time` (default: now); a scalar comes back as one
