@@ -8,7 +8,8 @@ For each group of rules, in the same invocation:
 - ours: `rules_engine.backtest` (fetch each query once, pandas windows, vectorized for/severity), wall time and the peak
   memory it allocated (tracemalloc, a second run; numpy/pandas buffers included), with the raw-sample reader
   (--reader, default remote-read: each stored sample read once, queries computed locally; the bytes per raw sample
-  read are the peak over the samples read) and again with the query path (Prometheus range-querying every query);
+  read are the peak over the samples read; --response-type picks remote read's answer, STREAMED_XOR_CHUNKS by
+  default, or SAMPLES) and again with the query path (Prometheus range-querying every query);
 - peer: Prometheus range-querying each rule's compiled alert expression (rules_engine.compile: window statistics
   as `*_over_time((signal)[w:step])`, guards as `and on(...)`), one rule after another as a rule group evaluates
   them, and again with the same concurrency as ours; Prometheus' peak RSS since it started (/proc VmHWM);
@@ -41,6 +42,7 @@ from rules_engine.evaluate.local import LocalSource  # noqa: E402
 from rules_engine.kinds import RULE_KINDS  # noqa: E402
 from rules_engine.simulate import FleetSpec, Incident, simulate  # noqa: E402
 from rules_engine.source.prometheus import MAX_POINTS_PER_QUERY, PrometheusSource  # noqa: E402
+from rules_engine.source.raw import RESPONSE_TYPES, RemoteReader  # noqa: E402
 from rules_engine.spec import load_ruleset, parse_duration  # noqa: E402
 from tests.processes import backfill, running_prometheus  # noqa: E402
 
@@ -94,23 +96,31 @@ def peak_rss_bytes(pid: int) -> int:
     return 0
 
 
-def run_ours(ruleset, source, start, end, step, names, reader):
-    """Wall time, traced peak memory, the backtest and the raw samples read (0 on the query path); each run reads
-    afresh (a new LocalSource holds no samples)."""
+def local_source(source, reader, response_type):
+    """The raw-sample source a run of ours reads through: remote read asks for `response_type` only."""
+    if reader == "remote-read":
+        return LocalSource(source, RemoteReader(source.client, response_types=(response_type,)))
+    return LocalSource(source, reader)
+
+
+def run_ours(ruleset, source, start, end, step, names, reader, response_type):
+    """Wall time, traced peak memory, the backtest, the raw samples read (0 on the query path) and the bytes remote
+    read received; each run reads afresh (a new LocalSource holds no samples)."""
     def one():
-        wrapped = LocalSource(source, reader) if reader != "query" else source
+        wrapped = local_source(source, reader, response_type) if reader != "query" else source
         return run_backtest(ruleset, wrapped, start, end, step, rules=names, reader="query"), wrapped
 
     gc.collect()
     began = time.perf_counter()
-    backtest, _ = one()
+    backtest, wrapped = one()
     seconds = time.perf_counter() - began
+    wire = getattr(getattr(wrapped, "reader", None), "wire_bytes", 0)
     gc.collect()
     tracemalloc.start()
     _, wrapped = one()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return seconds, peak, backtest, getattr(wrapped, "samples_read", 0)
+    return seconds, peak, backtest, getattr(wrapped, "samples_read", 0), wire
 
 
 def fetched_samples(ruleset, source, start, end, step, names) -> int:
@@ -152,6 +162,8 @@ def main() -> None:
     parser.add_argument("--step", default="30s")
     parser.add_argument("--cache", default="/tmp/rules-engine-bench")
     parser.add_argument("--reader", default="remote-read", choices=["remote-read", "range-vector"])
+    parser.add_argument("--response-type", default="STREAMED_XOR_CHUNKS", choices=list(RESPONSE_TYPES),
+                        help="what remote read asks for (--reader remote-read)")
     parser.add_argument("--per-rule", action="store_true", help="Also time each rule alone.")
     args = parser.parse_args()
     step = parse_duration(args.step)
@@ -176,8 +188,9 @@ def main() -> None:
         source = PrometheusSource(prometheus.url, timeout=3600)
         # Warm Prometheus' page cache and our imports once, so neither side pays the first-touch cost.
         fetched_samples(ruleset, source, start, end, step, None)
+        reader_name = args.reader + (f" ({args.response_type})" if args.reader == "remote-read" else "")
         print(f"{args.instances} instances x {args.days} days at {args.step}, range {start.isoformat()} .. "
-              f"{end.isoformat()}")
+              f"{end.isoformat()}, raw samples by {reader_name}")
         for title, names in groups.items():
             expressions = [alerts[name][0].expanded_expr for name in names]
             # Prometheus evaluates the same grid we fetch: a live `for` needs that warm-up too.
@@ -185,8 +198,9 @@ def main() -> None:
             peer_sequential = run_peer(prometheus.url, expressions, fetch_start, end, step, 1)
             peer_parallel = run_peer(prometheus.url, expressions, fetch_start, end, step, DEFAULT_CONCURRENCY)
             prometheus_peak = peak_rss_bytes(prometheus.pid)
-            seconds, peak, backtest, raw = run_ours(ruleset, source, start, end, step, names, args.reader)
-            query_seconds, query_peak, _, _ = run_ours(ruleset, source, start, end, step, names, "query")
+            seconds, peak, backtest, raw, wire = run_ours(ruleset, source, start, end, step, names, args.reader,
+                                                          args.response_type)
+            query_seconds, query_peak, _, _, _ = run_ours(ruleset, source, start, end, step, names, "query", None)
             local = sum(path.startswith("local") for o in backtest.outcomes for path in o.reads.values())
             reads = sum(len(o.reads) for o in backtest.outcomes)
             # The floor: Prometheus computing the very queries we fetch, answers parsed but not framed.
@@ -198,8 +212,9 @@ def main() -> None:
             print(f"\n{title} ({len(names)}): {', '.join(names)}")
             print(f"  ours  {seconds:7.2f} s  {evaluated / seconds / 1e6:7.2f} M samples/s  "
                   f"peak {peak / 1e6:7.1f} MB = {peak / max(raw, 1):5.1f} bytes per raw sample read "
-                  f"({raw / 1e6:.2f} M read by {args.reader}; {local}/{reads} queries computed locally); "
-                  f"{len(backtest.findings)} findings")
+                  f"({raw / 1e6:.2f} M read by {reader_name}"
+                  + (f", {wire / max(raw, 1):.2f} bytes each on the wire" if wire else "")
+                  + f"; {local}/{reads} queries computed locally); {len(backtest.findings)} findings")
             print(f"  ours, query path  {query_seconds:7.2f} s  peak {query_peak / 1e6:7.1f} MB = "
                   f"{query_peak / max(samples, 1):5.1f} bytes per fetched sample ({samples / 1e6:.1f} M fetched, "
                   f"concurrency {DEFAULT_CONCURRENCY}); local path {query_seconds / seconds:.2f}x faster")
@@ -213,7 +228,8 @@ def main() -> None:
             for name, expression in zip(names, expressions) if args.per_rule and title != "whole pack" else ():
                 _, rule_fetch_start = fetch_plan(ruleset, start, step, [name])
                 began = time.perf_counter()
-                run_backtest(ruleset, LocalSource(source, args.reader), start, end, step, rules=[name])
+                run_backtest(ruleset, local_source(source, args.reader, args.response_type), start, end, step,
+                             rules=[name])
                 alone = time.perf_counter() - began
                 peer_alone = run_peer(prometheus.url, [expression], rule_fetch_start, end, step, 1)
                 print(f"    {name:<28} ours {alone:6.2f} s  peer {peer_alone:6.2f} s  ratio {peer_alone / alone:5.2f}x")

@@ -9,16 +9,22 @@ Prints the best-of-N time of each way over the same answer bodies and the ratio 
 - decode_matrix: the values arrays cut out of the body and parsed by one numpy call (PrometheusSource's path);
 - naive: json.loads, then a float() and a dict insert per sample, then a DataFrame.
 Against a server it also prints Prometheus' own time to compute and send the answers (split at 11,000 points
-per request like PrometheusSource), the floor for any client.
+per request like PrometheusSource), the floor for any client; and the raw samples of `--metric` over the range
+read by remote read in each response type (rules_engine.source.raw.RemoteReader): SAMPLES (snappy protobuf in
+2-hour pieces, each decoded whole) and STREAMED_XOR_CHUNKS (the stored chunks streamed, decoded in numpy while
+they arrive): best-of-N wall time, bytes on the wire and tracemalloc's peak per sample read (a separate run), and
+their ratios; both must give the same samples.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import json
 import sys
 import tempfile
 import time
+import tracemalloc
 from pathlib import Path
 from typing import Callable
 
@@ -27,8 +33,10 @@ import pandas as pd
 import requests
 
 from rules_engine.source.base import SourceError
+from rules_engine.source.client import PrometheusClient
 from rules_engine.source.frame import evaluation_grid
 from rules_engine.source.prometheus import MAX_POINTS_PER_QUERY, decode_matrix, frame_from_chunks
+from rules_engine.source.raw import Matcher, RawSamples, RemoteReader
 
 Answers = list[tuple[bytes, pd.DatetimeIndex]]  # one body per request, with the grid it covers
 METRIC = "bench_latency_seconds"
@@ -112,6 +120,48 @@ def best_of(repeat: int, run: Callable[[], pd.DataFrame]) -> tuple[float, pd.Dat
     return best, out
 
 
+def remote_read(url: str, metric: str, grid: pd.DatetimeIndex, repeat: int) -> None:
+    """Raw samples of `metric` over the grid's range through remote read, in each response type."""
+    matchers = [Matcher("__name__", "Equal", metric)]
+    start_ms, end_ms = int(grid[0].timestamp() * 1000), int(grid[-1].timestamp() * 1000)
+    read: dict[str, RawSamples] = {}
+    for kind in ("SAMPLES", "STREAMED_XOR_CHUNKS"):
+        with PrometheusClient(url, timeout=600) as client:
+            reader = RemoteReader(client, response_types=(kind,))
+            reader.negotiated()
+            seconds, wire = float("inf"), 0
+            for _ in range(repeat):
+                before = reader.wire_bytes
+                started = time.perf_counter()
+                read[kind] = reader.read(matchers, start_ms, end_ms)
+                seconds, wire = min(seconds, time.perf_counter() - started), reader.wire_bytes - before
+            samples = len(read[kind].values)
+            gc.collect()
+            tracemalloc.start()
+            reader.read(matchers, start_ms, end_ms)
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+        print(f"remote read {kind:<19}   : {seconds:.3f} s  {wire / 1e6:6.1f} MB on the wire = "
+              f"{wire / samples:5.2f} bytes per sample, peak {peak / samples:5.1f} bytes per sample "
+              f"({samples / 1e6:.2f} M samples)")
+        read[kind + " figures"] = (seconds, wire, peak)
+    _same_samples(read["SAMPLES"], read["STREAMED_XOR_CHUNKS"])
+    (t0, w0, p0), (t1, w1, p1) = read["SAMPLES figures"], read["STREAMED_XOR_CHUNKS figures"]
+    print(f"STREAMED_XOR_CHUNKS / SAMPLES     : time {t1 / t0:.2f}x, wire {w1 / w0:.2f}x, peak memory {p1 / p0:.2f}x")
+
+
+def _same_samples(one: RawSamples, other: RawSamples) -> None:
+    def by_series(raw: RawSamples) -> dict:
+        ends = np.cumsum(raw.counts)
+        return {tuple(sorted(m.items())): (raw.timestamps_ms[e - c:e], raw.values[e - c:e].view(np.uint64))
+                for m, c, e in zip(raw.metrics, raw.counts, ends)}
+    first, second = by_series(one), by_series(other)
+    assert first.keys() == second.keys()
+    for key, (stamps, bits) in first.items():
+        np.testing.assert_array_equal(stamps, second[key][0])
+        np.testing.assert_array_equal(bits & np.uint64(2 ** 63 - 1), second[key][1] & np.uint64(2 ** 63 - 1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--series", type=int, default=50)
@@ -120,6 +170,7 @@ def main() -> None:
     parser.add_argument("--start-prometheus", action="store_true")
     parser.add_argument("--prometheus", metavar="URL")
     parser.add_argument("--query", default=METRIC)
+    parser.add_argument("--metric", default=METRIC, help="the metric read by remote read (with a server)")
     parser.add_argument("--start", help="RFC 3339 (with --prometheus)")
     parser.add_argument("--end", help="RFC 3339 (with --prometheus)")
     parser.add_argument("--step", default="30s", help="pandas duration (with --prometheus)")
@@ -131,11 +182,13 @@ def main() -> None:
         if args.prometheus:
             grid = evaluation_grid(pd.Timestamp(args.start), pd.Timestamp(args.end), pd.Timedelta(args.step))
             answers, server_seconds = live_answers(args.prometheus, args.query, grid)
+            remote_read(args.prometheus, args.metric, grid, args.repeat)
         elif args.start_prometheus:
             body, grid = generated_answer(args.series, args.points)
             url = stack.enter_context(backfilled_prometheus(body))
             live_answers(url, METRIC, grid)  # warm-up: the measured run is not the first touch of the blocks
             answers, server_seconds = live_answers(url, METRIC, grid)
+            remote_read(url, METRIC, grid, args.repeat)
         else:
             answers = [generated_answer(args.series, args.points)]
 

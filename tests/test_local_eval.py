@@ -192,7 +192,7 @@ def test_local_results_equal_prometheus(prometheus, step):
         for query in QUERIES:
             expected = source.query_range(query, start, end, step)
             actual = local.query_range(query, start, end, step)
-            assert local.paths[query] == "local (remote-read)", (query, local.paths[query])
+            assert local.paths[query] == "local (remote-read, STREAMED_XOR_CHUNKS)", (query, local.paths[query])
             assert expected.series_count > 0, query
             _compare(expected, actual, query)
 
@@ -350,7 +350,7 @@ rules:
         assert done.returncode == 0, done.stderr
         exports[reader] = json.loads(out.read_text())
     reads = {rule["rule"]: rule["reads"] for rule in exports["auto"]["rules"]}
-    assert set(reads["ErrorRate"].values()) == {"local (remote-read)"}
+    assert set(reads["ErrorRate"].values()) == {"local (remote-read, STREAMED_XOR_CHUNKS)"}
     assert all(path.startswith("query (function quantile_over_time") for path in reads["QueueP90"].values())
     assert all(path.startswith("query (raw samples not read")
                for rule in exports["query"]["rules"] for path in rule["reads"].values())
@@ -458,5 +458,5 @@ def test_random_series_agree_with_prometheus(empty_prometheus, history, step):
             query = template.format(m=name)
             expected = source.query_range(query, start, end, pd.Timedelta(step))
             actual = local.query_range(query, start, end, pd.Timedelta(step))
-            assert local.paths[query] == "local (remote-read)", (query, local.paths[query])
+            assert local.paths[query] == "local (remote-read, STREAMED_XOR_CHUNKS)", (query, local.paths[query])
             _compare(expected, actual, query)

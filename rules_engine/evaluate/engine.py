@@ -48,7 +48,8 @@ class RuleOutcome:
     signal: RangeFrame | None = field(default=None, repr=False)
     levels: list[tuple[str, float]] = field(default_factory=list)
     signal_filtered: bool = False
-    # role -> how its query was answered ("local (remote-read)", "query (<why not local>)"), when the source says
+    # role -> how its query was answered ("local (remote-read, STREAMED_XOR_CHUNKS)", "query (<why not local>)"),
+    # when the source says
     reads: dict[str, str] = field(default_factory=dict)
 
 

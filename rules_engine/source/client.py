@@ -9,11 +9,12 @@ URL length limits), the raw answer body for the range decoder, urllib3's retry s
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Iterator, Mapping
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -24,7 +25,8 @@ from urllib3.exceptions import InsecureRequestWarning
 from urllib3.util.retry import Retry
 
 from rules_engine.source.base import SourceError
-from rules_engine.source.failures import RETRY_STATUSES, status_error, text_excerpt, transport_error
+from rules_engine.source.failures import (RETRY_STATUSES, broken_answer, status_error, text_excerpt,
+                                          transport_error)
 from rules_engine.urls import redacted_url
 
 log = logging.getLogger(__name__)
@@ -120,6 +122,24 @@ class PrometheusClient:
         """POST an encoded body (remote read's snappy protobuf) with its own content headers; the answer undecoded."""
         return self._request("POST", path, what, data=body, headers=dict(headers))
 
+    @contextlib.contextmanager
+    def post_streamed(self, path: str, body: bytes, headers: Mapping[str, str], what: str
+                      ) -> Iterator[tuple[str, Iterator[bytes]]]:
+        """POST an encoded body and read a 200 answer as it arrives: (its Content-Type, its body in blocks), for
+        answers decoded while they stream (remote read's STREAMED_XOR_CHUNKS). The request is retried like any
+        other; a failure once the body flows is not (blocks already handed on), and is a SourceError too."""
+        response = self._send("POST", path, what, stream=True, data=body, headers=dict(headers))
+        try:
+            yield response.headers.get("Content-Type", ""), self._blocks(response, what)
+        finally:
+            response.close()
+
+    def _blocks(self, response: requests.Response, what: str) -> Iterator[bytes]:
+        try:
+            yield from response.iter_content(chunk_size=1 << 16)
+        except requests.RequestException as exc:
+            raise SourceError(broken_answer(exc, self.url, self.timeout, what)) from exc
+
     def instant_query(self, expr: str, time: datetime | float | None = None) -> list[tuple[dict[str, str], float]]:
         """(labels, value) per series of an instant vector at `time` (default: now); a scalar comes back as one
         series without labels. Values are as Prometheus answered them, NaN included."""
@@ -166,6 +186,9 @@ class PrometheusClient:
         return lambda reason: SourceError(f"Prometheus at {self.url} gave an unusable answer to {what}: {reason}")
 
     def _request(self, method: str, path: str, what: str, **arguments: Any) -> bytes:
+        return self._send(method, path, what, **arguments).content
+
+    def _send(self, method: str, path: str, what: str, **arguments: Any) -> requests.Response:
         try:
             # verify passed explicitly: otherwise requests lets REQUESTS_CA_BUNDLE override the session's.
             response = self._session.request(method, self._base + path, timeout=self.timeout,
@@ -175,7 +198,7 @@ class PrometheusClient:
         if response.status_code != 200:
             raise SourceError(status_error(response.status_code, response.reason, response.content,
                                            response.headers.get("Content-Type", ""), self.url, self.retries, what))
-        return response.content
+        return response
 
 
 # -- the API's answer envelope ----------------------------------------------------------------------------------

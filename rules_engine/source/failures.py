@@ -47,6 +47,16 @@ def transport_error(exc: BaseException, url: str, timeout: float, retries: int, 
     return f"cannot reach Prometheus at {url}: {_innermost_message(causes)}{attempts} ({what})"
 
 
+def broken_answer(exc: BaseException, url: str, timeout: float, what: str) -> str:
+    """An answer that began and then broke off: the connection closed early, or nothing came for `timeout`."""
+    causes = list(_causes(exc))
+    if any(isinstance(cause, (requests.Timeout, socket.timeout, TimeoutError)) or "timed out" in str(cause)
+           for cause in causes):
+        return (f"Prometheus at {url} sent nothing for {timeout:g}s in the middle of its answer to {what}; "
+                f"a slow server needs a larger --timeout")
+    return f"the answer of Prometheus at {url} to {what} broke off part-way: {_innermost_message(causes)}"
+
+
 def status_error(status: int, reason: str, body: bytes, content_type: str, url: str, retries: int,
                  what: str) -> str:
     """An HTTP answer other than 200: credentials, access, a wrong path prefix, or Prometheus' own error."""

@@ -1,9 +1,11 @@
 """Raw samples of series selectors: each stored sample once, for the local evaluator (rules_engine.evaluate.local).
 
 Two ways to read them, both through the shared `PrometheusClient` (auth, TLS, tenant header, retries):
-- remote read (`POST /api/v1/read`, protobuf + snappy), which Prometheus, Thanos, Mimir and VictoriaMetrics
-  serve. The SAMPLES response type: one snappy block of `ReadResponse` per request. Its samples keep staleness
-  markers, so an instant selector can end a series where Prometheus does.
+- remote read (`POST /api/v1/read`), which Prometheus, Thanos, Mimir and VictoriaMetrics serve, in either
+  response type: STREAMED_XOR_CHUNKS (asked for first: the stored chunks streamed in CRC-checked frames, decoded
+  in numpy by rules_engine.source.xor while they arrive) or SAMPLES (one snappy block of `ReadResponse` per
+  request, decoded whole). Both keep staleness markers, so an instant selector can end a series where Prometheus
+  does.
 - range-vector instant queries (`selector[Δ]` at t, t+Δ, ...) over the query API where remote read is not
   served. Prometheus drops staleness markers from range vectors: this reader says so (`has_staleness=False`) and
   the evaluator keeps bare instant selectors on the query path then.
@@ -13,24 +15,28 @@ declared here with protobuf's descriptor API: no protoc step, one schema in one 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from itertools import chain
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import cramjam
+import google_crc32c
 import numpy as np
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from rules_engine.source.base import SourceError
 from rules_engine.source.client import PrometheusClient
+from rules_engine.source.failures import text_excerpt
 from rules_engine.source.prometheus import MatrixChunk, decode_matrix, series_of_chunks
+from rules_engine.source.xor import ChunkError, decode_chunks
 
 # Prometheus' staleness marker: a NaN with this bit pattern (pkg/value.StaleNaN).
 STALE_NAN_BITS = np.uint64(0x7FF0000000000002)
 
-# Remote read pieces: bounded answers (Prometheus' read sample limit is 5e7 per query by default, and the SAMPLES
-# answer is decoded whole in memory).
+# Remote read pieces of SAMPLES answers: bounded answers (Prometheus' read sample limit is 5e7 per query by
+# default, and the SAMPLES answer is decoded whole in memory).
 DEFAULT_PIECE_MS = 2 * 3600 * 1000
 
 
@@ -76,16 +82,26 @@ def _prompb_messages() -> dict[str, type]:
             ("samples", 2, F.TYPE_BYTES, many, None))
     message("PackedQueryResult", ("timeseries", 1, F.TYPE_MESSAGE, many, ".prometheus.PackedTimeSeries"))
     message("PackedReadResponse", ("results", 1, F.TYPE_MESSAGE, many, ".prometheus.PackedQueryResult"))
+    # STREAMED_XOR_CHUNKS: one ChunkedReadResponse per frame; a series may continue in the next frame.
+    chunk = message("Chunk", ("min_time_ms", 1, F.TYPE_INT64, one, None), ("max_time_ms", 2, F.TYPE_INT64, one, None),
+                    ("type", 3, F.TYPE_ENUM, one, ".prometheus.Chunk.Encoding"), ("data", 4, F.TYPE_BYTES, one, None))
+    encodings = chunk.enum_type.add(name="Encoding")
+    for number, name in enumerate(("UNKNOWN", "XOR", "HISTOGRAM", "FLOAT_HISTOGRAM")):
+        encodings.value.add(name=name, number=number)
+    message("ChunkedSeries", ("labels", 1, F.TYPE_MESSAGE, many, ".prometheus.Label"),
+            ("chunks", 2, F.TYPE_MESSAGE, many, ".prometheus.Chunk"))
+    message("ChunkedReadResponse", ("chunked_series", 1, F.TYPE_MESSAGE, many, ".prometheus.ChunkedSeries"),
+            ("query_index", 2, F.TYPE_INT64, one, None))
 
     pool = descriptor_pool.DescriptorPool()
     pool.Add(spec)
     return {name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"prometheus.{name}"))
-            for name in ("ReadRequest", "ReadResponse", "PackedReadResponse", "WriteRequest")}
+            for name in ("ReadRequest", "ReadResponse", "PackedReadResponse", "WriteRequest", "ChunkedReadResponse")}
 
 
 _PROMPB = _prompb_messages()
 ReadRequest, ReadResponse, WriteRequest = _PROMPB["ReadRequest"], _PROMPB["ReadResponse"], _PROMPB["WriteRequest"]
-PackedReadResponse = _PROMPB["PackedReadResponse"]
+PackedReadResponse, ChunkedReadResponse = _PROMPB["PackedReadResponse"], _PROMPB["ChunkedReadResponse"]
 
 # promql_parser's MatchOp names -> (remote read's matcher type, PromQL's operator text)
 MATCH_TYPES = {"Equal": (0, "="), "NotEqual": (1, "!="), "Re": (2, "=~"), "NotRe": (3, "!~")}
@@ -169,11 +185,57 @@ class _PieceReader:
         raise NotImplementedError
 
 
+# Remote read's response types (ReadRequest.ResponseType), asked for in order: the server answers with the first it
+# serves. Streamed XOR chunks are what the TSDB stores, sent series by series in frames: Prometheus neither decodes
+# them nor holds the whole answer, and its read sample limit does not apply (Prometheus >= 2.13, Thanos, Mimir).
+RESPONSE_TYPES = {"SAMPLES": 0, "STREAMED_XOR_CHUNKS": 1}
+DEFAULT_RESPONSE_TYPES = ("STREAMED_XOR_CHUNKS", "SAMPLES")
+STREAMED_PROTO = "prometheus.ChunkedReadResponse"
+MAX_FRAME_BYTES = 50_000_000  # the frame size Prometheus' own remote-read client refuses beyond
+DECODE_BATCH_BYTES = 4 << 20  # chunk bytes decoded at once (about half a million samples): bounds temporaries
+_XOR_ENCODING = 1
+PROBE_METRIC = "rules_engine_remote_read_probe"
+
+
 class RemoteReader(_PieceReader):
-    """Raw samples through remote read (SAMPLES response type)."""
+    """Raw samples through remote read, asking for `response_types` in order (default: streamed XOR chunks, then
+    SAMPLES) and decoding whichever the server answers with (the answer's Content-Type says which).
+
+    `response_type` is the type the server chose, learnt from its first answer (or, when `name` or `read` needs it
+    before then, from an empty read); `name` says it ("remote-read, STREAMED_XOR_CHUNKS"), so reports of how a
+    query was answered name it. Streamed chunks are read for the whole range in one request and decoded while
+    they arrive; SAMPLES answers are bounded by Prometheus' read sample limit and read in pieces of `piece_ms`.
+    `wire_bytes` counts the answer bytes received."""
 
     has_staleness = True
-    name = "remote-read"
+
+    def __init__(self, client: PrometheusClient, piece_ms: int = DEFAULT_PIECE_MS,
+                 response_types: Sequence[str] = DEFAULT_RESPONSE_TYPES) -> None:
+        super().__init__(client, piece_ms)
+        unknown = [kind for kind in response_types if kind not in RESPONSE_TYPES]
+        if unknown or not response_types:
+            raise SourceError(f"remote read response types must be some of {', '.join(RESPONSE_TYPES)}, "
+                              f"got {list(response_types)}")
+        self.response_types = tuple(response_types)
+        self.response_type: str | None = None
+        self.wire_bytes = 0
+        self._count = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return f"remote-read, {self.negotiated()}"
+
+    def negotiated(self) -> str:
+        """The response type the server answers with; until an answer said it, an empty read asks."""
+        if self.response_type is None:
+            self._read_piece([Matcher("__name__", "Equal", PROBE_METRIC)], 0, 1)
+        return self.response_type
+
+    def read(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> RawSamples:
+        if self.negotiated() != "STREAMED_XOR_CHUNKS":
+            return super().read(matchers, start_ms, end_ms)
+        piece = self._read_piece(matchers, start_ms, end_ms)  # grouped by series, in time order
+        return RawSamples(piece.metrics, piece.counts, piece.timestamps_ms, piece.values, self.has_staleness)
 
     def _read_piece(self, matchers: Sequence[Matcher], start_ms: int, end_ms: int) -> MatrixChunk:
         request = ReadRequest()
@@ -181,12 +243,166 @@ class RemoteReader(_PieceReader):
         for matcher in matchers:
             query.matchers.add(type=MATCH_TYPES[matcher.op][0], name=matcher.name, value=matcher.value)
         query.hints.start_ms, query.hints.end_ms = start_ms, end_ms
-        request.accepted_response_types.append(0)  # SAMPLES
+        request.accepted_response_types.extend(RESPONSE_TYPES[kind] for kind in self.response_types)
         what = f"remote read {selector_text(matchers)}"
-        body = self.client.post_bytes("/api/v1/read", bytes(cramjam.snappy.compress_raw(request.SerializeToString())),
-                                      {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy",
-                                       "X-Prometheus-Remote-Read-Version": "0.1.0"}, what)
-        return decode_read_response(body, self.client.unusable_answer(what))
+        error = self.client.unusable_answer(what)
+        with self.client.post_streamed("/api/v1/read", bytes(cramjam.snappy.compress_raw(request.SerializeToString())),
+                                       {"Content-Type": "application/x-protobuf", "Content-Encoding": "snappy",
+                                        "X-Prometheus-Remote-Read-Version": "0.1.0"}, what) as (content_type, blocks):
+            media, _, parameters = content_type.partition(";")
+            blocks = self._counted(blocks)
+            if media.strip() == "application/x-streamed-protobuf":
+                if f"proto={STREAMED_PROTO}" not in parameters.replace(" ", ""):
+                    raise error(f"a stream of {parameters.strip() or 'unnamed messages'}, not {STREAMED_PROTO}")
+                self.response_type = "STREAMED_XOR_CHUNKS"
+                return decode_streamed_chunks(blocks, start_ms, end_ms, error)
+            if media.strip() in ("application/x-protobuf", ""):
+                self.response_type = "SAMPLES"
+                return decode_read_response(b"".join(blocks), error)
+            raise error(f"Content-Type {content_type!r}, neither a remote-read answer nor a stream of chunks: "
+                        f"does the server serve remote read?")
+
+    def _counted(self, blocks: Iterable[bytes]) -> Iterator[bytes]:
+        for block in blocks:
+            with self._count:
+                self.wire_bytes += len(block)
+            yield block
+
+
+def streamed_frames(blocks: Iterable[bytes], error: Callable[[str], SourceError]) -> Iterator[bytes]:
+    """The messages of a streamed remote-read answer, each checked as it completes. A frame is the message's size
+    as a uvarint, the CRC32-Castagnoli of the message (4 bytes, big-endian), then the message. Prometheus reports
+    a failure after the first frame by writing its error text into the stream, so a bad frame quotes what it saw."""
+    pending = bytearray()
+    number = offset = 0  # frames read, and the answer's byte where `pending` starts
+
+    def broken(reason: str, at: int = 0) -> SourceError:
+        return error(f"streamed chunks, frame {number} at byte {offset + at}: {reason} "
+                     f"(the bytes there: {text_excerpt(bytes(pending[at:at + 200]), '')})")
+
+    for block in chain(blocks, [None]):
+        if block is not None:
+            pending += block
+        while pending:
+            size, header = 0, 0
+            for header in range(min(len(pending), 10)):
+                size |= (pending[header] & 0x7F) << (7 * header)
+                if pending[header] < 0x80:
+                    break
+            else:
+                if len(pending) < 10 and block is not None:
+                    break  # the size continues in the next block
+                raise broken("the frame size is not a varint" if len(pending) >= 10 else "the answer ends in a frame size")
+            header += 1
+            if size > MAX_FRAME_BYTES:
+                raise broken(f"a frame of {size} bytes, more than the {MAX_FRAME_BYTES} a frame may have")
+            if len(pending) < header + 4 + size:
+                if block is None:
+                    raise broken(f"the answer ends {header + 4 + size - len(pending)} bytes into a frame of {size}")
+                break
+            message = bytes(pending[header + 4:header + 4 + size])
+            expected = int.from_bytes(pending[header:header + 4], "big")
+            if google_crc32c.value(message) != expected:
+                raise broken(f"CRC32C of the message {google_crc32c.value(message):#010x}, the frame says "
+                             f"{expected:#010x}: corrupted in transit")
+            yield message
+            del pending[:header + 4 + size]
+            number, offset = number + 1, offset + header + 4 + size
+
+
+@dataclass
+class _ChunkBatch:
+    """XOR chunks waiting to be decoded together, with the series each belongs to."""
+
+    data: list[bytes] = field(default_factory=list)
+    series: list[int] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # (min, max) time, for error messages
+    size: int = 0
+
+
+def decode_streamed_chunks(blocks: Iterable[bytes], start_ms: int, end_ms: int,
+                           error: Callable[[str], SourceError]) -> MatrixChunk:
+    """A STREAMED_XOR_CHUNKS answer of one query as flat arrays: its samples in [start_ms, end_ms] (Prometheus cuts
+    chunks to the range, a server may not) grouped by series in time order. Frames are parsed as the blocks
+    arrive and their XOR chunks decoded in numpy a batch at a time (rules_engine.source.xor), so temporaries stay
+    within a batch and the answer is held as its samples once. Chunks of other encodings (native histograms) are
+    skipped: the SAMPLES answer carries no float samples for them either."""
+    column_of: dict[tuple, int] = {}
+    metrics: list[dict[str, str]] = []
+    # Per decoded chunk: its series and how many of its samples are in the range; the samples themselves.
+    chunk_series: list[np.ndarray] = []
+    chunk_counts: list[np.ndarray] = []
+    stamp_parts: list[np.ndarray] = []
+    value_parts: list[np.ndarray] = []
+    batch = _ChunkBatch()
+
+    def flush() -> None:
+        if not batch.data:
+            return
+        lengths = np.fromiter(map(len, batch.data), dtype=np.int64, count=len(batch.data))
+        ends = np.cumsum(lengths)
+        try:
+            counts, stamps, values = decode_chunks(b"".join(batch.data), ends - lengths, ends)
+        except ChunkError as bad:
+            low, high = batch.spans[bad.chunk]
+            raise error(f"series {metrics[batch.series[bad.chunk]]}: XOR chunk {low}..{high} ms does not decode: "
+                        f"{bad}") from None
+        keep = (stamps >= start_ms) & (stamps <= end_ms)
+        if not keep.all():
+            counts = np.bincount(np.repeat(np.arange(len(counts)), counts)[keep], minlength=len(counts))
+            stamps, values = stamps[keep], values[keep]
+        chunk_series.append(np.asarray(batch.series, dtype=np.int64))
+        chunk_counts.append(counts)
+        stamp_parts.append(stamps)
+        value_parts.append(values)
+        batch.data, batch.series, batch.spans, batch.size = [], [], [], 0
+
+    for message in streamed_frames(blocks, error):
+        try:
+            answer = ChunkedReadResponse.FromString(message)
+        except DecodeError as exc:
+            raise error(f"a streamed frame that is not a ChunkedReadResponse ({exc})") from None
+        if answer.query_index != 0:
+            raise error(f"chunks for query {answer.query_index}; one query was asked")
+        for one in answer.chunked_series:
+            labels = {label.name: label.value for label in one.labels}
+            column = column_of.setdefault(tuple(sorted(labels.items())), len(metrics))
+            if column == len(metrics):
+                metrics.append(labels)
+            for chunk in one.chunks:
+                if chunk.type != _XOR_ENCODING or chunk.max_time_ms < start_ms or chunk.min_time_ms > end_ms:
+                    continue
+                batch.data.append(chunk.data)
+                batch.series.append(column)
+                batch.spans.append((chunk.min_time_ms, chunk.max_time_ms))
+                batch.size += len(chunk.data)
+        if batch.size >= DECODE_BATCH_BYTES:
+            flush()
+    flush()
+    if not stamp_parts:
+        empty = np.empty(0, dtype=np.int64)
+        return MatrixChunk([], empty, empty, np.empty(0))
+    series, counts = np.concatenate(chunk_series), np.concatenate(chunk_counts)
+    # One array at a time, each freed once joined: the answer is held about once over.
+    stamps = np.concatenate(stamp_parts)
+    stamp_parts.clear()
+    values = np.concatenate(value_parts)
+    value_parts.clear()
+    per_series = np.bincount(series, weights=counts, minlength=len(metrics)).astype(np.int64)
+    later = stamps[1:] > stamps[:-1]
+    starts = np.cumsum(per_series)[:-1]
+    later[starts[(starts > 0) & (starts < len(stamps))] - 1] = True  # a new series may start earlier
+    if (np.diff(series) < 0).any() or not later.all():
+        # Series are streamed one after another and chunks in time order, but the protocol lets chunks overlap:
+        # sort and keep one sample per timestamp.
+        ids = np.repeat(series, counts)
+        order = np.lexsort((stamps, ids))
+        ids, stamps, values = ids[order], stamps[order], values[order]
+        keep = np.ones(len(ids), dtype=bool)
+        keep[1:] = (ids[1:] != ids[:-1]) | (stamps[1:] != stamps[:-1])
+        ids, stamps, values = ids[keep], stamps[keep], values[keep]
+        per_series = np.bincount(ids, minlength=len(metrics)).astype(np.int64)
+    return with_samples(MatrixChunk(metrics, per_series, stamps, values))
 
 
 def decode_read_response(body: bytes, error: Callable[[str], SourceError]) -> MatrixChunk:
@@ -211,7 +427,18 @@ def decode_read_response(body: bytes, error: Callable[[str], SourceError]) -> Ma
         total = int(counts.sum())
         decoded = (np.fromiter((s.timestamp for one in full for s in one.samples), dtype=np.int64, count=total),
                    np.fromiter((s.value for one in full for s in one.samples), dtype=np.float64, count=total))
-    return MatrixChunk(metrics=metrics, counts=counts, timestamps_ms=decoded[0], values=decoded[1])
+    return with_samples(MatrixChunk(metrics=metrics, counts=counts, timestamps_ms=decoded[0], values=decoded[1]))
+
+
+def with_samples(answer: MatrixChunk) -> MatrixChunk:
+    """The answer without its series that have no sample in the range. Prometheus' SAMPLES answer lists a series
+    whose stored chunk overlaps the range even when none of its samples falls inside; its streamed chunks are cut
+    to the range and leave such a series out. Both response types give the same series this way."""
+    if answer.counts.all():
+        return answer
+    kept = np.flatnonzero(answer.counts)
+    return MatrixChunk([answer.metrics[i] for i in kept], answer.counts[kept], answer.timestamps_ms, answer.values,
+                       answer.warnings)
 
 
 _VALUE_TAG, _TIMESTAMP_TAG = 0x09, 0x10  # Sample: field 1 double (wire type 1), field 2 int64 varint (wire type 0)
@@ -291,7 +518,7 @@ class RangeVectorReader(_PieceReader):
 def probe_remote_read(client: PrometheusClient) -> bool:
     """Whether the server answers remote read: an empty read of a selector that matches nothing."""
     try:
-        RemoteReader(client).read([Matcher("__name__", "Equal", "rules_engine_remote_read_probe")], 0, 1)
+        RemoteReader(client).negotiated()
     except SourceError:
         return False
     return True
