@@ -38,7 +38,7 @@ from rules_engine.spec.times import rfc3339
               help="Only receive and persist webhooks; another process runs intake and workflows.")
 @click.option("--max-resumes", type=int,
               help="Times a workflow interrupted by a crash is resumed in a row without progress before it is "
-                   "failed and rolled back (default 5).")
+                   "failed, its change rolled back if it made one (default 5).")
 def serve(config_path, listen, database_url, playbooks, rules, prometheus_url, dry_run, workers, threads,
           no_processing, max_resumes):
     """Receive Alertmanager webhooks, run optimization playbooks, analysis jobs and recommendations (the API is

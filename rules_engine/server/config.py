@@ -153,7 +153,7 @@ class ServerConfig(BaseModel):
     process: bool = True  # run intake and executors in the server processes (False: receive and persist only)
     lease_seconds: float = Field(default=60.0, gt=0)
     # A workflow whose owners keep stopping (crashing) while it runs is resumed at most this many times in a row
-    # without progress, then failed and rolled back: a step that kills the engine must not do it forever.
+    # without progress, then failed (and rolled back): a step that kills the engine must not do it forever.
     max_resumes: int = Field(default=5, ge=0)
     poll_interval: float = Field(default=0.5, gt=0)
     executor_threads: int = Field(default=2, ge=1)
