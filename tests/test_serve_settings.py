@@ -128,3 +128,18 @@ def test_serve_refuses_playbooks_whose_variables_the_config_lacks(tmp_path):
     assert child.returncode == 2, output
     assert "playbooks do not load" in output
     assert "vllm-scale-out.yaml:" in output and "`vars.orchestrator_url` is not set" in output
+
+
+def test_the_variables_check_applies_where_steps_run(tmp_path):
+    from rules_engine.commands.serve import _check
+
+    (tmp_path / "tok").write_text("t")
+    path = _write(tmp_path, f"database_url: sqlite:///{tmp_path / 'x.db'}\n"
+                            f"playbooks: [{REPO / 'rules' / 'playbooks'}]\nrules: [{REPO / 'rules'}]\n"
+                            f"alertmanager_auth: {{bearer_token: {{file: {tmp_path / 'tok'}}}}}\n"
+                            f"operators: [{{name: a, token: {{file: {tmp_path / 'tok'}}}, roles: [admin]}}]\n")
+    with pytest.raises(ConfigError, match="`vars.orchestrator_url` is not set"):
+        _check(load_config(path))
+    _check(load_config(path, dry_run=True))  # shown as `<unset: vars.orchestrator_url>`
+    _check(load_config(path, process=False))  # receives only: no step runs in this process
+    _check(load_config(path, variables={"orchestrator_url": "http://127.0.0.1:9"}))  # as bench/bench_webhook.py

@@ -83,8 +83,10 @@ def _check(config: ServerConfig) -> None:
     if not config.operators:
         raise ConfigError("configure at least one operator (operators: [{name, token, roles}]) to approve workflows")
     try:
-        # A dry run shows a variable it lacks as `<unset: vars.NAME>`; otherwise the step would fail mid-workflow.
-        load_playbooks(config.playbooks, variables=None if config.dry_run else config.variables)
+        # A step reading a variable the config lacks would fail mid-workflow. Not checked where no step runs here
+        # (receive only) or where it shows as `<unset: vars.NAME>` instead (a dry run).
+        checked = config.process and not config.dry_run
+        load_playbooks(config.playbooks, variables=config.variables if checked else None)
     except SpecError as error:
         raise ConfigError("playbooks do not load:\n" + "\n".join(str(p) for p in error.problems)) from None
     try:
