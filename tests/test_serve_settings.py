@@ -112,12 +112,17 @@ def test_playbook_variables_must_be_configured_unless_dry_run(tmp_path):
     assert load_playbooks([tmp_path / "p.yaml"], variables={})  # a dry run shows `<unset: vars.NAME>` instead
 
 
-def test_serve_refuses_playbooks_whose_variables_the_config_lacks(tmp_path):
+def _shipped_playbooks_without_variables(tmp_path: Path) -> Path:
+    """A serve config that passes every other check: credentials, operators, the shipped playbooks and rules."""
     (tmp_path / "tok").write_text("t")
-    path = _write(tmp_path, f"database_url: sqlite:///{tmp_path / 'x.db'}\nlisten: 127.0.0.1:{free_port()}\n"
+    return _write(tmp_path, f"database_url: sqlite:///{tmp_path / 'x.db'}\nlisten: 127.0.0.1:{free_port()}\n"
                             f"playbooks: [{REPO / 'rules' / 'playbooks'}]\nrules: [{REPO / 'rules'}]\n"
                             f"alertmanager_auth: {{bearer_token: {{file: {tmp_path / 'tok'}}}}}\n"
                             f"operators: [{{name: a, token: {{file: {tmp_path / 'tok'}}}, roles: [admin]}}]\n")
+
+
+def test_serve_refuses_playbooks_whose_variables_the_config_lacks(tmp_path):
+    path = _shipped_playbooks_without_variables(tmp_path)
     # A child process: were the check to pass, serve would start serving instead of returning.
     child = subprocess.Popen([sys.executable, "-m", "rules_engine.cli", "serve", "--config", str(path)], cwd=REPO,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
@@ -133,11 +138,7 @@ def test_serve_refuses_playbooks_whose_variables_the_config_lacks(tmp_path):
 def test_the_variables_check_applies_where_steps_run(tmp_path):
     from rules_engine.commands.serve import _check
 
-    (tmp_path / "tok").write_text("t")
-    path = _write(tmp_path, f"database_url: sqlite:///{tmp_path / 'x.db'}\n"
-                            f"playbooks: [{REPO / 'rules' / 'playbooks'}]\nrules: [{REPO / 'rules'}]\n"
-                            f"alertmanager_auth: {{bearer_token: {{file: {tmp_path / 'tok'}}}}}\n"
-                            f"operators: [{{name: a, token: {{file: {tmp_path / 'tok'}}}, roles: [admin]}}]\n")
+    path = _shipped_playbooks_without_variables(tmp_path)
     with pytest.raises(ConfigError, match="`vars.orchestrator_url` is not set"):
         _check(load_config(path))
     _check(load_config(path, dry_run=True))  # shown as `<unset: vars.orchestrator_url>`
