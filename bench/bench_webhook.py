@@ -241,7 +241,7 @@ def engine_command(tmp: Path, port: int, workers: int, threads: int, database_ur
     config = tmp / f"serve-{port}.yaml"
     config.write_text(json.dumps({
         "listen": f"127.0.0.1:{port}", "database_url": database_url, "sqlite_synchronous": "FULL",
-        "playbooks": [str(REPO / "rules" / "playbooks")],
+        "playbooks": [str(REPO / "rules" / "playbooks")], "variables": {"orchestrator_url": "http://127.0.0.1:9"},
         "alertmanager_auth": {"bearer_token": {"file": str(tmp / "token")}},
         "operators": [{"name": "bench", "token": {"sha256": hashlib.sha256(b"op").hexdigest()}, "roles": ["admin"]}],
         "workers": workers, "threads": threads, "process": processing,

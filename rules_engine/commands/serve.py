@@ -36,15 +36,19 @@ from rules_engine.spec.times import rfc3339
 @click.option("--threads", type=int, help="Threads per worker (default 16).")
 @click.option("--no-processing", is_flag=True, default=False,
               help="Only receive and persist webhooks; another process runs intake and workflows.")
+@click.option("--max-resumes", type=int,
+              help="Times a workflow interrupted by a crash is resumed in a row without progress before it is "
+                   "failed, its change rolled back if it made one (default 5).")
 def serve(config_path, listen, database_url, playbooks, rules, prometheus_url, dry_run, workers, threads,
-          no_processing):
+          no_processing, max_resumes):
     """Receive Alertmanager webhooks, run optimization playbooks, analysis jobs and recommendations (the API is
     described at /api/v1/openapi.json and browsable at /docs)."""
     try:
         config = load_config(config_path, listen=listen, database_url=database_url,
                              playbooks=list(playbooks) or None, rules=list(rules) or None,
                              prometheus_url=prometheus_url, dry_run=dry_run,
-                             workers=workers, threads=threads, process=False if no_processing else None)
+                             workers=workers, threads=threads, process=False if no_processing else None,
+                             max_resumes=max_resumes)
         _check(config)
     except ConfigError as error:
         fail(str(error))
@@ -79,7 +83,10 @@ def _check(config: ServerConfig) -> None:
     if not config.operators:
         raise ConfigError("configure at least one operator (operators: [{name, token, roles}]) to approve workflows")
     try:
-        load_playbooks(config.playbooks)
+        # A step reading a variable the config lacks would fail mid-workflow. Not checked where no step runs here
+        # (receive only) or where it shows as `<unset: vars.NAME>` instead (a dry run).
+        checked = config.process and not config.dry_run
+        load_playbooks(config.playbooks, variables=config.variables if checked else None)
     except SpecError as error:
         raise ConfigError("playbooks do not load:\n" + "\n".join(str(p) for p in error.problems)) from None
     try:

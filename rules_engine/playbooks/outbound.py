@@ -5,6 +5,11 @@
 phase the call is in. Whether the request may have reached the target decides the rollback: a connection that
 was never established (refused, unreachable, unresolvable) changed nothing; after the first byte is sent, the
 outcome is unknown.
+
+The proxy environment (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY, NO_PROXY, in either case) applies as it does to every
+other outbound call of the engine, which `requests` makes: the same rules decide, read through `requests.utils`. An
+http:// URL is sent to the proxy in absolute form; an https:// one goes through a CONNECT tunnel, so TLS (and its
+certificate check) is still end to end with the target. A refused CONNECT sent nothing to the target.
 """
 from __future__ import annotations
 
@@ -13,8 +18,11 @@ import socket
 import ssl
 import threading
 import time
+import base64
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
+
+from requests.utils import get_environ_proxies, select_proxy
 
 RESPONSE_KEEP = 2000  # characters of a response body kept in the step output
 
@@ -47,15 +55,47 @@ class Answer:
         return {"error": self.error, "sent": self.sent, "seconds": round(self.seconds, 4)}
 
 
+def proxy_for(url: str) -> SplitResult | None:
+    """The proxy the environment names for `url` (None: connect directly), by the rules `requests` follows."""
+    chosen = select_proxy(url, get_environ_proxies(url))
+    if not chosen:
+        return None
+    return urlsplit(chosen if "://" in chosen else f"http://{chosen}")
+
+
+def _connection(parts: SplitResult, proxy: SplitResult | None, deadline: float
+                ) -> tuple[http.client.HTTPConnection, dict[str, str]]:
+    """The connection to open for `parts` and the headers the proxy needs on the request itself."""
+    if proxy is None:
+        if parts.scheme == "https":
+            return http.client.HTTPSConnection(parts.hostname, parts.port, timeout=deadline,
+                                               context=ssl.create_default_context()), {}
+        return http.client.HTTPConnection(parts.hostname, parts.port, timeout=deadline), {}
+    if proxy.scheme != "http":
+        raise ValueError(f"proxy {proxy.scheme}://{proxy.hostname}: only http:// proxies are supported")
+    credentials = {}
+    if proxy.username is not None:
+        pair = f"{unquote(proxy.username)}:{unquote(proxy.password or '')}".encode()
+        credentials["Proxy-Authorization"] = "Basic " + base64.b64encode(pair).decode()
+    if parts.scheme == "https":
+        tunnelled = http.client.HTTPSConnection(proxy.hostname, proxy.port or 80, timeout=deadline,
+                                                context=ssl.create_default_context())
+        tunnelled.set_tunnel(parts.hostname, parts.port, headers=credentials)
+        return tunnelled, {}
+    return http.client.HTTPConnection(proxy.hostname, proxy.port or 80, timeout=deadline), credentials
+
+
 def send(method: str, url: str, body: bytes | None, headers: dict[str, str], deadline: float) -> Answer:
     """Send one request and read its whole answer within `deadline` seconds (connect included)."""
     parts = urlsplit(url)
     started = time.monotonic()
-    if parts.scheme == "https":
-        connection: http.client.HTTPConnection = http.client.HTTPSConnection(
-            parts.hostname, parts.port, timeout=deadline, context=ssl.create_default_context())
-    else:
-        connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=deadline)
+    proxy = proxy_for(url)
+    try:
+        connection, proxy_headers = _connection(parts, proxy, deadline)
+    except ValueError as error:
+        return Answer(False, 0.0, error=str(error))
+    # Through a proxy, a plain-http request names its whole target; the proxy's credentials go with it.
+    target = url.split("#", 1)[0] if proxy is not None and parts.scheme == "http" else None
     expired = threading.Event()
 
     def cut() -> None:
@@ -74,13 +114,15 @@ def send(method: str, url: str, body: bytes | None, headers: dict[str, str], dea
             connection.connect()
         except OSError as error:  # refused, unreachable, unresolvable, or too slow: nothing was sent
             late = expired.is_set() or isinstance(error, TimeoutError)
+            via = f" (via proxy {proxy.hostname}:{proxy.port or 80})" if proxy is not None else ""
             return Answer(False, time.monotonic() - started,
-                          error=f"not connected within {deadline:.3g}s" if late else f"{type(error).__name__}: {error}")
+                          error=(f"not connected within {deadline:.3g}s" if late
+                                 else f"{type(error).__name__}: {error}") + via)
         if expired.is_set():
             return Answer(False, time.monotonic() - started, error=f"not connected within {deadline:.3g}s")
         try:
-            path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            connection.request(method, path, body=body, headers=headers)
+            path = target or (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            connection.request(method, path, body=body, headers={**headers, **proxy_headers})
             response = connection.getresponse()
             text = response.read().decode("utf-8", "replace")
         except (OSError, http.client.HTTPException) as error:

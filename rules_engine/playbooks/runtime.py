@@ -42,12 +42,13 @@ class Runtime:
         return configured_targets(self.targets, self.variables)
 
 
-def load_playbooks(paths: Iterable[str | Path]) -> dict[str, Playbook]:
+def load_playbooks(paths: Iterable[str | Path], variables: dict | None = None) -> dict[str, Playbook]:
     """Playbooks from files/folders through the spec loader (rule packs beside them are loaded and checked too).
-    Raises rules_engine.spec.SpecError with file:line problems."""
+    With `variables` (the serve config's), every `vars.NAME` a template reads must be among them. Raises
+    rules_engine.spec.SpecError with file:line problems."""
     from rules_engine.spec import load_ruleset
 
-    ruleset = load_ruleset(list(paths))
+    ruleset = load_ruleset(list(paths), context=None if variables is None else {"variables": variables})
     found: dict[str, Playbook] = {}
     for playbook in ruleset.playbooks:
         if playbook.name in found:

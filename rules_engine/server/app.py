@@ -76,7 +76,8 @@ def create_app(config: ServerConfig, playbooks: dict | None = None, start_runner
     metrics = engine_metrics(store)
     runtime = Runtime(store=store, playbooks=loaded, dry_run=config.dry_run, prometheus=prometheus_client(config),
                       variables=dict(config.variables), targets=tuple(config.targets),
-                      lease_seconds=config.lease_seconds, notify_urls=list(config.notify_urls),
+                      lease_seconds=config.lease_seconds, max_resumes=config.max_resumes,
+                      notify_urls=list(config.notify_urls),
                       notify_policy=RetryPolicy(**config.notify.model_dump()),
                       observe_step=metrics.observe_step)
     start = config.process if start_runner is None else start_runner

@@ -14,12 +14,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rules_engine.playbooks.targets import base_url_problem
 from rules_engine.source.base import SourceError
 from rules_engine.source.client import PrometheusClient, PrometheusSettings
+from rules_engine.spec.loader import Problem, SpecError, _validation_problems, read_mapping
 from rules_engine.spec.playbook import OPTIMIZATION_LEVELS, OptimizationLevel
 
 
@@ -152,6 +152,9 @@ class ServerConfig(BaseModel):
     analysis: AnalysisSettings = Field(default_factory=AnalysisSettings)
     process: bool = True  # run intake and executors in the server processes (False: receive and persist only)
     lease_seconds: float = Field(default=60.0, gt=0)
+    # A workflow whose owners keep stopping (crashing) while it runs is resumed at most this many times in a row
+    # without progress, then failed (and rolled back): a step that kills the engine must not do it forever.
+    max_resumes: int = Field(default=5, ge=0)
     poll_interval: float = Field(default=0.5, gt=0)
     executor_threads: int = Field(default=2, ge=1)
     # WSGI worker processes and threads per worker. With SQLite one process with many threads acknowledges
@@ -208,17 +211,19 @@ class ConfigError(ValueError):
 
 def load_config(path: str | os.PathLike | None, **overrides) -> ServerConfig:
     """The config file with command-line overrides (None: not given). A `prometheus_url` override replaces only
-    the URL of the file's `prometheus:` section: its credentials, CA and tenant still apply."""
+    the URL of the file's `prometheus:` section: its credentials, CA and tenant still apply. The file is read like
+    rule files are (bounded YAML, duplicate keys refused); each problem names file:line and field, or the command
+    line for a setting given there."""
     raw: dict = {}
+    lines: dict[tuple, int] = {}
     if path:
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as error:
-            raise ConfigError(f"{path}: {error}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path}: the config must be a mapping")
+            raw, lines = read_mapping(path)
+        except SpecError as error:
+            raise ConfigError(str(error)) from None
     prometheus_url = overrides.pop("prometheus_url", None)
-    raw.update({k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    raw = {**raw, **given}
     if prometheus_url is not None and isinstance(raw.get("prometheus"), dict):
         raw["prometheus"] = {**raw["prometheus"], "url": prometheus_url}
     elif prometheus_url is not None:
@@ -226,13 +231,16 @@ def load_config(path: str | os.PathLike | None, **overrides) -> ServerConfig:
     try:
         return ServerConfig.model_validate(raw)
     except ValidationError as error:
-        problems = [_problem(path, e) for e in error.errors(include_url=False)]
-        raise ConfigError("\n".join(problems)) from None
+        # A setting the command line gave has no line in the file, whatever the file said.
+        located = {**{where: line for where, line in lines.items() if not where or where[0] not in given},
+                   **{(key,): None for key in given}}
+        problems = [Problem("command line", None, p.field, p.message) if _top_key(p.field) in given else p
+                    for p in _validation_problems(error, located, str(path or "config"))]
+        raise ConfigError("\n".join(str(p) for p in problems)) from None
 
 
-def _problem(path: str | os.PathLike | None, error: dict) -> str:
-    field = ".".join(str(part) for part in error["loc"])  # empty for a check across fields
-    return f"{path or 'config'}: {field + ': ' if field else ''}{error['msg']}"
+def _top_key(field: str) -> str:
+    return field.split(".", 1)[0].split("[", 1)[0]
 
 
 def prometheus_client(config: ServerConfig) -> PrometheusClient | None:

@@ -2,10 +2,12 @@
 (rules_engine/server/openapi.py) is generated from them, so the two cannot drift apart."""
 from __future__ import annotations
 
-from typing import Any, Literal
+import dataclasses
+from typing import Any, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from rules_engine.playbooks import store as st
 from rules_engine.playbooks.analysis import JOB_STATES, AnalysisRequest
 from rules_engine.playbooks.limits import Labels, StoredText
 from rules_engine.playbooks.workflow import STATES
@@ -55,28 +57,25 @@ class Step(BaseModel):
     note: str | None
 
 
-class Workflow(BaseModel):
-    id: str
-    playbook: str
-    state: WorkflowState
-    phase: Literal["main", "rollback", "done"]
-    dry_run: bool
-    optimization_level: Literal[OPTIMIZATION_LEVELS]  # type: ignore[valid-type]
-    fingerprint: str
-    starts_at: str
-    alertname: str
-    instance: str
-    series_key: str
-    labels: dict[str, str]
-    annotations: dict[str, str]
-    origin: str
-    created_at: str
-    updated_at: str
-    decided_by: str | None
-    reason: str | None
-    context: dict[str, Any]
-    steps: list[Step] | None = None
-    audit: list[dict[str, Any]] | None = None
+# A workflow as the API shows it is the store's record as `st.Workflow.to_json` writes it: the same fields in the
+# same order, less the lease (which process runs it: bookkeeping), times as RFC 3339 text, the enumerations the API
+# guarantees where the record holds text, and the steps and audit trail that some answers add.
+_WORKFLOW_API_TYPES: dict[str, Any] = {
+    "state": WorkflowState,
+    "phase": Literal["main", "rollback", "done"],
+    "optimization_level": Literal[OPTIMIZATION_LEVELS],  # type: ignore[valid-type]
+    "created_at": str,
+    "updated_at": str,
+}
+_WORKFLOW_NOT_IN_API = ("lease_owner", "lease_until", "steps")
+_record_types = get_type_hints(st.Workflow)
+Workflow = create_model(
+    "Workflow",
+    **{f.name: (_WORKFLOW_API_TYPES.get(f.name, _record_types[f.name]), ...)
+       for f in dataclasses.fields(st.Workflow) if f.name not in _WORKFLOW_NOT_IN_API},
+    steps=(list[Step] | None, None),
+    audit=(list[dict[str, Any]] | None, None),
+)
 
 
 class WorkflowList(BaseModel):

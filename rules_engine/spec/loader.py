@@ -79,8 +79,9 @@ def _resolve_paths(document: BaseModel, folder: Path) -> BaseModel:
     return resolve_paths(document, folder) if isinstance(document, SLO) else document
 
 
-def load_ruleset(paths: str | Path | Iterable[str | Path]) -> RuleSet:
-    """Load files and folders (recursively, *.yaml / *.yml) into one RuleSet, or raise SpecError with every problem."""
+def load_ruleset(paths: str | Path | Iterable[str | Path], context: dict | None = None) -> RuleSet:
+    """Load files and folders (recursively, *.yaml / *.yml) into one RuleSet, or raise SpecError with every problem.
+    `context` is handed to every document's validators (e.g. a playbook's `variables`, see spec/playbook.py)."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     files: list[Path] = []
@@ -100,24 +101,54 @@ def load_ruleset(paths: str | Path | Iterable[str | Path]) -> RuleSet:
     ruleset = RuleSet()
     kinds = _document_kinds()
     for path in files:
-        problems.extend(_load_file(path, kinds, ruleset))
+        problems.extend(_load_file(path, kinds, ruleset, context))
     problems.extend(_cross_document_problems(ruleset))
     if problems:
         raise SpecError(problems)
     return ruleset
 
 
-def _load_file(path: Path, kinds: dict, ruleset: RuleSet) -> list[Problem]:
+def _read_documents(path: Path) -> list[tuple[yaml.Node, Any]]:
+    """The file's YAML documents through the bounded composer (bounded_yaml), or SpecError with its line."""
     name = str(path)
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as error:
-        return [Problem(name, None, "", f"cannot read: {error}")]
+        raise SpecError([Problem(name, None, "", f"cannot read: {error}")]) from None
     try:
-        documents = compose_documents(text)
+        return compose_documents(text)
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
-        return [Problem(name, mark.line + 1 if mark else None, "", f"invalid YAML: {getattr(error, 'problem', error)}")]
+        raise SpecError([Problem(name, mark.line + 1 if mark else None, "",
+                                 f"invalid YAML: {getattr(error, 'problem', error)}")]) from None
+
+
+def read_mapping(path: str | Path) -> tuple[dict, dict[tuple, int]]:
+    """A settings file: one YAML mapping (or nothing), read like rule files are, and the line of every key and
+    item by its path (("notify", "attempts") -> 12). Raises SpecError with file:line: unreadable, invalid or
+    refused YAML, duplicate keys, not a mapping. Map a validation error onto the lines with `_validation_problems`."""
+    documents = _read_documents(Path(path))
+    documents = [(node, value) for node, value in documents if value is not None]
+    if not documents:
+        return {}, {}
+    node, value = documents[0]
+    lines: dict[tuple, int] = {}
+    problems = _index_lines(node, (), lines, str(path))
+    if len(documents) > 1:
+        problems.append(Problem(str(path), documents[1][0].start_mark.line + 1, "", "expected one YAML document"))
+    elif not isinstance(value, dict):
+        problems.append(Problem(str(path), node.start_mark.line + 1, "", "expected a mapping of settings"))
+    if problems:
+        raise SpecError(problems)
+    return value, lines
+
+
+def _load_file(path: Path, kinds: dict, ruleset: RuleSet, context: dict | None = None) -> list[Problem]:
+    name = str(path)
+    try:
+        documents = _read_documents(path)
+    except SpecError as error:
+        return error.problems
 
     problems: list[Problem] = []
     for node, document in documents:
@@ -136,7 +167,7 @@ def _load_file(path: Path, kinds: dict, ruleset: RuleSet) -> list[Problem]:
             continue
         model, target = kinds[kind]
         try:
-            parsed = model.model_validate(document)
+            parsed = model.model_validate(document, context=context)
         except ValidationError as error:
             problems.extend(_validation_problems(error, lines, name))
             continue

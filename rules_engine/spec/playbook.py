@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import re
 from functools import cached_property
-from typing import Annotated, Any, ClassVar, Literal, Union, get_args
+from typing import Annotated, Any, ClassVar, Iterator, Literal, Union, get_args
 
 from jinja2 import TemplateSyntaxError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, ValidationInfo,
+                      field_validator, model_validator)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from rules_engine.spec.models import Category, ServerKind, parse_duration
+from rules_engine.spec.template_names import CONTEXT, REQUEST_CONTEXT, Reference, context_problem, references
 
 # Durations are written as Prometheus durations ("30s", "5m") or seconds, and held as seconds.
 Seconds = Annotated[float, BeforeValidator(lambda v: parse_duration(v).total_seconds())]
@@ -75,16 +78,22 @@ def _check_template(text: str) -> str:
     return text
 
 
+def _leaves(value: Any, where: tuple) -> Iterator[tuple[tuple, str]]:
+    """(location, text) of every string leaf of a JSON body structure."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, where + (key,))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, where + (index,))
+
+
 def _check_templates_in(value: Any) -> Any:
     """Parse every string leaf of a JSON body structure as a template."""
-    if isinstance(value, str):
-        _check_template(value)
-    elif isinstance(value, dict):
-        for item in value.values():
-            _check_templates_in(item)
-    elif isinstance(value, list):
-        for item in value:
-            _check_templates_in(item)
+    for _, text in _leaves(value, ()):
+        _check_template(text)
     return value
 
 
@@ -188,6 +197,13 @@ class StepBase(BaseModel):
         """Whether this step, found interrupted, may run again: its type's fact unless the step itself says more."""
         return self.rerun_safe
 
+    # The names this step's templates see beyond CONTEXT (rules_engine.spec.template_names).
+    template_context: ClassVar[dict[str, frozenset[str] | None]] = {}
+
+    def templates(self) -> Iterator[tuple[tuple, str]]:
+        """(location in the step, source) of every template the step renders."""
+        return iter(())
+
 
 class RecommendStep(StepBase):
     """Concrete configuration changes for the server kind, reading current settings from Prometheus when exposed.
@@ -215,9 +231,16 @@ class HttpStep(StepBase):
     type: Literal["http"]
     request: HttpRequest
     idempotent: bool = False
+    template_context: ClassVar[dict[str, frozenset[str] | None]] = REQUEST_CONTEXT
 
     def safe_to_rerun(self) -> bool:
         return self.rerun_safe or self.idempotent
+
+    def templates(self) -> Iterator[tuple[tuple, str]]:
+        yield ("request", "url"), self.request.url
+        for name, value in self.request.headers.items():
+            yield ("request", "headers", name), value
+        yield from _leaves(self.request.json_body, ("request", "json"))
 
 
 class CanaryStep(HttpStep):
@@ -278,12 +301,22 @@ class VerifyStep(StepBase):
     def _query(cls, query: str) -> str:
         return _check_template(query)
 
+    def templates(self) -> Iterator[tuple[tuple, str]]:
+        yield ("query",), self.query
+
     @model_validator(mode="after")
     def _one_condition(self) -> "VerifyStep":
         given = [c for c in (self.below, self.above, self.improvement) if c is not None]
         if len(given) != 1:
             raise ValueError("give exactly one of `below`, `above` or `improvement`")
         return self
+
+
+def _variable_problem(reference: Reference, variables: dict | None) -> str | None:
+    if variables is None or reference.name != "vars" or reference.key is None or reference.key in variables:
+        return None
+    return (f"`vars.{reference.key}` is not set in the serve config's `variables:` "
+            f"(set: {', '.join(sorted(variables)) or 'none'})")
 
 
 # The step types, in one place: the playbook union, the executor's handlers (checked by a test), the metrics'
@@ -335,6 +368,45 @@ class Playbook(BaseModel):
         if not self.match.matchers and not self.match.by_annotation:
             raise ValueError("`match` needs matchers or `by_annotation: true`, or the playbook can never run")
         return self
+
+    @model_validator(mode="after")
+    def _template_names(self, info: ValidationInfo) -> "Playbook":
+        """Every name a template reads must be there when it renders; each one that will not is its own error, at
+        the field that holds the template. Validated with the serve config's `variables` as context (`{"variables":
+        {...}}`; none in a dry run, where unset ones are shown as such), `vars.NAME` must be one of them."""
+        variables = (info.context or {}).get("variables")
+        errors = [InitErrorDetails(type=PydanticCustomError("template_name", message), loc=where, input=source)
+                  for where, source, message in self._template_problems(None if self.dry_run else variables)]
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
+        return self
+
+    def _template_problems(self, variables: dict | None) -> Iterator[tuple[tuple, str, str]]:
+        main = [step for step in self.steps if not isinstance(step, RollbackStep)]
+        for index, step in enumerate(self.steps):
+            if isinstance(step, RollbackStep):  # rollbacks run after the main steps, once one of them failed
+                before = main + [s for s in self.steps[:index] if isinstance(s, RollbackStep)]
+            else:
+                before = [s for s in self.steps[:index] if not isinstance(s, RollbackStep)]
+            context = {**CONTEXT, **step.template_context}
+            for where, source in step.templates():
+                for reference in references(source):
+                    problem = (context_problem(reference, context) or self._output_problem(reference, before)
+                               or _variable_problem(reference, variables))
+                    if problem:
+                        yield (("steps", index) + where, source,
+                               f"playbook {self.name!r}, step {step.name!r}: {problem}")
+
+    def _output_problem(self, reference: Reference, before: list[StepBase]) -> str | None:
+        """Why an earlier step's output a template reads will not be there, or None."""
+        ran = [step.name for step in before]
+        if reference.name == "steps" and reference.key is not None and reference.key not in ran:
+            said = ("names no step of this playbook" if reference.key not in {s.name for s in self.steps}
+                    else "has not run when this step renders")
+            return f"`steps.{reference.key}` {said} (steps run before it: {', '.join(ran) or 'none'})"
+        if reference.name == "recommendation" and not any(isinstance(step, RecommendStep) for step in before):
+            return "`recommendation` is a recommend step's output, and no recommend step runs before this one"
+        return None
 
     def matches(self, labels: dict[str, str], annotations: dict[str, str]) -> bool:
         if self.match.by_annotation and annotations.get("playbook") == self.name:
