@@ -328,8 +328,12 @@ def loads(value: str | None) -> Any:
 
 
 def record_audit(conn: Connection, actor: str, action: str, workflow_id: str | None = None, **detail: Any) -> None:
-    conn.execute(insert(audit).values(at=time.time(), actor=actor, action=action, workflow_id=workflow_id,
-                                      detail=dumps(detail)))
+    conn.execute(insert(audit).values(**audit_row(actor, action, workflow_id, **detail)))
+
+
+def audit_row(actor: str, action: str, workflow_id: str | None = None, **detail: Any) -> dict:
+    """An audit entry's values (record_audit writes one; callers writing many insert a list of them at once)."""
+    return {"at": time.time(), "actor": actor, "action": action, "workflow_id": workflow_id, "detail": dumps(detail)}
 
 
 def insert_event(store: Store, body: str, remote_addr: str = "", external_url: str = "", group_key: str = "",
