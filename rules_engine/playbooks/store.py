@@ -205,6 +205,7 @@ class Store:
     # next durable commit makes them durable too, and a power loss can only make the intake redo work.
     relaxed_engine: Engine | None = None
     _lock_fd: int | None = None
+    _intake_fd: int | None = None
     _lock_depth: int = 0
     # Acknowledgements waiting to write. Background work (intake, executors) steps aside for them: Python locks
     # are not fair, and a busy intake loop would otherwise re-take the lock ahead of a waiting webhook.
@@ -247,14 +248,38 @@ class Store:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
+    def intake_turn(self) -> Iterator[bool]:
+        """Whether this process's intake may drain the events now: with SQLite's one writer, several receiver
+        processes draining at once only take turns at the write lock and split the backlog into small rounds, each
+        paying a round's fixed cost while acknowledgements queue behind it. So one drains (a non-blocking flock
+        beside the database) and the others skip; what they skipped is drained by the one holding the turn, which
+        loops until no event is left, or by their own next poll. Always True without a lock file."""
+        if self.lock_path is None:
+            yield True
+            return
+        if self._intake_fd is None:
+            self._intake_fd = os.open(self.lock_path.removesuffix("writer.lock") + "intake.lock",
+                                      os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._intake_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(self._intake_fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
         with self.read_engine.connect() as conn:
             yield conn
 
     def dispose(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for name in ("_lock_fd", "_intake_fd"):
+            if getattr(self, name) is not None:
+                os.close(getattr(self, name))
+                setattr(self, name, None)
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
