@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import and_, func, insert, select, text, update
+from sqlalchemy import and_, bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
@@ -119,9 +119,7 @@ def process_next_event(rt: Runtime, max_alerts: int = 200) -> bool:
                 except EVENT_ERRORS as exc:
                     _raise_if_transient(exc)
                     plan.fail(st.describe_error(exc), retryable=True)
-        now = time.time()
-        for plan in plans:
-            _record_outcome(conn, plan, now)
+        _record_outcomes(conn, plans, time.time())
         return bool(rows)
 
 
@@ -141,20 +139,27 @@ def _raise_if_transient(error: Exception) -> None:
         raise error
 
 
-def _record_outcome(conn: Connection, plan: _Plan, now: float) -> None:
-    row = plan.row
-    if plan.error is None:
-        done = row.progress + len(plan.chunk)
-        finished = done >= len(plan.parsed.alerts)
+def _record_outcomes(conn: Connection, plans: list[_Plan], now: float) -> None:
+    """Each event's progress (processed once all its alerts are), in one statement for the events that went well;
+    a failed event's error and attempts (quarantined on its last attempt)."""
+    done = []
+    for plan in plans:
+        row = plan.row
+        if plan.error is None:
+            progress = row.progress + len(plan.chunk)
+            finished = progress >= len(plan.parsed.alerts)
+            done.append({"event": row.id, "new_progress": progress, "finished_at": now if finished else None,
+                         "new_attempts": row.attempts + (1 if finished else 0)})
+            continue
+        if plan.quarantine:
+            st.record_audit(conn, "engine", "event_failed", None, event_id=row.id, error=plan.error,
+                            attempts=row.attempts + 1, progress=row.progress)
         conn.execute(update(st.events).where(st.events.c.id == row.id).values(
-            progress=done, processed_at=now if finished else None, error=None,
-            attempts=row.attempts + (1 if finished else 0)))
-        return
-    if plan.quarantine:
-        st.record_audit(conn, "engine", "event_failed", None, event_id=row.id, error=plan.error,
-                        attempts=row.attempts + 1, progress=row.progress)
-    conn.execute(update(st.events).where(st.events.c.id == row.id).values(
-        processed_at=now if plan.quarantine else None, error=plan.error, attempts=row.attempts + 1))
+            processed_at=now if plan.quarantine else None, error=plan.error, attempts=row.attempts + 1))
+    if done:
+        conn.execute(update(st.events).where(st.events.c.id == bindparam("event")).values(
+            progress=bindparam("new_progress"), processed_at=bindparam("finished_at"), error=None,
+            attempts=bindparam("new_attempts")), done)
 
 
 def _process_plans(conn: Connection, rt: Runtime, plans: list[_Plan]) -> None:
@@ -177,21 +182,34 @@ def process_alerts(conn: Connection, rt: Runtime, alerts: list[Alert], actor: st
         return result
     _record_episodes(conn, rt, alerts, event_ids or [None] * len(alerts), now)
     known = _workflows_of(conn, alerts)
+    wanted: list[tuple[Playbook, Alert]] = []  # workflows to start, created together (see _start_workflows)
+
+    def start_wanted() -> None:
+        for (playbook, alert), created in zip(wanted, _start_workflows(conn, rt, wanted, actor, origin, now, result)):
+            if created:
+                known.setdefault((alert.fingerprint, alert.starts_at), []).append(
+                    (playbook.name, created, wf.PENDING_APPROVAL))
+        wanted.clear()
+
+    starting: set[tuple[str, str, str]] = set()  # (playbook, fingerprint, starts_at) in `wanted`
     for alert in alerts:
         key = (alert.fingerprint, alert.starts_at)
         if alert.status == "resolved":
+            if any(entry[1:] == key for entry in starting):  # it cancels what the same batch starts
+                start_wanted()
+                starting.clear()
             _on_resolved(conn, alert, actor, result, known.get(key, []))
             continue
         matched = [p for p in rt.playbooks.values() if p.matches(alert.labels, alert.annotations)]
         if not matched:
             result.unmatched += 1
         for playbook in matched:
-            if any(name == playbook.name for name, _, _ in known.get(key, [])):
+            if (playbook.name, *key) in starting or any(name == playbook.name for name, _, _ in known.get(key, [])):
                 result.duplicates += 1
                 continue
-            created = _start_workflow(conn, rt, playbook, alert, actor, origin, now, result)
-            if created:
-                known.setdefault(key, []).append((playbook.name, created, wf.PENDING_APPROVAL))
+            wanted.append((playbook, alert))
+            starting.add((playbook.name, *key))
+    start_wanted()
     return result
 
 
@@ -254,48 +272,121 @@ def _on_resolved(conn: Connection, alert: Alert, actor: str, result: IntakeResul
 def _start_workflow(conn: Connection, rt: Runtime, playbook: Playbook, alert: Alert, actor: str, origin: str,
                     now: float, result: IntakeResult) -> str | None:
     """Create the workflow of one episode unless its series is cooling down; returns its id."""
-    series_key = playbook.series_key(alert.labels)
-    recent = conn.execute(select(st.workflows.c.id, st.workflows.c.state).where(and_(
-        st.workflows.c.playbook == playbook.name, st.workflows.c.series_key == series_key,
-        st.workflows.c.created_at >= now - playbook.cooldown,
-        st.workflows.c.state.notin_([wf.REJECTED, wf.CANCELLED]))).limit(1)).first()
-    if recent is not None:
-        st.record_audit(conn, actor, "suppressed_by_cooldown", recent.id, playbook=playbook.name,
-                        series=series_key, fingerprint=alert.fingerprint, starts_at=alert.starts_at,
-                        cooldown_seconds=playbook.cooldown)
-        result.suppressed += 1
-        return None
-    workflow_id = uuid.uuid4().hex[:12]
-    dry_run = rt.dry_run or playbook.dry_run
-    inserted = _insert_ignore(
-        conn, st.workflows, rt.store.dialect, id=workflow_id, playbook=playbook.name, state=wf.PENDING_APPROVAL,
-        phase="main", dry_run=dry_run, optimization_level=playbook.optimization_level,
-        fingerprint=alert.fingerprint, starts_at=alert.starts_at, alertname=alert.labels.get("alertname", ""),
-        instance=alert.labels.get("instance", ""), series_key=series_key, labels=st.dumps(alert.labels),
-        annotations=st.dumps(alert.annotations), origin=origin, created_at=now, updated_at=now, context="{}")
-    if not inserted:  # another writer got there between our check and insert (only without serialized writers)
-        result.duplicates += 1
-        return None
-    conn.execute(insert(st.steps), [
-        {"workflow_id": workflow_id, "idx": i, "name": step.name, "type": step.type, "state": wf.STEP_PENDING,
-         "attempts": 0, "output": "{}"} for i, step in enumerate(playbook.steps)])
-    st.record_audit(conn, actor, "workflow_created", workflow_id, playbook=playbook.name,
-                    alertname=alert.labels.get("alertname", ""), fingerprint=alert.fingerprint,
-                    starts_at=alert.starts_at, generator_url=alert.generator_url, dry_run=dry_run, origin=origin)
-    # Dry-run workflows change nothing, so there is nothing to approve: they run at once and record the plan.
-    if dry_run:
-        wf.transition(conn, workflow_id, wf.APPROVED, "policy:dry-run", "dry run: no side effects",
-                      decided_by="policy:dry-run")
-    elif not playbook.approval.required:
-        wf.transition(conn, workflow_id, wf.APPROVED, "policy:no-approval-required",
-                      f"playbook {playbook.name} does not require approval", decided_by="policy")
-    else:  # approvers learn of it now, not only once someone has decided
-        wf.notify(conn, workflow_id, playbook.name, None, wf.PENDING_APPROVAL, actor, "waiting for approval", now,
-                  alertname=alert.labels.get("alertname", ""), instance=alert.labels.get("instance", ""),
-                  optimization_level=playbook.optimization_level, origin=origin,
-                  approval_timeout_seconds=playbook.approval.timeout)
-    result.created.append(workflow_id)
-    return workflow_id
+    return _start_workflows(conn, rt, [(playbook, alert)], actor, origin, now, result)[0]
+
+
+def _start_workflows(conn: Connection, rt: Runtime, wanted: list[tuple[Playbook, Alert]], actor: str, origin: str,
+                     now: float, result: IntakeResult) -> list[str | None]:
+    """Create the workflows of episodes (one per (playbook, alert), none of them existing yet) unless their series
+    is cooling down; returns each one's id, or None. A handful of statements for the whole batch, whatever its
+    size: the cooldown lookup, then one multi-row INSERT per table (workflows, steps, audit, notifications). A
+    workflow started earlier in the batch puts its series in cooldown for those after it, as one at a time would."""
+    if not wanted:
+        return []
+    series = [playbook.series_key(alert.labels) for playbook, alert in wanted]
+    recent = _recent_by_series(conn, wanted, series, now)
+    audits: list[dict] = []
+    rows: list[dict] = []
+    ids: list[str | None] = []
+    policies: dict[str, tuple[str, str, str] | None] = {}  # workflow id -> (actor, reason, decided_by) approving it
+    suppressed_by: dict[int, str] = {}  # index in `wanted` -> the workflow whose cooldown suppresses it
+    for (playbook, alert), series_key in zip(wanted, series):
+        if (playbook.name, series_key) in recent:
+            suppressed_by[len(ids)] = recent[(playbook.name, series_key)]
+            ids.append(None)
+            continue
+        workflow_id = uuid.uuid4().hex[:12]
+        recent[(playbook.name, series_key)] = workflow_id
+        ids.append(workflow_id)
+        dry_run = rt.dry_run or playbook.dry_run
+        # Dry-run workflows change nothing, so there is nothing to approve: they run at once and record the plan.
+        policies[workflow_id] = (
+            ("policy:dry-run", "dry run: no side effects", "policy:dry-run") if dry_run else
+            ("policy:no-approval-required", f"playbook {playbook.name} does not require approval", "policy")
+            if not playbook.approval.required else None)
+        rows.append(dict(
+            id=workflow_id, playbook=playbook.name, state=wf.PENDING_APPROVAL, phase="main",
+            dry_run=dry_run, optimization_level=playbook.optimization_level,
+            fingerprint=alert.fingerprint, starts_at=alert.starts_at, alertname=alert.labels.get("alertname", ""),
+            instance=alert.labels.get("instance", ""), series_key=series_key, labels=st.dumps(alert.labels),
+            annotations=st.dumps(alert.annotations), origin=origin, created_at=now, updated_at=now, context="{}",
+            decided_by=None, reason=None))
+        if policies[workflow_id] is not None:  # created approved: the transition's own records follow below
+            rows[-1].update(state=wf.APPROVED, reason=policies[workflow_id][1], decided_by=policies[workflow_id][2])
+    inserted = _insert_workflows(conn, rt.store.dialect, rows)
+    steps: list[dict] = []
+    notifications: list[dict] = []
+    by_id = {row["id"]: row for row in rows}
+    for index, ((playbook, alert), workflow_id, series_key) in enumerate(zip(wanted, ids, series)):
+        if index in suppressed_by:
+            audits.append(st.audit_row(actor, "suppressed_by_cooldown", suppressed_by[index], playbook=playbook.name,
+                                       series=series_key, fingerprint=alert.fingerprint, starts_at=alert.starts_at,
+                                       cooldown_seconds=playbook.cooldown))
+            result.suppressed += 1
+            continue
+        if workflow_id not in inserted:  # another writer got there first (only without serialized writers)
+            result.duplicates += 1
+            ids[index] = None
+            continue
+        row = by_id[workflow_id]
+        steps += [{"workflow_id": workflow_id, "idx": i, "name": step.name, "type": step.type,
+                   "state": wf.STEP_PENDING, "attempts": 0, "output": "{}"} for i, step in enumerate(playbook.steps)]
+        audits.append(st.audit_row(actor, "workflow_created", workflow_id, playbook=playbook.name,
+                                   alertname=row["alertname"], fingerprint=alert.fingerprint,
+                                   starts_at=alert.starts_at, generator_url=alert.generator_url,
+                                   dry_run=row["dry_run"], origin=origin))
+        if policies[workflow_id] is not None:
+            actor_of, reason, _ = policies[workflow_id]
+            audit, note = wf.transition_records(workflow_id, playbook.name, wf.PENDING_APPROVAL, wf.APPROVED,
+                                                actor_of, reason, now)
+            audits.append(audit)
+            notifications.append(note)
+        else:  # approvers learn of it now, not only once someone has decided
+            notifications.append(wf.notification(
+                workflow_id, playbook.name, None, wf.PENDING_APPROVAL, actor, "waiting for approval", now,
+                alertname=row["alertname"], instance=row["instance"],
+                optimization_level=playbook.optimization_level, origin=origin,
+                approval_timeout_seconds=playbook.approval.timeout))
+        result.created.append(workflow_id)
+    for table, values in ((st.steps, steps), (st.audit, audits), (st.notifications, notifications)):
+        if values:
+            conn.execute(insert(table), values)
+    return ids
+
+
+def _recent_by_series(conn: Connection, wanted: list[tuple[Playbook, Alert]], series: list[str],
+                      now: float) -> dict[tuple[str, str], str]:
+    """(playbook, series key) -> a workflow of that series created within the playbook's cooldown and not
+    rejected or cancelled, for the series of `wanted`, in bulk."""
+    cooldowns = {playbook.name: playbook.cooldown for playbook, _ in wanted}
+    keys = {(playbook.name, key) for (playbook, _), key in zip(wanted, series)}
+    names, values = sorted(cooldowns), sorted(set(series))
+    found: dict[tuple[str, str], str] = {}
+    for start in range(0, len(values), 500):
+        rows = conn.execute(select(st.workflows.c.playbook, st.workflows.c.series_key, st.workflows.c.id,
+                                   st.workflows.c.created_at).where(and_(
+            st.workflows.c.playbook.in_(names), st.workflows.c.series_key.in_(values[start:start + 500]),
+            st.workflows.c.created_at >= now - max(cooldowns.values()),
+            st.workflows.c.state.notin_([wf.REJECTED, wf.CANCELLED])))).all()
+        for row in rows:
+            key = (row.playbook, row.series_key)
+            if key in keys and row.created_at >= now - cooldowns[row.playbook]:
+                found.setdefault(key, row.id)
+    return found
+
+
+def _insert_workflows(conn: Connection, dialect: str, rows: list[dict]) -> set[str]:
+    """Insert workflows unless an episode's unique key already holds one; the ids inserted."""
+    if not rows:
+        return set()
+    if dialect in ("sqlite", "postgresql"):
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        statement = dialect_insert(st.workflows).on_conflict_do_nothing().returning(st.workflows.c.id)
+        return set(conn.execute(statement, rows).scalars().all())
+    return {row["id"] for row in rows if _insert_ignore(conn, st.workflows, dialect, **row)}
 
 
 def expire_approvals(rt: Runtime, now: float | None = None) -> list[str]:

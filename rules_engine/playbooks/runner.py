@@ -70,11 +70,12 @@ class Runner:
             self.rt.stop.wait(self.intake_linger)
             try:
                 worked = False
-                while not self.rt.stop.is_set():
-                    self.rt.store.yield_to_acks()
-                    if not process_next_event(self.rt):
-                        break
-                    worked = True
+                with self.rt.store.intake_turn() as mine:
+                    while mine and not self.rt.stop.is_set():
+                        self.rt.store.yield_to_acks()
+                        if not process_next_event(self.rt):
+                            break
+                        worked = True
                 if worked:
                     self.executor_wake.set()
                 if time.monotonic() - last_housekeeping > HOUSEKEEPING_INTERVAL:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import json
 import os
 import threading
@@ -204,6 +205,7 @@ class Store:
     # next durable commit makes them durable too, and a power loss can only make the intake redo work.
     relaxed_engine: Engine | None = None
     _lock_fd: int | None = None
+    _intake_fd: int | None = None
     _lock_depth: int = 0
     # Acknowledgements waiting to write. Background work (intake, executors) steps aside for them: Python locks
     # are not fair, and a busy intake loop would otherwise re-take the lock ahead of a waiting webhook.
@@ -229,21 +231,6 @@ class Store:
             yield conn
 
     @contextlib.contextmanager
-    def driver_write(self) -> Iterator[Any]:
-        """write() with a DBAPI cursor for the statements: the same serialized, durable transaction (begun and
-        committed by SQLAlchemy, its events included), without SQLAlchemy's per-statement work (compilation, result
-        objects), which cost more CPU than the webhook's whole insert. A driver error is raised as SQLAlchemy's
-        DBAPIError, like one from write(). The statements are the caller's, in the store's dialect."""
-        with self.write() as conn:
-            cursor = conn.connection.dbapi_connection.cursor()
-            try:
-                yield cursor
-            except self.engine.dialect.loaded_dbapi.Error as error:
-                raise DBAPIError.instance(None, None, error, self.engine.dialect.loaded_dbapi.Error) from error
-            finally:
-                cursor.close()
-
-    @contextlib.contextmanager
     def _process_lock(self) -> Iterator[None]:
         if self.lock_path is None:
             yield
@@ -261,14 +248,38 @@ class Store:
                 fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     @contextlib.contextmanager
+    def intake_turn(self) -> Iterator[bool]:
+        """Whether this process's intake may drain the events now: with SQLite's one writer, several receiver
+        processes draining at once only take turns at the write lock and split the backlog into small rounds, each
+        paying a round's fixed cost while acknowledgements queue behind it. So one drains (a non-blocking flock
+        beside the database) and the others skip; what they skipped is drained by the one holding the turn, which
+        loops until no event is left, or by their own next poll. Always True without a lock file."""
+        if self.lock_path is None:
+            yield True
+            return
+        if self._intake_fd is None:
+            self._intake_fd = os.open(self.lock_path.removesuffix("writer.lock") + "intake.lock",
+                                      os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._intake_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(self._intake_fd, fcntl.LOCK_UN)
+
+    @contextlib.contextmanager
     def read(self) -> Iterator[Connection]:
         with self.read_engine.connect() as conn:
             yield conn
 
     def dispose(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        for name in ("_lock_fd", "_intake_fd"):
+            if getattr(self, name) is not None:
+                os.close(getattr(self, name))
+                setattr(self, name, None)
         self.engine.dispose()
         if self.read_engine is not self.engine:
             self.read_engine.dispose()
@@ -342,8 +353,12 @@ def loads(value: str | None) -> Any:
 
 
 def record_audit(conn: Connection, actor: str, action: str, workflow_id: str | None = None, **detail: Any) -> None:
-    conn.execute(insert(audit).values(at=time.time(), actor=actor, action=action, workflow_id=workflow_id,
-                                      detail=dumps(detail)))
+    conn.execute(insert(audit).values(**audit_row(actor, action, workflow_id, **detail)))
+
+
+def audit_row(actor: str, action: str, workflow_id: str | None = None, **detail: Any) -> dict:
+    """An audit entry's values (record_audit writes one; callers writing many insert a list of them at once)."""
+    return {"at": time.time(), "actor": actor, "action": action, "workflow_id": workflow_id, "detail": dumps(detail)}
 
 
 def insert_event(store: Store, body: str, remote_addr: str = "", external_url: str = "", group_key: str = "",
@@ -377,6 +392,8 @@ class EventCommitter:
         self.queue: list[_PendingEvent] = []
         self.condition = threading.Condition()
         self.stopped = False
+        self._conn: Connection | None = None  # the committer's own (see _connection)
+        self._pool: Any = None  # the pool it came from
         self.thread = threading.Thread(target=self._run, name="event-committer", daemon=True)
         self.thread.start()
 
@@ -406,6 +423,8 @@ class EventCommitter:
             self.stopped = True
             self.condition.notify()
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self._drop_connection(broken=False)
 
     def _run(self) -> None:
         while True:
@@ -433,34 +452,70 @@ class EventCommitter:
 
 
     def _insert(self, rows: list[dict]) -> list[int]:
-        """Insert the batch in one transaction and commit; the ids in the batch's order."""
-        dialect = self.store.dialect
-        if dialect == "sqlite":
-            with self.store.driver_write() as cursor:
-                ids = []
-                for row in rows:  # a few microseconds each in the driver; the commit (one fsync) is the cost
-                    cursor.execute(_EVENT_INSERT_SQLITE, row)
-                    ids.append(cursor.lastrowid)
-                return ids
-        if dialect == "postgresql":
-            with self.store.driver_write() as cursor:
-                cursor.executemany(_EVENT_INSERT_POSTGRES, rows, returning=True)  # pipelined: one round trip
-                ids = []
-                while True:
-                    ids.append(cursor.fetchone()[0])
-                    if not cursor.nextset():
-                        return ids
-        with self.store.write() as conn:  # any other database: SQLAlchemy's multi-row INSERT ... RETURNING
-            return list(conn.execute(insert(events).returning(events.c.id, sort_by_parameter_order=True),
-                                     rows).scalars().all())
+        """Insert the batch in one transaction and commit; the ids in the batch's order. On the committer's own
+        connection, with one multi-row INSERT: BEGIN, INSERT, COMMIT are the only calls into the driver (each
+        releases the GIL and, with the request threads busy, may wait a switch interval to get it back)."""
+        if self.store.dialect not in ("sqlite", "postgresql"):  # SQLAlchemy's multi-row INSERT ... RETURNING
+            with self.store.write() as conn:
+                return list(conn.execute(insert(events).returning(events.c.id, sort_by_parameter_order=True),
+                                         rows).scalars().all())
+        params = [row[column] for row in rows for column in _EVENT_COLUMNS]
+        dbapi_error = self.store.engine.dialect.loaded_dbapi.Error
+        with self.store.write_lock, self.store._process_lock():  # the same queue as every other writer
+            conn = self._connection()
+            try:
+                with conn.begin():  # SQLAlchemy's transaction, its events included (BEGIN IMMEDIATE on SQLite)
+                    cursor = conn.connection.dbapi_connection.cursor()
+                    try:
+                        if self.store.dialect == "sqlite":
+                            # The transaction holds the write lock and rowids are allocated max+1 in VALUES
+                            # order, so the batch's ids are the last one and the n-1 before it (RETURNING would
+                            # cost a driver call per row to read).
+                            cursor.execute(_events_insert(len(rows), "?"), params)
+                            if cursor.rowcount != len(rows):
+                                raise RuntimeError(f"inserted {cursor.rowcount} of {len(rows)} events")
+                            return list(range(cursor.lastrowid - len(rows) + 1, cursor.lastrowid + 1))
+                        # PostgreSQL: ids come from a sequence, so they ascend in VALUES order.
+                        cursor.execute(_events_insert(len(rows), "%s") + " RETURNING id", params)
+                        return sorted(row[0] for row in cursor.fetchall())
+                    finally:
+                        cursor.close()
+            except dbapi_error as error:
+                self._drop_connection()  # whatever state it is in, the next batch starts on a fresh one
+                raise DBAPIError.instance(None, None, error, dbapi_error) from error
+            except BaseException:
+                self._drop_connection()
+                raise
+
+    def _connection(self) -> Connection:
+        """The committer's own connection, kept between batches (no pool round trip per commit). A store whose
+        engine was disposed (its pool replaced) gets a connection of the new pool, with its connect-time settings."""
+        if self._conn is not None and self._pool is not self.store.engine.pool:
+            self._drop_connection(broken=False)
+        if self._conn is None:
+            self._pool = self.store.engine.pool
+            self._conn = self.store.engine.connect()
+            if self.store.dialect == "postgresql":  # what write() sets per transaction, here once per session
+                self._conn.exec_driver_sql(f"SET lock_timeout = '{int(self.store.lock_timeout * 1000)}ms'")
+                self._conn.commit()
+        return self._conn
+
+    def _drop_connection(self, broken: bool = True) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                self._conn.invalidate() if broken else self._conn.close()
+        self._conn = self._pool = None
 
 
 _EVENT_COLUMNS = ("received_at", "progress", "attempts", "remote_addr", "external_url", "group_key", "status",
                   "alert_count", "body")
-_EVENT_INSERT_SQLITE = (f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
-                        f"VALUES ({', '.join(f':{c}' for c in _EVENT_COLUMNS)})")
-_EVENT_INSERT_POSTGRES = (f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) "
-                          f"VALUES ({', '.join(f'%({c})s' for c in _EVENT_COLUMNS)}) RETURNING id")
+
+
+@functools.lru_cache(maxsize=64)
+def _events_insert(count: int, mark: str) -> str:
+    """INSERT INTO events with `count` rows of placeholders `mark` (? for sqlite3, %s for psycopg)."""
+    row = f"({', '.join([mark] * len(_EVENT_COLUMNS))})"
+    return f"INSERT INTO events ({', '.join(_EVENT_COLUMNS)}) VALUES {', '.join([row] * count)}"
 
 
 def has_unprocessed_events(conn: Connection) -> bool:

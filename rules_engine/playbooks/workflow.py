@@ -77,18 +77,34 @@ def transition(conn: Connection, workflow_id: str, to_state: str, actor: str, re
                                                       st.workflows.c.state == from_state).values(**values)).rowcount
     if changed != 1:
         raise TransitionError(f"workflow {workflow_id} changed state concurrently; retry")
-    st.record_audit(conn, actor, "transition", workflow_id, from_state=from_state, to_state=to_state, reason=reason)
-    notify(conn, workflow_id, row.playbook, from_state, to_state, actor, reason, now)
+    audit, note = transition_records(workflow_id, row.playbook, from_state, to_state, actor, reason, now)
+    conn.execute(insert(st.audit).values(**audit))
+    conn.execute(insert(st.notifications).values(**note))
     return from_state
+
+
+def transition_records(workflow_id: str, playbook: str, from_state: str, to_state: str, actor: str, reason: str,
+                       now: float) -> tuple[dict, dict]:
+    """The audit row and the outbox row of a transition (written by transition(); the intake writes them itself
+    for the workflows it creates already approved, many in one statement)."""
+    return (st.audit_row(actor, "transition", workflow_id, from_state=from_state, to_state=to_state, reason=reason),
+            notification(workflow_id, playbook, from_state, to_state, actor, reason, now))
 
 
 def notify(conn: Connection, workflow_id: str, playbook: str, from_state: str | None, to_state: str, actor: str,
            reason: str, now: float, **extra) -> None:
     """Queue the outbound notification of a state change (the outbox: delivered after the commit, with retries by
     rules_engine.playbooks.notify). `from_state` is None for a workflow created waiting for approval."""
-    conn.execute(insert(st.notifications).values(at=now, workflow_id=workflow_id, body=st.dumps({
+    conn.execute(insert(st.notifications).values(**notification(workflow_id, playbook, from_state, to_state, actor,
+                                                                reason, now, **extra)))
+
+
+def notification(workflow_id: str, playbook: str, from_state: str | None, to_state: str, actor: str, reason: str,
+                 now: float, **extra) -> dict:
+    """The outbox row of a state change (see notify)."""
+    return {"at": now, "workflow_id": workflow_id, "body": st.dumps({
         "workflow_id": workflow_id, "playbook": playbook, "from_state": from_state, "to_state": to_state,
-        "actor": actor, "reason": reason, "at": rfc3339(now, "us"), **extra})))
+        "actor": actor, "reason": reason, "at": rfc3339(now, "us"), **extra})}
 
 
 def approve(store: st.Store, workflow_id: str, actor: str, comment: str = "") -> st.Workflow:

@@ -148,15 +148,14 @@ def alertmanager_webhook():
     """Validate, persist, acknowledge. Processing happens in the intake loop, never in this request."""
     started = time.perf_counter()
     found = engine()
-    counter = found.metrics.webhook_requests
     if not found.credentials.alertmanager_ok(request.headers.get("Authorization")):
-        counter.labels("unauthorized").inc()
+        found.metrics.count_delivery("unauthorized")
         return jsonify(error="missing or wrong credentials"), 401, {"WWW-Authenticate": 'Bearer realm="rules-engine"'}
     body = inputs.capped_body(request, found.config.max_payload_bytes)
     try:
         payload = parse_payload(body)
     except PayloadError as error:
-        counter.labels("invalid").inc()
+        found.metrics.count_delivery("invalid")
         # 4xx: Alertmanager does not retry it (it resends the group at the next group_interval anyway).
         return jsonify(error="not an Alertmanager webhook payload (version 4)", problems=error.problems[:20]), 400
     try:
@@ -164,18 +163,15 @@ def alertmanager_webhook():
                                        external_url=payload.external_url, group_key=payload.group_key,
                                        status=payload.status, alert_count=len(payload.alerts))
     except (SQLAlchemyError, OSError, RuntimeError) as error:  # OSError: the lock file, TimeoutError
-        counter.labels("unavailable").inc()
+        found.metrics.count_delivery("unavailable")
         reason = st.describe_error(error)
         log.error("could not persist a webhook event: %s", reason)
         # 503 (never 429): Alertmanager retries 5xx with backoff, so the delivery is not lost.
         return jsonify(error=f"store unavailable ({reason}); nothing was stored, retry"), 503
     if found.runner is not None:
         found.runner.intake_wake.set()
-    counter.labels("accepted").inc()
     firing = sum(1 for a in payload.alerts if a.status == "firing")
-    found.metrics.webhook_alerts.labels("firing").inc(firing)
-    found.metrics.webhook_alerts.labels("resolved").inc(len(payload.alerts) - firing)
-    found.metrics.webhook_ack_seconds.observe(time.perf_counter() - started)
+    found.metrics.count_delivery("accepted", firing, len(payload.alerts) - firing, time.perf_counter() - started)
     return jsonify(status="accepted", event_id=event_id, alerts=len(payload.alerts)), 200
 
 

@@ -6,6 +6,7 @@ alongside. Each worker process builds its own app (no preload), so stores and ru
 """
 from __future__ import annotations
 
+import gc
 import os
 
 from rules_engine.server.config import ServerConfig
@@ -26,6 +27,7 @@ def run_gunicorn(config: ServerConfig, load=None) -> None:
                 "accesslog": "-" if config.access_log else None, "errorlog": "-", "loglevel": "info",
                 "preload_app": False,
                 "child_exit": _child_exit,
+                "post_worker_init": _freeze_heap,
                 # Stop the background loops cleanly when a worker exits, so in-flight steps are left resumable.
                 "worker_exit": lambda server, worker: (
                     shutdown(worker.wsgi) if EXTENSION in getattr(getattr(worker, "wsgi", None), "extensions", {})
@@ -40,6 +42,15 @@ def run_gunicorn(config: ServerConfig, load=None) -> None:
             return load() if load is not None else create_app(config)
 
     EngineApplication().run()
+
+
+def _freeze_heap(worker) -> None:
+    """Once the worker has built its app, move everything allocated so far out of the garbage collector's sight.
+    What the app holds (SQLAlchemy, pydantic schemas, playbooks, rule packs) lives as long as the worker, yet every
+    full collection walked all of it while holding the GIL: 100-160 ms stalls of every request in the worker, a
+    few times a minute under load (the p99 of acknowledgements with processing on)."""
+    gc.collect()
+    gc.freeze()
 
 
 def _child_exit(server, worker) -> None:

@@ -6,7 +6,7 @@ backlog are read from the store at scrape time, so they are right whichever proc
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -16,6 +16,9 @@ from rules_engine.playbooks import store as st
 from rules_engine.playbooks import workflow as wf
 from rules_engine.playbooks.analysis import JOB_STATES
 from rules_engine.spec.playbook import step_types
+
+
+DELIVERY_OUTCOMES = ("accepted", "unauthorized", "invalid", "unavailable")
 
 
 class _StoreCollector:
@@ -55,6 +58,24 @@ class EngineMetrics:
     step_seconds: Histogram
     action_failures: Counter
     mutating_step_types: tuple[str, ...]  # the `type` values of action_failures: steps that change the fleet
+    # The labelled children the webhook updates on every delivery, looked up once (labels() validates and locks).
+    _deliveries: dict = field(default_factory=dict)
+    _alerts: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # Exported at 0 from the start, so rate() and alerts see the first of each.
+        self._deliveries = {outcome: self.webhook_requests.labels(outcome) for outcome in DELIVERY_OUTCOMES}
+        self._alerts = {status: self.webhook_alerts.labels(status) for status in ("firing", "resolved")}
+
+    def count_delivery(self, outcome: str, firing: int = 0, resolved: int = 0, seconds: float | None = None) -> None:
+        """One webhook delivery: its outcome, its alerts by status, and (accepted) the time to acknowledge it."""
+        self._deliveries[outcome].inc()
+        if firing:
+            self._alerts["firing"].inc(firing)
+        if resolved:
+            self._alerts["resolved"].inc(resolved)
+        if seconds is not None:
+            self.webhook_ack_seconds.observe(seconds)
 
     def observe_step(self, step_type: str, outcome: str, seconds: float) -> None:
         self.step_seconds.labels(step_type, outcome).observe(seconds)
@@ -85,7 +106,7 @@ def _metrics(owner: CollectorRegistry | None, registry: CollectorRegistry) -> En
     return EngineMetrics(
         registry=registry,
         webhook_requests=Counter("rules_engine_webhook_requests", "Webhook deliveries by outcome "
-                                 "(accepted, unauthorized, invalid, unavailable).", ["outcome"], registry=owner),
+                                 f"({', '.join(DELIVERY_OUTCOMES)}).", ["outcome"], registry=owner),
         webhook_alerts=Counter("rules_engine_webhook_alerts", "Alerts in accepted deliveries, by status.",
                                ["status"], registry=owner),
         webhook_ack_seconds=Histogram("rules_engine_webhook_ack_seconds", "Time to acknowledge a delivery "
