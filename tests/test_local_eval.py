@@ -377,6 +377,49 @@ def test_a_later_range_reads_only_the_new_samples(prometheus):
         assert local.samples_read - before < before * (30 + 3 * 5) / 60
 
 
+def test_a_planned_backtest_reads_each_selector_once_and_lets_its_samples_go(prometheus, monkeypatch):
+    """`prepare` (what the engine calls before fetching a backtest's queries): each selector is read once over the
+    union of its queries' ranges, a narrower selector is filtered from a wider one read anyway, results still
+    equal Prometheus', and without keep_samples nothing is held once every planned query is computed."""
+    start = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("20m")
+    end = start + pd.Timedelta(hours=2)
+    step = pd.Timedelta("30s")
+    with PrometheusSource(prometheus.url) as source:
+        local = LocalSource(source, "remote-read", keep_samples=False)
+        reads = []
+        read = local.reader.read
+        monkeypatch.setattr(local.reader, "read", lambda matchers, low, high: reads.append(matchers) or
+                            read(matchers, low, high))
+        local.prepare(QUERIES, start, end, step)
+        for query in QUERIES:
+            _compare(source.query_range(query, start, end, step), local.query_range(query, start, end, step), query)
+        assert local.raw_samples() == []
+    assert len(reads) == len(set(reads))
+    names = {tuple((m.name, m.value) for m in matchers) for matchers in reads}
+    # t_requests_total{code="500"} and {code="200"} come from the samples of t_requests_total (all codes).
+    assert (("__name__", "t_requests_total"),) in names
+    assert not any(("code", "500") in selector or ("code", "200") in selector for selector in names)
+
+
+def test_plan_reads_filters_a_narrower_selector_only_where_that_is_exact():
+    from rules_engine.evaluate.local import matching_series, plan_reads
+    from rules_engine.source.raw import Matcher
+
+    name = Matcher("__name__", "Equal", "x")
+    error, not_ok = Matcher("reason", "Equal", "error"), Matcher("code", "NotEqual", "200")
+    regex = Matcher("pod", "Re", "a.*")
+    hour = 3_600_000
+    plan = plan_reads({(name,): (0, 10 * hour), (name, error): (hour, 10 * hour), (name, not_ok): (0, 11 * hour),
+                       (name, regex): (0, 10 * hour), (name, error, not_ok): (0, 12 * hour)}, widen_ms=hour)
+    assert plan[(name,)].parent is None and (plan[(name,)].start_ms, plan[(name,)].end_ms) == (0, 11 * hour)
+    assert plan[(name, error)].parent == (name,) and plan[(name, error)].extra == (error,)
+    assert plan[(name, not_ok)].parent == (name,)
+    assert plan[(name, regex)].parent is None  # RE2 is not Python's re: read as Prometheus matches it
+    assert plan[(name, error, not_ok)].parent is None  # beyond the widening: its own read
+    metrics = [{"reason": "error", "code": "500"}, {"reason": "abort"}, {"code": "200", "reason": "error"}]
+    assert matching_series(metrics, [error, not_ok]).tolist() == [True, False, False]
+
+
 # -- random series, property style: whatever the series look like, local == Prometheus ------------------------------
 
 from hypothesis import HealthCheck  # noqa: E402

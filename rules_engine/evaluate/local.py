@@ -20,7 +20,7 @@ import copy
 import math
 import threading
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -700,6 +700,62 @@ def time_slice(raw: RawSamples, low_ms: int, high_ms: int) -> RawSamples:
                       raw.timestamps_ms[keep], raw.values[keep], raw.has_staleness)
 
 
+def series_slice(raw: RawSamples, keep: np.ndarray) -> RawSamples:
+    """The series of `raw` where `keep` (one bool per series), with all their samples, in the same order."""
+    samples = np.repeat(keep, raw.counts)
+    return RawSamples([metric for metric, kept in zip(raw.metrics, keep) if kept], raw.counts[keep],
+                      raw.timestamps_ms[samples], raw.values[samples], raw.has_staleness)
+
+
+def matching_series(metrics: Sequence[Mapping[str, str]], matchers: Sequence[Matcher]) -> np.ndarray:
+    """Whether each series matches every (Equal or NotEqual) matcher; a missing label matches as "" does."""
+    keep = np.ones(len(metrics), dtype=bool)
+    for matcher in matchers:
+        equal = np.fromiter((metric.get(matcher.name, "") == matcher.value for metric in metrics), dtype=bool,
+                            count=len(metrics))
+        keep &= equal if matcher.op == "Equal" else ~equal
+    return keep
+
+
+EXACT_OPS = ("Equal", "NotEqual")  # matchers applied locally exactly as Prometheus does (regexes are RE2's)
+
+
+@dataclass
+class PlannedRead:
+    """How one selector is read for the queries `LocalSource.prepare` planned: over [start_ms, end_ms] once, or
+    filtered from `parent`'s samples by the `extra` matchers; `uses` counts the planned queries not yet evaluated
+    that need these samples."""
+
+    start_ms: int
+    end_ms: int
+    uses: int = 0
+    parent: tuple[Matcher, ...] | None = None
+    extra: tuple[Matcher, ...] = ()
+
+
+def plan_reads(needs: Mapping[tuple[Matcher, ...], tuple[int, int]], widen_ms: int) -> dict[tuple, PlannedRead]:
+    """Each selector's read: its own, or (when it only adds Equal/NotEqual matchers to another selector read
+    anyway, whose own range covers it once widened by at most `widen_ms` a side) filtered from that one's samples."""
+    plan: dict[tuple, PlannedRead] = {}
+    for matchers in sorted(needs, key=len):  # a parent has fewer matchers; parents are read, never filtered
+        low, high = needs[matchers]
+        chosen = None
+        for other, read in plan.items():
+            extra = set(matchers) - set(other)
+            if (read.parent is None and set(other) < set(matchers) and all(m.op in EXACT_OPS for m in extra)
+                    and needs[other][0] - widen_ms <= low and high <= needs[other][1] + widen_ms
+                    and (chosen is None or len(other) > len(chosen))):
+                chosen = other
+        if chosen is None:
+            plan[matchers] = PlannedRead(low, high)
+            continue
+        parent = plan[chosen]
+        parent.start_ms, parent.end_ms = min(parent.start_ms, low), max(parent.end_ms, high)
+        extra = tuple(m for m in matchers if m not in set(chosen))
+        plan[matchers] = PlannedRead(low, high, parent=chosen, extra=extra)
+    return plan
+
+
 def _as_chunk(raw: RawSamples) -> MatrixChunk:
     return MatrixChunk(raw.metrics, raw.counts, raw.timestamps_ms, raw.values)
 
@@ -713,9 +769,14 @@ class LocalSource:
     server serves it, else the query path), "remote-read", "range-vector" (raw samples through `selector[Δ]`
     queries) or "query" (every query on the query path); or a snapshot with its recorded raw samples as `reader`
     (an object with `read(matchers, start_ms, end_ms)`, `has_staleness` and `name`), whose recorded results are
-    replayed as they are. `paths[query]` says how each query was answered (for reports)."""
+    replayed as they are. `paths[query]` says how each query was answered (for reports).
 
-    def __init__(self, source, reader="auto", cache_margin: pd.Timedelta = pd.Timedelta("1h")) -> None:
+    Raw samples are kept for reuse by later queries and ranges (a monitor's rounds, `raw_samples()` for
+    snapshots). With `keep_samples=False`, the samples of queries planned together by `prepare` are let go after
+    the last of those queries that needs them (a backtest's peak memory)."""
+
+    def __init__(self, source, reader="auto", cache_margin: pd.Timedelta = pd.Timedelta("1h"),
+                 keep_samples: bool = True) -> None:
         self.source = source
         self.client = getattr(source, "client", None)
         self.url = getattr(source, "url", None)
@@ -738,9 +799,12 @@ class LocalSource:
         self.paths: dict[str, str] = {}
         self.samples_read = 0
         self.bytes_read = 0
+        self.keep_samples = keep_samples
         self._cache: dict[tuple, tuple[int, int, RawSamples]] = {}
         self._locks: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._plan: dict[tuple, PlannedRead] = {}
+        self._planned: dict[str, tuple[tuple[int, int, int], set[tuple]]] = {}  # query -> (grid, selectors)
 
     def close(self) -> None:
         self.source.close()
@@ -781,13 +845,53 @@ class LocalSource:
             return f"query ({why})"
         return f"local ({self.reader.name})"
 
+    def prepare(self, queries: Iterable[str], start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta) -> None:
+        """Plan the raw reads of queries about to be evaluated over the same range: each selector is read once
+        over the union of what its queries need (no re-read for a longer look-behind found later), a selector
+        that only narrows another one read anyway (`x{reason="error"}` beside `x`) is filtered from its samples
+        instead of read, and without `keep_samples` each selector's samples go once its last query is done.
+        What each query reads is found by evaluating it over no samples, which records the reads it asks for."""
+        if self.reader is None:
+            return
+        grid = evaluation_grid(start, end, step)
+        if len(grid) == 0:
+            return
+        times_ms = _grid_ms(grid)
+        empty = RawSamples([], np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0),
+                           self.reader.has_staleness)
+        needs: dict[tuple, tuple[int, int]] = {}
+        reads: dict[str, set[tuple]] = {}
+        for query in dict.fromkeys(queries):
+            if not self.plan(query).startswith("local"):
+                continue
+            asked: list[tuple[tuple, int, int]] = []
+            try:
+                Evaluator(lambda m, low, high: asked.append((m, low, high)) or empty,
+                          self.reader.has_staleness).evaluate(promql_parser.parse(query), times_ms)
+            except Unsupported:
+                continue
+            reads[query] = {matchers for matchers, _, _ in asked}
+            for matchers, low, high in asked:
+                known = needs.get(matchers, (low, high))
+                needs[matchers] = (min(known[0], low), max(known[1], high))
+        plan = plan_reads(needs, self.margin_ms)
+        key = (int(times_ms[0]), int(times_ms[-1]), len(times_ms))
+        planned = {}
+        for query, selectors in reads.items():
+            selectors = selectors | {plan[m].parent for m in selectors if plan[m].parent is not None}
+            planned[query] = (key, selectors)
+            for matchers in selectors:
+                plan[matchers].uses += 1
+        with self._lock:
+            self._plan, self._planned = plan, planned
+
     def query_range(self, query: str, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta) -> RangeFrame:
         path = self.plan(query)
         if path.startswith("local"):
             grid = evaluation_grid(start, end, step)
             if len(grid) == 0:
                 raise SourceError(f"range end {end} is before its start {start} (query: {query})")
-            times_ms = (grid.as_unit("ns").asi8 // _MS).astype(np.int64)  # pandas may hold µs or ns
+            times_ms = _grid_ms(grid)
             try:
                 vector = Evaluator(self._fetch, self.reader.has_staleness).evaluate(promql_parser.parse(query),
                                                                                     times_ms)
@@ -800,11 +904,32 @@ class LocalSource:
                 with self._lock:
                     self.paths[query] = path
                 return frame
+            finally:
+                self._done(query, times_ms)
         with self._lock:
             self.paths[query] = path
         return self.source.query_range(query, start, end, step)
 
+    def _done(self, query: str, times_ms: np.ndarray) -> None:
+        """A planned query was evaluated: let go of the samples no planned query still needs."""
+        with self._lock:
+            planned = self._planned.get(query)
+            if planned is None or planned[0] != (int(times_ms[0]), int(times_ms[-1]), len(times_ms)):
+                return
+            del self._planned[query]
+            for matchers in planned[1]:
+                read = self._plan[matchers]
+                read.uses -= 1
+                if read.uses == 0 and not self.keep_samples:
+                    self._cache.pop(matchers, None)
+
     def _fetch(self, matchers: tuple[Matcher, ...], start_ms: int, end_ms: int) -> RawSamples:
+        margin = self.margin_ms
+        planned = self._plan.get(matchers)
+        if planned is not None and planned.start_ms <= start_ms and end_ms <= planned.end_ms:
+            if planned.parent is not None:
+                return self._filtered(matchers, planned)
+            start_ms, end_ms, margin = planned.start_ms, planned.end_ms, 0  # the union of what its queries need
         key = matchers
         with self._lock:
             lock = self._locks.setdefault(key, threading.Lock())
@@ -815,20 +940,38 @@ class LocalSource:
             if cached is not None and cached[0] <= start_ms < cached[1]:
                 # A later range (a monitor's next round): keep what is still needed, read only the new end, again
                 # from a little before it (samples near the old end may have arrived since).
-                low = max(cached[0], start_ms - self.margin_ms)
+                low = max(cached[0], start_ms - margin)
                 tail = max(low, cached[1] - TAIL_REREAD_MS)
                 new = self.reader.read(matchers, tail, end_ms)
                 raw = join_pieces([_as_chunk(time_slice(cached[2], low, tail - 1)), _as_chunk(new)],
                                   cached[2].has_staleness and new.has_staleness)
                 read, high = new, end_ms
             elif cached is None or start_ms >= cached[1]:  # nothing read yet that is still needed
-                low, high = start_ms - self.margin_ms, end_ms
+                low, high = start_ms - margin, end_ms
                 raw = read = self.reader.read(matchers, low, high)
             else:  # an earlier start: read the union again
-                low, high = min(start_ms, cached[0]) - self.margin_ms, max(end_ms, cached[1])
+                low, high = min(start_ms, cached[0]) - margin, max(end_ms, cached[1])
                 raw = read = self.reader.read(matchers, low, high)
-            self._cache[key] = (low, high, raw)
             with self._lock:
+                self._cache[key] = (low, high, raw)
                 self.samples_read += len(read.values)
                 self.bytes_read += read.nbytes
             return raw
+
+    def _filtered(self, matchers: tuple[Matcher, ...], planned: PlannedRead) -> RawSamples:
+        with self._lock:
+            lock = self._locks.setdefault(matchers, threading.Lock())
+        with lock:
+            cached = self._cache.get(matchers)
+            if cached is not None and cached[0] <= planned.start_ms and cached[1] >= planned.end_ms:
+                return cached[2]
+            parent = self._plan[planned.parent]
+            whole = self._fetch(planned.parent, parent.start_ms, parent.end_ms)
+            raw = series_slice(whole, matching_series(whole.metrics, planned.extra))
+            with self._lock:
+                self._cache[matchers] = (parent.start_ms, parent.end_ms, raw)
+            return raw
+
+
+def _grid_ms(grid: pd.DatetimeIndex) -> np.ndarray:
+    return (grid.as_unit("ns").asi8 // _MS).astype(np.int64)  # pandas may hold µs or ns
