@@ -166,9 +166,24 @@ class Windows:
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     def _search(self, times_ms: np.ndarray, side: str) -> np.ndarray:
-        """(T, S) global index of searchsorted(series' stamps, t, side): one search per series (a loop over
-        series, not samples), so no per-sample key array is built."""
-        found = np.empty((len(times_ms), len(self.counts)), dtype=np.int64)
+        """(T, S) global index of searchsorted(series' stamps, t, side). On an evenly spaced grid (what range
+        queries and subqueries evaluate at) each sample's first grid point is computed in integers and counted:
+        O(samples + cells) for all series at once. Otherwise one binary search per series."""
+        steps, series = len(times_ms), len(self.counts)
+        spacing = int(times_ms[1] - times_ms[0]) if steps > 1 else 0
+        if steps > 1 and spacing > 0 and np.all(np.diff(times_ms) == spacing):
+            low, high = int(self.offsets[0]), int(self.offsets[-1])
+            relative = self.stamps[low:high] - times_ms[0]
+            # right: samples at or before x_k = x_0 + k*spacing are those with ceil((t - x_0)/spacing) <= k;
+            # left: those before x_k, floor((t - x_0)/spacing) + 1 <= k.
+            first = -((-relative) // spacing) if side == "right" else relative // spacing + 1
+            np.clip(first, 0, steps, out=first)
+            first += np.repeat(np.arange(series, dtype=np.int64) * (steps + 1), self.counts)
+            counted = np.bincount(first, minlength=series * (steps + 1)).reshape(series, steps + 1)[:, :steps]
+            found = np.cumsum(counted, axis=1)
+            found += self.offsets[:-1, None]
+            return found.T
+        found = np.empty((steps, series), dtype=np.int64)
         for column, (low, high) in enumerate(zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())):
             found[:, column] = np.searchsorted(self.stamps[low:high], times_ms, side=side) + low
         return found
@@ -473,18 +488,31 @@ def aggregate(op: str, values: np.ndarray, present: np.ndarray, ids: np.ndarray,
     if values.shape[1] == 0:
         return np.full((steps, groups), np.nan), np.zeros((steps, groups), dtype=bool)
     order = np.argsort(ids, kind="stable")
+    grouped = np.array_equal(order, np.arange(len(order)))  # columns already in group order
+    # One working copy of the values, in group order, holding the reduction's identity where a sample is missing.
+    fill = np.nan if op in ("max", "min") or len(order) == groups else 0.0
+    if grouped:
+        work = np.where(present, values, fill) if op != "count" else None
+    else:
+        present = present[:, order]
+        work = values[:, order] if op != "count" else None
+        if work is not None:
+            np.copyto(work, fill, where=~present)
+    if len(order) == groups:  # one column a group (`sum by` of every label, coalescing distinct buckets)
+        have = present.copy() if grouped else present
+        return (np.where(have, 1.0, np.nan) if op == "count" else work), have
     starts = np.searchsorted(ids[order], np.arange(groups))
-    if not np.array_equal(order, np.arange(len(order))):  # columns not already grouped: one reordered copy
-        values, present = values[:, order], present[:, order]
-    count = np.add.reduceat(present, starts, axis=1, dtype=np.int64)
+    count = np.add.reduceat(present, starts, axis=1, dtype=np.int32)
     have = count > 0
+    del present
     if op == "count":
         result = count.astype(np.float64)
     elif op in ("max", "min"):
-        result = (np.fmax if op == "max" else np.fmin).reduceat(np.where(present, values, np.nan), starts, axis=1)
+        result = (np.fmax if op == "max" else np.fmin).reduceat(work, starts, axis=1)
     else:
-        total = np.add.reduceat(np.where(present, values, 0.0), starts, axis=1)
-        result = total if op == "sum" else total / np.maximum(count, 1)
+        result = np.add.reduceat(work, starts, axis=1)
+        if op == "avg":
+            result /= np.maximum(count, 1)
     result[~have] = np.nan
     return result, have
 
@@ -499,8 +527,10 @@ def _parse_bound(text: str) -> float:
 def histogram_quantile(q: float, inner: Vec) -> Vec:
     bounds = np.array([_parse_bound(labels.get("le", "")) for labels in inner.labels])
     keep = ~np.isnan(bounds)
-    labels = [labels for labels, kept in zip(inner.labels, keep) if kept]
-    values, present, bounds = inner.values[:, keep], inner.present[:, keep], bounds[keep]
+    values, present, labels = inner.values, inner.present, inner.labels
+    if not keep.all():
+        labels = [labels for labels, kept in zip(inner.labels, keep) if kept]
+        values, present, bounds = values[:, keep], present[:, keep], bounds[keep]
     # The group is the series without le (its name included, as Prometheus keys it); the result drops both.
     group_ids, keys = _group_ids([label_key({n: v for n, v in labels.items() if n != "le"}) for labels in labels])
     steps, groups = values.shape[0], len(keys)
@@ -511,18 +541,19 @@ def histogram_quantile(q: float, inner: Vec) -> Vec:
     _, bucket_ids = np.unique(pairs, axis=0, return_inverse=True)
     bucket_ids = bucket_ids.reshape(-1)
     buckets = bucket_ids.max() + 1
-    counts, have = aggregate("sum", values, present, bucket_ids, buckets)
     bucket_group = np.zeros(buckets, dtype=np.int64)
     bucket_bound = np.zeros(buckets)
     bucket_group[bucket_ids], bucket_bound[bucket_ids] = group_ids, bounds
-    # Lay buckets out as [group, position by bound].
+    # Lay buckets out as [group, position by bound]: the summed columns come out in that order (one copy).
     order = np.lexsort((bucket_bound, bucket_group))
+    rank = np.empty(buckets, dtype=np.int64)
+    rank[order] = np.arange(buckets)
+    counts, have = aggregate("sum", values, present, rank[bucket_ids], buckets)
     sorted_groups = bucket_group[order]
     position = np.arange(buckets) - np.searchsorted(sorted_groups, sorted_groups)
     width = int(position.max()) + 1
     upper = np.full((groups, width), np.inf)
     upper[sorted_groups, position] = bucket_bound[order]
-    counts, have = counts[:, order], have[:, order]
     result = np.full((steps, groups), np.nan)
     result_present = np.zeros((steps, groups), dtype=bool)
     rows = max(1, BLOCK_CELLS // max(groups * width, 1))  # a few steps at a time: the cube stays small
@@ -723,8 +754,8 @@ EXACT_OPS = ("Equal", "NotEqual")  # matchers applied locally exactly as Prometh
 @dataclass
 class PlannedRead:
     """How one selector is read for the queries `LocalSource.prepare` planned: over [start_ms, end_ms] once, or
-    filtered from `parent`'s samples by the `extra` matchers; `uses` counts the planned queries not yet evaluated
-    that need these samples."""
+    filtered from `parent`'s samples by the `extra` matchers; `uses` counts the planned reads of these samples
+    still to come (the evaluator's, and one per selector filtered from them)."""
 
     start_ms: int
     end_ms: int
@@ -761,6 +792,8 @@ def _as_chunk(raw: RawSamples) -> MatrixChunk:
 
 
 READERS = ("auto", "remote-read", "range-vector", "query")
+import os
+READS_AT_ONCE = int(os.environ.get("READS_AT_ONCE", "64"))
 
 
 class LocalSource:
@@ -804,7 +837,7 @@ class LocalSource:
         self._locks: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
         self._plan: dict[tuple, PlannedRead] = {}
-        self._planned: dict[str, tuple[tuple[int, int, int], set[tuple]]] = {}  # query -> (grid, selectors)
+        self._reads = threading.BoundedSemaphore(READS_AT_ONCE)
 
     def close(self) -> None:
         self.source.close()
@@ -849,8 +882,9 @@ class LocalSource:
         """Plan the raw reads of queries about to be evaluated over the same range: each selector is read once
         over the union of what its queries need (no re-read for a longer look-behind found later), a selector
         that only narrows another one read anyway (`x{reason="error"}` beside `x`) is filtered from its samples
-        instead of read, and without `keep_samples` each selector's samples go once its last query is done.
-        What each query reads is found by evaluating it over no samples, which records the reads it asks for."""
+        instead of read, and without `keep_samples` each selector's samples go at the last read planned for them
+        (held then only by the evaluation using them). What each query reads is found by evaluating it over no
+        samples, which records the reads it asks for."""
         if self.reader is None:
             return
         grid = evaluation_grid(start, end, step)
@@ -860,7 +894,7 @@ class LocalSource:
         empty = RawSamples([], np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0),
                            self.reader.has_staleness)
         needs: dict[tuple, tuple[int, int]] = {}
-        reads: dict[str, set[tuple]] = {}
+        reads: list[tuple] = []
         for query in dict.fromkeys(queries):
             if not self.plan(query).startswith("local"):
                 continue
@@ -870,20 +904,18 @@ class LocalSource:
                           self.reader.has_staleness).evaluate(promql_parser.parse(query), times_ms)
             except Unsupported:
                 continue
-            reads[query] = {matchers for matchers, _, _ in asked}
             for matchers, low, high in asked:
+                reads.append(matchers)
                 known = needs.get(matchers, (low, high))
                 needs[matchers] = (min(known[0], low), max(known[1], high))
         plan = plan_reads(needs, self.margin_ms)
-        key = (int(times_ms[0]), int(times_ms[-1]), len(times_ms))
-        planned = {}
-        for query, selectors in reads.items():
-            selectors = selectors | {plan[m].parent for m in selectors if plan[m].parent is not None}
-            planned[query] = (key, selectors)
-            for matchers in selectors:
-                plan[matchers].uses += 1
+        for matchers in reads:
+            plan[matchers].uses += 1
+        for read in plan.values():
+            if read.parent is not None:
+                plan[read.parent].uses += 1
         with self._lock:
-            self._plan, self._planned = plan, planned
+            self._plan = plan
 
     def query_range(self, query: str, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta) -> RangeFrame:
         path = self.plan(query)
@@ -904,32 +936,25 @@ class LocalSource:
                 with self._lock:
                     self.paths[query] = path
                 return frame
-            finally:
-                self._done(query, times_ms)
         with self._lock:
             self.paths[query] = path
         return self.source.query_range(query, start, end, step)
 
-    def _done(self, query: str, times_ms: np.ndarray) -> None:
-        """A planned query was evaluated: let go of the samples no planned query still needs."""
-        with self._lock:
-            planned = self._planned.get(query)
-            if planned is None or planned[0] != (int(times_ms[0]), int(times_ms[-1]), len(times_ms)):
-                return
-            del self._planned[query]
-            for matchers in planned[1]:
-                read = self._plan[matchers]
-                read.uses -= 1
-                if read.uses == 0 and not self.keep_samples:
-                    self._cache.pop(matchers, None)
-
     def _fetch(self, matchers: tuple[Matcher, ...], start_ms: int, end_ms: int) -> RawSamples:
-        margin = self.margin_ms
         planned = self._plan.get(matchers)
-        if planned is not None and planned.start_ms <= start_ms and end_ms <= planned.end_ms:
-            if planned.parent is not None:
-                return self._filtered(matchers, planned)
-            start_ms, end_ms, margin = planned.start_ms, planned.end_ms, 0  # the union of what its queries need
+        if planned is None or planned.uses <= 0 or not planned.start_ms <= start_ms <= end_ms <= planned.end_ms:
+            return self._read(matchers, start_ms, end_ms, self.margin_ms)
+        if planned.parent is not None:
+            raw = self._filtered(matchers, planned)
+        else:
+            raw = self._read(matchers, planned.start_ms, planned.end_ms, 0)  # the union of what its queries need
+        with self._lock:
+            planned.uses -= 1
+            if planned.uses == 0 and not self.keep_samples:
+                self._cache.pop(matchers, None)
+        return raw
+
+    def _read(self, matchers: tuple[Matcher, ...], start_ms: int, end_ms: int, margin: int) -> RawSamples:
         key = matchers
         with self._lock:
             lock = self._locks.setdefault(key, threading.Lock())
@@ -942,21 +967,25 @@ class LocalSource:
                 # from a little before it (samples near the old end may have arrived since).
                 low = max(cached[0], start_ms - margin)
                 tail = max(low, cached[1] - TAIL_REREAD_MS)
-                new = self.reader.read(matchers, tail, end_ms)
+                new = self._reader_read(matchers, tail, end_ms)
                 raw = join_pieces([_as_chunk(time_slice(cached[2], low, tail - 1)), _as_chunk(new)],
                                   cached[2].has_staleness and new.has_staleness)
                 read, high = new, end_ms
             elif cached is None or start_ms >= cached[1]:  # nothing read yet that is still needed
                 low, high = start_ms - margin, end_ms
-                raw = read = self.reader.read(matchers, low, high)
+                raw = read = self._reader_read(matchers, low, high)
             else:  # an earlier start: read the union again
                 low, high = min(start_ms, cached[0]) - margin, max(end_ms, cached[1])
-                raw = read = self.reader.read(matchers, low, high)
+                raw = read = self._reader_read(matchers, low, high)
             with self._lock:
                 self._cache[key] = (low, high, raw)
                 self.samples_read += len(read.values)
                 self.bytes_read += read.nbytes
             return raw
+
+    def _reader_read(self, matchers: tuple[Matcher, ...], start_ms: int, end_ms: int) -> RawSamples:
+        with self._reads:
+            return self.reader.read(matchers, start_ms, end_ms)
 
     def _filtered(self, matchers: tuple[Matcher, ...], planned: PlannedRead) -> RawSamples:
         with self._lock:
