@@ -253,13 +253,16 @@ def _extrapolated(windows: Windows, times_ms: np.ndarray, range_ms: int, counter
     if counter:
         # Prometheus adds the previous value at each decrease inside the window (a counter reset), in order.
         where, before = windows.resets()
-        if len(where):
-            low = np.searchsorted(where, first + 1)  # resets at sample indices first+1 .. last
-            high = np.searchsorted(where, last, side="right")
-            has = present & (high > low)
+        # Only the columns of series with a reset (resets are rare): the others add nothing, as in Prometheus.
+        columns = np.unique(np.searchsorted(windows.offsets, where, side="right") - 1)
+        columns = columns[(columns >= 0) & (columns < first.shape[1])]
+        if len(columns):
+            low = np.searchsorted(where, first[:, columns] + 1)  # resets at sample indices first+1 .. last
+            high = np.searchsorted(where, last[:, columns], side="right")
+            has = present[:, columns] & (high > low)
             if has.any():
                 added = _reduce_windows(np.add, before, np.where(has, low, 1), np.where(has, high - 1, 0))
-                result = result + np.where(has, added, 0.0)
+                result[:, columns] += np.where(has, added, 0.0)
     t_end = (times_ms - offset_ms)[:, None]
     range_start = t_end - range_ms
     first_t, last_t = stamps[safe_first], stamps[safe_last]
@@ -554,6 +557,8 @@ def histogram_quantile(q: float, inner: Vec) -> Vec:
     width = int(position.max()) + 1
     upper = np.full((groups, width), np.inf)
     upper[sorted_groups, position] = bucket_bound[order]
+    if (np.isnan(counts) & have).any():
+        raise Unsupported("histogram_quantile over NaN bucket counts")
     result = np.full((steps, groups), np.nan)
     result_present = np.zeros((steps, groups), dtype=bool)
     rows = max(1, BLOCK_CELLS // max(groups * width, 1))  # a few steps at a time: the cube stays small
@@ -570,38 +575,53 @@ def _bucket_quantile(q: float, counts: np.ndarray, have: np.ndarray, groups_of: 
     """Prometheus' bucketQuantile for some steps at once: counts/have are (steps, buckets), bucket k belonging to
     group groups_of[k] at position[k] in bound order; upper is (groups, width) of bounds."""
     steps, (groups, width) = counts.shape[0], upper.shape
-    cube = np.full((steps, groups, width), np.nan)
+    cube = np.empty((steps, groups, width))
     there = np.zeros((steps, groups, width), dtype=bool)
     cube[:, groups_of, position] = counts
     there[:, groups_of, position] = have
-    if np.isnan(cube[there]).any():
-        raise Unsupported("histogram_quantile over NaN bucket counts")
-    # Compact the buckets present at each step to the left, keeping bound order.
-    compact = np.argsort(~there, axis=2, kind="stable")
     n = there.sum(axis=2)
-    cube = np.take_along_axis(cube, compact, axis=2)
-    bound = np.take_along_axis(np.broadcast_to(upper, cube.shape), compact, axis=2)
-    del compact, there
-    valid = np.arange(width)[None, None, :] < n[:, :, None]
-    cube[~valid] = -np.inf
+    cells = np.arange(steps * groups)
+    if np.all(there[:, :, :-1] >= there[:, :, 1:]):
+        # What is scraped: the buckets present at a step are the lowest of their histogram; nothing to compact.
+        upper_rows = np.tile(np.arange(groups), steps)
+
+        def bound_at(index: np.ndarray) -> np.ndarray:
+            return upper[upper_rows, index.reshape(-1)].reshape(index.shape)
+    else:  # compact the buckets present at each step to the left, keeping bound order
+        compact = np.argsort(~there, axis=2, kind="stable")
+        cube = np.take_along_axis(cube, compact, axis=2)
+        bounds = np.take_along_axis(np.broadcast_to(upper, cube.shape), compact, axis=2).reshape(-1, width)
+        del compact
+
+        def bound_at(index: np.ndarray) -> np.ndarray:
+            return bounds[cells, index.reshape(-1)].reshape(index.shape)
+    del there
+    cube[np.arange(width) >= n[:, :, None]] = -np.inf
     np.maximum.accumulate(cube, axis=2, out=cube)  # ensureMonotonic
+    flat = cube.reshape(-1, width)
+
+    def count_at(index: np.ndarray) -> np.ndarray:
+        return flat[cells, index.reshape(-1)].reshape(index.shape)
+
     last = np.maximum(n - 1, 0)
-    observations = np.take_along_axis(cube, last[:, :, None], axis=2)[:, :, 0]
-    top = np.take_along_axis(bound, last[:, :, None], axis=2)[:, :, 0]
+    observations = count_at(last)
+    top = bound_at(last)
     result_present = n > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         rank = q * observations
-        hit = valid & (np.arange(width)[None, None, :] < (n - 1)[:, :, None]) & (cube >= rank[:, :, None])
-        b = np.where(hit.any(axis=2), hit.argmax(axis=2), n - 1)
-        del hit, valid
+        # sort.Search over all but the last bucket: the first whose (monotonic) count reaches the rank.
+        hit = (np.arange(width) < (n - 1)[:, :, None]) & (cube >= rank[:, :, None])
+        first_hit = hit.argmax(axis=2)
+        b = np.where(hit.reshape(-1, width)[cells, first_hit.reshape(-1)].reshape(n.shape), first_hit, n - 1)
+        del hit
         b_safe = np.clip(b, 0, width - 1)
-        end = np.take_along_axis(bound, b_safe[:, :, None], axis=2)[:, :, 0]
-        count_b = np.take_along_axis(cube, b_safe[:, :, None], axis=2)[:, :, 0]
+        end = bound_at(b_safe)
+        count_b = count_at(b_safe)
         prev = np.clip(b - 1, 0, width - 1)
-        start = np.where(b > 0, np.take_along_axis(bound, prev[:, :, None], axis=2)[:, :, 0], 0.0)
-        count_prev = np.where(b > 0, np.take_along_axis(cube, prev[:, :, None], axis=2)[:, :, 0], 0.0)
+        start = np.where(b > 0, bound_at(prev), 0.0)
+        count_prev = np.where(b > 0, count_at(prev), 0.0)
         interpolated = start + (end - start) * ((rank - count_prev) / (count_b - count_prev))
-        second_last = np.take_along_axis(bound, np.clip(n - 2, 0, width - 1)[:, :, None], axis=2)[:, :, 0]
+        second_last = bound_at(np.clip(n - 2, 0, width - 1))
         result = np.where(b == n - 1, second_last, interpolated)
         result = np.where((b == 0) & (end <= 0) & (b != n - 1), end, result)
         nan = ~np.isposinf(top) | (n < 2) | (observations == 0)
