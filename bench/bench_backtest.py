@@ -98,7 +98,7 @@ def run_ours(ruleset, source, start, end, step, names, reader):
     """Wall time, traced peak memory, the backtest and the raw samples read (0 on the query path); each run reads
     afresh (a new LocalSource holds no samples)."""
     def one():
-        wrapped = LocalSource(source, reader, keep_samples=False) if reader != "query" else source
+        wrapped = LocalSource(source, reader) if reader != "query" else source
         return run_backtest(ruleset, wrapped, start, end, step, rules=names, reader="query"), wrapped
 
     gc.collect()

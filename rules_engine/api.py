@@ -71,11 +71,10 @@ def backtest(ruleset: RuleSet, source: Source, start: Time, end: Time, step: Ste
 def _computing(source: Source, reader: str = "auto") -> Source:
     """The source the pandas engine reads: one that computes supported queries from raw samples when it can
     (Prometheus serving remote read; a snapshot holding raw samples), else `source` itself."""
-    # Samples are let go once the last query needing them is computed: nothing reads them after the backtest.
     if isinstance(source, PrometheusSource) and reader != "query":
-        return LocalSource(source, reader, keep_samples=False)  # not closed here: the caller's source owns it
+        return LocalSource(source, reader)  # not closed here: the caller's source owns the connection
     if getattr(source, "raw_reader", None) is not None:  # a snapshot holding raw samples
-        return LocalSource(source, source.raw_reader, keep_samples=False)
+        return LocalSource(source, source.raw_reader)
     return source
 
 

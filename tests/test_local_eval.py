@@ -380,12 +380,12 @@ def test_a_later_range_reads_only_the_new_samples(prometheus):
 def test_a_planned_backtest_reads_each_selector_once_and_lets_its_samples_go(prometheus, monkeypatch):
     """`prepare` (what the engine calls before fetching a backtest's queries): each selector is read once over the
     union of its queries' ranges, a narrower selector is filtered from a wider one read anyway, results still
-    equal Prometheus', and without keep_samples nothing is held once every planned query is computed."""
+    equal Prometheus', and nothing is held once every planned query is computed (unless keep_samples)."""
     start = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("20m")
     end = start + pd.Timedelta(hours=2)
     step = pd.Timedelta("30s")
     with PrometheusSource(prometheus.url) as source:
-        local = LocalSource(source, "remote-read", keep_samples=False)
+        local = LocalSource(source, "remote-read")
         reads = []
         read = local.reader.read
         monkeypatch.setattr(local.reader, "read", lambda matchers, low, high: reads.append(matchers) or
@@ -394,6 +394,11 @@ def test_a_planned_backtest_reads_each_selector_once_and_lets_its_samples_go(pro
         for query in QUERIES:
             _compare(source.query_range(query, start, end, step), local.query_range(query, start, end, step), query)
         assert local.raw_samples() == []
+        kept = LocalSource(source, "remote-read", keep_samples=True)
+        kept.prepare(QUERIES[:3], start, end, step)
+        for query in QUERIES[:3]:
+            kept.query_range(query, start, end, step)
+        assert len(kept.raw_samples()) == 3  # t_queue{job="vllm"}, t_queue{instance=~...}, t_requests_total{...}
     assert len(reads) == len(set(reads))
     names = {tuple((m.name, m.value) for m in matchers) for matchers in reads}
     # t_requests_total{code="500"} and {code="200"} come from the samples of t_requests_total (all codes).

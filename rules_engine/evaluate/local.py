@@ -824,12 +824,12 @@ class LocalSource:
     (an object with `read(matchers, start_ms, end_ms)`, `has_staleness` and `name`), whose recorded results are
     replayed as they are. `paths[query]` says how each query was answered (for reports).
 
-    Raw samples are kept for reuse by later queries and ranges (a monitor's rounds, `raw_samples()` for
-    snapshots). With `keep_samples=False`, the samples of queries planned together by `prepare` are let go after
-    the last of those queries that needs them (a backtest's peak memory)."""
+    Raw samples read are kept for reuse by later queries and ranges (a monitor's rounds, `raw_samples()` for
+    snapshots), except those of queries planned together by `prepare` (a backtest), which go after the last read
+    planned for them unless `keep_samples`."""
 
     def __init__(self, source, reader="auto", cache_margin: pd.Timedelta = pd.Timedelta("1h"),
-                 keep_samples: bool = True) -> None:
+                 keep_samples: bool = False) -> None:
         self.source = source
         self.client = getattr(source, "client", None)
         self.url = getattr(source, "url", None)
