@@ -406,6 +406,39 @@ def test_a_planned_backtest_reads_each_selector_once_and_lets_its_samples_go(pro
     assert not any(("code", "500") in selector or ("code", "200") in selector for selector in names)
 
 
+def test_a_backtests_queries_computed_at_once_read_a_bounded_number_of_selectors_at_once(prometheus, monkeypatch):
+    import threading
+    import time
+
+    from rules_engine.evaluate import local as local_module
+    from rules_engine.evaluate.engine import fetch_all
+
+    start = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("20m")
+    end = start + pd.Timedelta(hours=1)
+    step = pd.Timedelta("1m")
+    with PrometheusSource(prometheus.url) as source:
+        local = LocalSource(source, "remote-read")
+        read, lock, flight = local.reader.read, threading.Lock(), {"now": 0, "most": 0}
+
+        def counted(matchers, low, high):
+            with lock:
+                flight["now"] += 1
+                flight["most"] = max(flight["most"], flight["now"])
+            time.sleep(0.05)  # long enough for the other workers to try reading meanwhile
+            try:
+                return read(matchers, low, high)
+            finally:
+                with lock:
+                    flight["now"] -= 1
+
+        monkeypatch.setattr(local.reader, "read", counted)
+        frames, errors = fetch_all(local, QUERIES, start, end, step, concurrency=8)
+        assert not errors
+        assert flight["most"] == local_module.READS_AT_ONCE
+        for query in QUERIES[:6]:
+            _compare(source.query_range(query, start, end, step), frames[query], query)
+
+
 def test_plan_reads_filters_a_narrower_selector_only_where_that_is_exact():
     from rules_engine.evaluate.local import matching_series, plan_reads
     from rules_engine.source.raw import Matcher

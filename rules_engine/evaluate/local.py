@@ -812,8 +812,10 @@ def _as_chunk(raw: RawSamples) -> MatrixChunk:
 
 
 READERS = ("auto", "remote-read", "range-vector", "query")
-import os
-READS_AT_ONCE = int(os.environ.get("READS_AT_ONCE", "64"))
+# Selectors read at once. A read's decode holds a few times its samples' 16 bytes in temporaries, and decoding is
+# CPU work in this process: more reads in flight raise the peak, not the pace, while the evaluation of what was
+# read goes on beside them. Two keep a server's answer arriving while the previous one is decoded.
+READS_AT_ONCE = 2
 
 
 class LocalSource:
