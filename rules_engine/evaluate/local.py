@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Mapping, Sequence
 
@@ -854,6 +855,7 @@ class LocalSource:
         self.paths: dict[str, str] = {}
         self.samples_read = 0
         self.bytes_read = 0
+        self.read_seconds = 0.0  # in the reader (request, answer, decode), summed over the reads
         self.keep_samples = keep_samples
         self._cache: dict[tuple, tuple[int, int, RawSamples]] = {}
         self._locks: dict[tuple, threading.Lock] = {}
@@ -1007,7 +1009,12 @@ class LocalSource:
 
     def _reader_read(self, matchers: tuple[Matcher, ...], start_ms: int, end_ms: int) -> RawSamples:
         with self._reads:
-            return self.reader.read(matchers, start_ms, end_ms)
+            began = time.perf_counter()
+            try:
+                return self.reader.read(matchers, start_ms, end_ms)
+            finally:
+                with self._lock:
+                    self.read_seconds += time.perf_counter() - began
 
     def _filtered(self, matchers: tuple[Matcher, ...], planned: PlannedRead) -> RawSamples:
         with self._lock:
