@@ -398,12 +398,18 @@ def test_a_planned_backtest_reads_each_selector_once_and_lets_its_samples_go(pro
         kept.prepare(QUERIES[:3], start, end, step)
         for query in QUERIES[:3]:
             kept.query_range(query, start, end, step)
-        assert len(kept.raw_samples()) == 3  # t_queue{job="vllm"}, t_queue{instance=~...}, t_requests_total{...}
+        held = {tuple((m.name, m.value) for m in matchers) for matchers, *_ in kept.raw_samples()}
+        assert {(("__name__", "t_queue"), ("job", "vllm")), (("__name__", "t_requests_total"), ("job", "vllm"))} < held
     assert len(reads) == len(set(reads))
-    names = {tuple((m.name, m.value) for m in matchers) for matchers in reads}
-    # t_requests_total{code="500"} and {code="200"} come from the samples of t_requests_total (all codes).
-    assert (("__name__", "t_requests_total"),) in names
-    assert not any(("code", "500") in selector or ("code", "200") in selector for selector in names)
+    # t_requests_total{code="500"}, {code="200"} and {job="vllm"} come from the samples of t_requests_total (all
+    # of them), read with the other metrics selected by name alone; metrics with the same other matchers are
+    # read together, histogram buckets alone; a regex matcher is left to Prometheus.
+    assert {tuple((m.name, m.op, m.value) for m in matchers) for matchers in reads} == {
+        (("__name__", "Re", "t_latency_seconds_count|t_requests_total"),),
+        (("__name__", "Re", "t_cache_new|t_cache_old|t_latency_seconds_sum|t_queue"), ("job", "Equal", "vllm")),
+        (("__name__", "Equal", "t_latency_seconds_bucket"), ("job", "Equal", "vllm")),
+        (("__name__", "Equal", "t_latency_seconds_bucket"), ("le", "Equal", "0.5")),
+        (("__name__", "Equal", "t_queue"), ("instance", "Re", "vllm-[12].*"))}
 
 
 def test_a_backtests_queries_computed_at_once_read_a_bounded_number_of_selectors_at_once(prometheus, monkeypatch):
@@ -456,6 +462,28 @@ def test_plan_reads_filters_a_narrower_selector_only_where_that_is_exact():
     assert plan[(name, error, not_ok)].parent is None  # beyond the widening: its own read
     metrics = [{"reason": "error", "code": "500"}, {"reason": "abort"}, {"code": "200", "reason": "error"}]
     assert matching_series(metrics, [error, not_ok]).tolist() == [True, False, False]
+
+
+def test_group_reads_reads_metrics_with_the_same_other_matchers_together():
+    from rules_engine.evaluate.local import group_reads, plan_reads
+    from rules_engine.source.raw import Matcher
+
+    def named(name):
+        return (Matcher("__name__", "Equal", name), Matcher("model_name", "NotEqual", ""))
+
+    hour = 3_600_000
+    needs = {named("a_total"): (0, 10 * hour), named("b"): (hour // 2, 10 * hour), named("c_bucket"): (0, 10 * hour),
+             named("d"): (5 * hour, 10 * hour), (Matcher("__name__", "Equal", "e"),): (0, 10 * hour),
+             named("a_total") + (Matcher("reason", "Equal", "x"),): (0, 10 * hour)}
+    plan = group_reads(plan_reads(needs, hour), hour)
+    group = (Matcher("__name__", "Re", "a_total|b"), Matcher("model_name", "NotEqual", ""))
+    assert (plan[group].start_ms, plan[group].end_ms, plan[group].parent) == (0, 10 * hour, None)
+    assert plan[named("a_total")].parent == group and plan[named("b")].parent == group
+    assert plan[named("b")].extra == (Matcher("__name__", "Equal", "b"),)
+    assert plan[named("a_total") + (Matcher("reason", "Equal", "x"),)].parent == named("a_total")
+    # buckets (one histogram per read), a range far from the group's, other matchers: read on their own
+    assert plan[named("c_bucket")].parent is None and plan[named("d")].parent is None
+    assert plan[(Matcher("__name__", "Equal", "e"),)].parent is None
 
 
 # -- random series, property style: whatever the series look like, local == Prometheus ------------------------------

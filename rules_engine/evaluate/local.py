@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -808,6 +809,36 @@ def plan_reads(needs: Mapping[tuple[Matcher, ...], tuple[int, int]], widen_ms: i
     return plan
 
 
+_PLAIN_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+
+
+def group_reads(plan: dict[tuple, PlannedRead], widen_ms: int) -> dict[tuple, PlannedRead]:
+    """Selectors read on their own that differ only in their metric name (`__name__="x"`, the same other
+    matchers) read together as `{__name__=~"x|y", ...}` and filtered by name: each read has a cost of its own
+    (a request, and a decoder's pass over the positions of its chunks) that small selectors would pay many times.
+    Histogram buckets (many series a metric) stay reads of their own, so one read's memory is one histogram's."""
+    groups: dict[tuple, list[tuple]] = {}
+    for matchers, read in plan.items():
+        names = [m for m in matchers if m.name == "__name__"]
+        if (read.parent is None and len(names) == 1 and names[0].op == "Equal"
+                and _PLAIN_NAME.fullmatch(names[0].value) and not names[0].value.endswith("_bucket")):
+            groups.setdefault(tuple(m for m in matchers if m.name != "__name__"), []).append(matchers)
+    for rest, members in groups.items():
+        members.sort(key=lambda m: plan[m].start_ms - plan[m].end_ms)  # the longest range first
+        low, high = plan[members[0]].start_ms, plan[members[0]].end_ms
+        # Ranges within `widen_ms` of the longest, both ends: no member reads much beyond its own.
+        members = [m for m in members if abs(plan[m].start_ms - low) <= widen_ms and abs(plan[m].end_ms - high) <= widen_ms]
+        if len(members) < 2:
+            continue
+        names = sorted(m.value for member in members for m in member if m.name == "__name__")
+        key = (Matcher("__name__", "Re", "|".join(names)),) + rest
+        plan[key] = PlannedRead(min(plan[m].start_ms for m in members), max(plan[m].end_ms for m in members))
+        for member in members:
+            read = plan[member]
+            read.parent, read.extra = key, tuple(m for m in member if m.name == "__name__")
+    return plan
+
+
 def _as_chunk(raw: RawSamples) -> MatrixChunk:
     return MatrixChunk(raw.metrics, raw.counts, raw.timestamps_ms, raw.values)
 
@@ -850,8 +881,8 @@ class LocalSource:
             self.reader, self.reader_name = reader, reader.name
         # Live reads take some extra history once, so queries with longer look-behinds reuse them; a recording
         # is read exactly as recorded.
-        live = isinstance(self.reader, (RemoteReader, RangeVectorReader))
-        self.margin_ms = int(cache_margin.total_seconds() * 1000) if live else 0
+        self.live = isinstance(self.reader, (RemoteReader, RangeVectorReader))
+        self.margin_ms = int(cache_margin.total_seconds() * 1000) if self.live else 0
         self.paths: dict[str, str] = {}
         self.samples_read = 0
         self.bytes_read = 0
@@ -933,6 +964,8 @@ class LocalSource:
                 known = needs.get(matchers, (low, high))
                 needs[matchers] = (min(known[0], low), max(known[1], high))
         plan = plan_reads(needs, self.margin_ms)
+        if self.live:  # a recording holds the selectors it was asked for, not their union
+            plan = group_reads(plan, self.margin_ms)
         for matchers in reads:
             plan[matchers].uses += 1
         for read in plan.values():
