@@ -827,7 +827,8 @@ def group_reads(plan: dict[tuple, PlannedRead], widen_ms: int) -> dict[tuple, Pl
         members.sort(key=lambda m: plan[m].start_ms - plan[m].end_ms)  # the longest range first
         low, high = plan[members[0]].start_ms, plan[members[0]].end_ms
         # Ranges within `widen_ms` of the longest, both ends: no member reads much beyond its own.
-        members = [m for m in members if abs(plan[m].start_ms - low) <= widen_ms and abs(plan[m].end_ms - high) <= widen_ms]
+        members = [m for m in members
+                   if abs(plan[m].start_ms - low) <= widen_ms and abs(plan[m].end_ms - high) <= widen_ms]
         if len(members) < 2:
             continue
         names = sorted(m.value for member in members for m in member if m.name == "__name__")
