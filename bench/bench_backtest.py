@@ -201,7 +201,7 @@ def main() -> None:
                   f"peak {peak / 1e6:7.1f} MB = {peak / max(raw, 1):5.1f} bytes per raw sample read "
                   f"({raw / 1e6:.2f} M read by {args.reader}; {local}/{reads} queries computed locally); "
                   f"{len(backtest.findings)} findings; reading raw samples {reading:.2f} s (summed over "
-                  f"{READS_AT_ONCE} reads at once)")
+                  f"{READS_AT_ONCE} read(s) at once)")
             print(f"  ours, query path  {query_seconds:7.2f} s  peak {query_peak / 1e6:7.1f} MB = "
                   f"{query_peak / max(samples, 1):5.1f} bytes per fetched sample ({samples / 1e6:.1f} M fetched, "
                   f"concurrency {DEFAULT_CONCURRENCY}); local path {query_seconds / seconds:.2f}x faster")
