@@ -847,8 +847,8 @@ def _as_chunk(raw: RawSamples) -> MatrixChunk:
 READERS = ("auto", "remote-read", "range-vector", "query")
 # Selectors read at once. A read's decode holds a few times its samples' 16 bytes in temporaries, and decoding is
 # CPU work in this process (streamed chunks are decoded as they arrive): more reads in flight raised the peak, not
-# the pace (vLLM pack, 2 cores: 0.44 s and 31 bytes per raw sample with one, 0.52 s and 40 bytes with two), while
-# queries evaluate what was read beside them.
+# the pace (vLLM pack, 2 cores: 0.44 s and 31 bytes per raw sample with one, 0.47-0.52 s and up to 40 bytes with
+# two), while queries evaluate what was read beside them. (SAMPLES answers, which the server builds, gain from two.)
 READS_AT_ONCE = 1
 
 
