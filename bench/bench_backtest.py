@@ -38,7 +38,7 @@ from rules_engine.api import backtest as run_backtest  # noqa: E402
 from rules_engine.api import fetch_plan  # noqa: E402
 from rules_engine.compile.generate import compile_ruleset  # noqa: E402
 from rules_engine.evaluate.engine import DEFAULT_CONCURRENCY, fetch_all, filtered_queries  # noqa: E402
-from rules_engine.evaluate.local import LocalSource  # noqa: E402
+from rules_engine.evaluate.local import READS_AT_ONCE, LocalSource  # noqa: E402
 from rules_engine.kinds import RULE_KINDS  # noqa: E402
 from rules_engine.simulate import FleetSpec, Incident, simulate  # noqa: E402
 from rules_engine.source.prometheus import MAX_POINTS_PER_QUERY, PrometheusSource  # noqa: E402
@@ -104,8 +104,9 @@ def local_source(source, reader, response_type):
 
 
 def run_ours(ruleset, source, start, end, step, names, reader, response_type):
-    """Wall time, traced peak memory, the backtest, the raw samples read (0 on the query path) and the bytes remote
-    read received; each run reads afresh (a new LocalSource holds no samples)."""
+    """Wall time, traced peak memory, the backtest, the raw samples read (0 on the query path), the bytes remote
+    read received and the seconds spent reading them (summed over reads in flight); each run reads afresh (a new
+    LocalSource holds no samples)."""
     def one():
         wrapped = local_source(source, reader, response_type) if reader != "query" else source
         return run_backtest(ruleset, wrapped, start, end, step, rules=names, reader="query"), wrapped
@@ -115,12 +116,13 @@ def run_ours(ruleset, source, start, end, step, names, reader, response_type):
     backtest, wrapped = one()
     seconds = time.perf_counter() - began
     wire = getattr(getattr(wrapped, "reader", None), "wire_bytes", 0)
+    reading = getattr(wrapped, "read_seconds", 0.0)
     gc.collect()
     tracemalloc.start()
     _, wrapped = one()
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return seconds, peak, backtest, getattr(wrapped, "samples_read", 0), wire
+    return seconds, peak, backtest, getattr(wrapped, "samples_read", 0), wire, reading
 
 
 def fetched_samples(ruleset, source, start, end, step, names) -> int:
@@ -198,9 +200,9 @@ def main() -> None:
             peer_sequential = run_peer(prometheus.url, expressions, fetch_start, end, step, 1)
             peer_parallel = run_peer(prometheus.url, expressions, fetch_start, end, step, DEFAULT_CONCURRENCY)
             prometheus_peak = peak_rss_bytes(prometheus.pid)
-            seconds, peak, backtest, raw, wire = run_ours(ruleset, source, start, end, step, names, args.reader,
-                                                          args.response_type)
-            query_seconds, query_peak, _, _, _ = run_ours(ruleset, source, start, end, step, names, "query", None)
+            seconds, peak, backtest, raw, wire, reading = run_ours(ruleset, source, start, end, step, names,
+                                                                   args.reader, args.response_type)
+            query_seconds, query_peak, _, _, _, _ = run_ours(ruleset, source, start, end, step, names, "query", None)
             local = sum(path.startswith("local") for o in backtest.outcomes for path in o.reads.values())
             reads = sum(len(o.reads) for o in backtest.outcomes)
             # The floor: Prometheus computing the very queries we fetch, answers parsed but not framed.
@@ -214,7 +216,8 @@ def main() -> None:
                   f"peak {peak / 1e6:7.1f} MB = {peak / max(raw, 1):5.1f} bytes per raw sample read "
                   f"({raw / 1e6:.2f} M read by {reader_name}"
                   + (f", {wire / max(raw, 1):.2f} bytes each on the wire" if wire else "")
-                  + f"; {local}/{reads} queries computed locally); {len(backtest.findings)} findings")
+                  + f"; {local}/{reads} queries computed locally); {len(backtest.findings)} findings; "
+                  f"reading raw samples {reading:.2f} s (summed over {READS_AT_ONCE} read(s) at once)")
             print(f"  ours, query path  {query_seconds:7.2f} s  peak {query_peak / 1e6:7.1f} MB = "
                   f"{query_peak / max(samples, 1):5.1f} bytes per fetched sample ({samples / 1e6:.1f} M fetched, "
                   f"concurrency {DEFAULT_CONCURRENCY}); local path {query_seconds / seconds:.2f}x faster")

@@ -377,6 +377,115 @@ def test_a_later_range_reads_only_the_new_samples(prometheus):
         assert local.samples_read - before < before * (30 + 3 * 5) / 60
 
 
+def test_a_planned_backtest_reads_each_selector_once_and_lets_its_samples_go(prometheus, monkeypatch):
+    """`prepare` (what the engine calls before fetching a backtest's queries): each selector is read once over the
+    union of its queries' ranges, a narrower selector is filtered from a wider one read anyway, results still
+    equal Prometheus', and nothing is held once every planned query is computed (unless keep_samples)."""
+    start = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("20m")
+    end = start + pd.Timedelta(hours=2)
+    step = pd.Timedelta("30s")
+    with PrometheusSource(prometheus.url) as source:
+        local = LocalSource(source, "remote-read")
+        reads = []
+        read = local.reader.read
+        monkeypatch.setattr(local.reader, "read", lambda matchers, low, high: reads.append(matchers) or
+                            read(matchers, low, high))
+        local.prepare(QUERIES, start, end, step)
+        for query in QUERIES:
+            _compare(source.query_range(query, start, end, step), local.query_range(query, start, end, step), query)
+        assert local.raw_samples() == []
+        kept = LocalSource(source, "remote-read", keep_samples=True)
+        kept.prepare(QUERIES[:3], start, end, step)
+        for query in QUERIES[:3]:
+            kept.query_range(query, start, end, step)
+        held = {tuple((m.name, m.value) for m in matchers) for matchers, *_ in kept.raw_samples()}
+        assert {(("__name__", "t_queue"), ("job", "vllm")), (("__name__", "t_requests_total"), ("job", "vllm"))} < held
+    assert len(reads) == len(set(reads))
+    # t_requests_total{code="500"}, {code="200"} and {job="vllm"} come from the samples of t_requests_total (all
+    # of them), read with the other metrics selected by name alone; metrics with the same other matchers are
+    # read together, histogram buckets alone; a regex matcher is left to Prometheus.
+    assert {tuple((m.name, m.op, m.value) for m in matchers) for matchers in reads} == {
+        (("__name__", "Re", "t_latency_seconds_count|t_requests_total"),),
+        (("__name__", "Re", "t_cache_new|t_cache_old|t_latency_seconds_sum|t_queue"), ("job", "Equal", "vllm")),
+        (("__name__", "Equal", "t_latency_seconds_bucket"), ("job", "Equal", "vllm")),
+        (("__name__", "Equal", "t_latency_seconds_bucket"), ("le", "Equal", "0.5")),
+        (("__name__", "Equal", "t_queue"), ("instance", "Re", "vllm-[12].*"))}
+
+
+def test_a_backtests_queries_computed_at_once_read_a_bounded_number_of_selectors_at_once(prometheus, monkeypatch):
+    import threading
+    import time
+
+    from rules_engine.evaluate import local as local_module
+    from rules_engine.evaluate.engine import fetch_all
+
+    start = pd.Timestamp(T0 * 1_000_000, tz="UTC") + pd.Timedelta("20m")
+    end = start + pd.Timedelta(hours=1)
+    step = pd.Timedelta("1m")
+    with PrometheusSource(prometheus.url) as source:
+        local = LocalSource(source, "remote-read")
+        read, lock, flight = local.reader.read, threading.Lock(), {"now": 0, "most": 0}
+
+        def counted(matchers, low, high):
+            with lock:
+                flight["now"] += 1
+                flight["most"] = max(flight["most"], flight["now"])
+            time.sleep(0.05)  # long enough for the other workers to try reading meanwhile
+            try:
+                return read(matchers, low, high)
+            finally:
+                with lock:
+                    flight["now"] -= 1
+
+        monkeypatch.setattr(local.reader, "read", counted)
+        frames, errors = fetch_all(local, QUERIES, start, end, step, concurrency=8)
+        assert not errors
+        assert flight["most"] == local_module.READS_AT_ONCE
+        for query in QUERIES[:6]:
+            _compare(source.query_range(query, start, end, step), frames[query], query)
+
+
+def test_plan_reads_filters_a_narrower_selector_only_where_that_is_exact():
+    from rules_engine.evaluate.local import matching_series, plan_reads
+    from rules_engine.source.raw import Matcher
+
+    name = Matcher("__name__", "Equal", "x")
+    error, not_ok = Matcher("reason", "Equal", "error"), Matcher("code", "NotEqual", "200")
+    regex = Matcher("pod", "Re", "a.*")
+    hour = 3_600_000
+    plan = plan_reads({(name,): (0, 10 * hour), (name, error): (hour, 10 * hour), (name, not_ok): (0, 11 * hour),
+                       (name, regex): (0, 10 * hour), (name, error, not_ok): (0, 12 * hour)}, widen_ms=hour)
+    assert plan[(name,)].parent is None and (plan[(name,)].start_ms, plan[(name,)].end_ms) == (0, 11 * hour)
+    assert plan[(name, error)].parent == (name,) and plan[(name, error)].extra == (error,)
+    assert plan[(name, not_ok)].parent == (name,)
+    assert plan[(name, regex)].parent is None  # RE2 is not Python's re: read as Prometheus matches it
+    assert plan[(name, error, not_ok)].parent is None  # beyond the widening: its own read
+    metrics = [{"reason": "error", "code": "500"}, {"reason": "abort"}, {"code": "200", "reason": "error"}]
+    assert matching_series(metrics, [error, not_ok]).tolist() == [True, False, False]
+
+
+def test_group_reads_reads_metrics_with_the_same_other_matchers_together():
+    from rules_engine.evaluate.local import group_reads, plan_reads
+    from rules_engine.source.raw import Matcher
+
+    def named(name):
+        return (Matcher("__name__", "Equal", name), Matcher("model_name", "NotEqual", ""))
+
+    hour = 3_600_000
+    needs = {named("a_total"): (0, 10 * hour), named("b"): (hour // 2, 10 * hour), named("c_bucket"): (0, 10 * hour),
+             named("d"): (5 * hour, 10 * hour), (Matcher("__name__", "Equal", "e"),): (0, 10 * hour),
+             named("a_total") + (Matcher("reason", "Equal", "x"),): (0, 10 * hour)}
+    plan = group_reads(plan_reads(needs, hour), hour)
+    group = (Matcher("__name__", "Re", "a_total|b"), Matcher("model_name", "NotEqual", ""))
+    assert (plan[group].start_ms, plan[group].end_ms, plan[group].parent) == (0, 10 * hour, None)
+    assert plan[named("a_total")].parent == group and plan[named("b")].parent == group
+    assert plan[named("b")].extra == (Matcher("__name__", "Equal", "b"),)
+    assert plan[named("a_total") + (Matcher("reason", "Equal", "x"),)].parent == named("a_total")
+    # buckets (one histogram per read), a range far from the group's, other matchers: read on their own
+    assert plan[named("c_bucket")].parent is None and plan[named("d")].parent is None
+    assert plan[(Matcher("__name__", "Equal", "e"),)].parent is None
+
+
 # -- random series, property style: whatever the series look like, local == Prometheus ------------------------------
 
 from hypothesis import HealthCheck  # noqa: E402

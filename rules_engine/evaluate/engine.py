@@ -240,6 +240,9 @@ def fetch_all(source: Source, queries: list[str], start: pd.Timestamp, end: pd.T
     frames: dict[str, RangeFrame] = {}
     errors: dict[str, str] = {}
     derived = filtered_queries(queries)
+    prepare = getattr(source, "prepare", None)  # a source computing from raw samples plans its reads
+    if prepare is not None:
+        prepare([query for query in queries if query not in derived], start, end, step)
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         pending = {pool.submit(source.query_range, query, start, end, step): query
                    for query in queries if query not in derived}

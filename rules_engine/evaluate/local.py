@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import threading
+import time
 from dataclasses import dataclass
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -166,9 +168,24 @@ class Windows:
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
 
     def _search(self, times_ms: np.ndarray, side: str) -> np.ndarray:
-        """(T, S) global index of searchsorted(series' stamps, t, side): one search per series (a loop over
-        series, not samples), so no per-sample key array is built."""
-        found = np.empty((len(times_ms), len(self.counts)), dtype=np.int64)
+        """(T, S) global index of searchsorted(series' stamps, t, side). On an evenly spaced grid (what range
+        queries and subqueries evaluate at) each sample's first grid point is computed in integers and counted:
+        O(samples + cells) for all series at once. Otherwise one binary search per series."""
+        steps, series = len(times_ms), len(self.counts)
+        spacing = int(times_ms[1] - times_ms[0]) if steps > 1 else 0
+        if steps > 1 and spacing > 0 and np.all(np.diff(times_ms) == spacing):
+            low, high = int(self.offsets[0]), int(self.offsets[-1])
+            relative = self.stamps[low:high] - times_ms[0]
+            # right: samples at or before x_k = x_0 + k*spacing are those with ceil((t - x_0)/spacing) <= k;
+            # left: those before x_k, floor((t - x_0)/spacing) + 1 <= k.
+            first = -((-relative) // spacing) if side == "right" else relative // spacing + 1
+            np.clip(first, 0, steps, out=first)
+            first += np.repeat(np.arange(series, dtype=np.int64) * (steps + 1), self.counts)
+            counted = np.bincount(first, minlength=series * (steps + 1)).reshape(series, steps + 1)[:, :steps]
+            found = np.cumsum(counted, axis=1)
+            found += self.offsets[:-1, None]
+            return found.T
+        found = np.empty((steps, series), dtype=np.int64)
         for column, (low, high) in enumerate(zip(self.offsets[:-1].tolist(), self.offsets[1:].tolist())):
             found[:, column] = np.searchsorted(self.stamps[low:high], times_ms, side=side) + low
         return found
@@ -238,13 +255,16 @@ def _extrapolated(windows: Windows, times_ms: np.ndarray, range_ms: int, counter
     if counter:
         # Prometheus adds the previous value at each decrease inside the window (a counter reset), in order.
         where, before = windows.resets()
-        if len(where):
-            low = np.searchsorted(where, first + 1)  # resets at sample indices first+1 .. last
-            high = np.searchsorted(where, last, side="right")
-            has = present & (high > low)
+        # Only the columns of series with a reset (resets are rare): the others add nothing, as in Prometheus.
+        columns = np.unique(np.searchsorted(windows.offsets, where, side="right") - 1)
+        columns = columns[(columns >= 0) & (columns < first.shape[1])]
+        if len(columns):
+            low = np.searchsorted(where, first[:, columns] + 1)  # resets at sample indices first+1 .. last
+            high = np.searchsorted(where, last[:, columns], side="right")
+            has = present[:, columns] & (high > low)
             if has.any():
                 added = _reduce_windows(np.add, before, np.where(has, low, 1), np.where(has, high - 1, 0))
-                result = result + np.where(has, added, 0.0)
+                result[:, columns] += np.where(has, added, 0.0)
     t_end = (times_ms - offset_ms)[:, None]
     range_start = t_end - range_ms
     first_t, last_t = stamps[safe_first], stamps[safe_last]
@@ -473,18 +493,31 @@ def aggregate(op: str, values: np.ndarray, present: np.ndarray, ids: np.ndarray,
     if values.shape[1] == 0:
         return np.full((steps, groups), np.nan), np.zeros((steps, groups), dtype=bool)
     order = np.argsort(ids, kind="stable")
+    grouped = np.array_equal(order, np.arange(len(order)))  # columns already in group order
+    # One working copy of the values, in group order, holding the reduction's identity where a sample is missing.
+    fill = np.nan if op in ("max", "min") or len(order) == groups else 0.0
+    if grouped:
+        work = np.where(present, values, fill) if op != "count" else None
+    else:
+        present = present[:, order]
+        work = values[:, order] if op != "count" else None
+        if work is not None:
+            np.copyto(work, fill, where=~present)
+    if len(order) == groups:  # one column a group (`sum by` of every label, coalescing distinct buckets)
+        have = present.copy() if grouped else present
+        return (np.where(have, 1.0, np.nan) if op == "count" else work), have
     starts = np.searchsorted(ids[order], np.arange(groups))
-    if not np.array_equal(order, np.arange(len(order))):  # columns not already grouped: one reordered copy
-        values, present = values[:, order], present[:, order]
-    count = np.add.reduceat(present, starts, axis=1, dtype=np.int64)
+    count = np.add.reduceat(present, starts, axis=1, dtype=np.int32)
     have = count > 0
+    del present
     if op == "count":
         result = count.astype(np.float64)
     elif op in ("max", "min"):
-        result = (np.fmax if op == "max" else np.fmin).reduceat(np.where(present, values, np.nan), starts, axis=1)
+        result = (np.fmax if op == "max" else np.fmin).reduceat(work, starts, axis=1)
     else:
-        total = np.add.reduceat(np.where(present, values, 0.0), starts, axis=1)
-        result = total if op == "sum" else total / np.maximum(count, 1)
+        result = np.add.reduceat(work, starts, axis=1)
+        if op == "avg":
+            result /= np.maximum(count, 1)
     result[~have] = np.nan
     return result, have
 
@@ -499,8 +532,10 @@ def _parse_bound(text: str) -> float:
 def histogram_quantile(q: float, inner: Vec) -> Vec:
     bounds = np.array([_parse_bound(labels.get("le", "")) for labels in inner.labels])
     keep = ~np.isnan(bounds)
-    labels = [labels for labels, kept in zip(inner.labels, keep) if kept]
-    values, present, bounds = inner.values[:, keep], inner.present[:, keep], bounds[keep]
+    values, present, labels = inner.values, inner.present, inner.labels
+    if not keep.all():
+        labels = [labels for labels, kept in zip(inner.labels, keep) if kept]
+        values, present, bounds = values[:, keep], present[:, keep], bounds[keep]
     # The group is the series without le (its name included, as Prometheus keys it); the result drops both.
     group_ids, keys = _group_ids([label_key({n: v for n, v in labels.items() if n != "le"}) for labels in labels])
     steps, groups = values.shape[0], len(keys)
@@ -511,18 +546,21 @@ def histogram_quantile(q: float, inner: Vec) -> Vec:
     _, bucket_ids = np.unique(pairs, axis=0, return_inverse=True)
     bucket_ids = bucket_ids.reshape(-1)
     buckets = bucket_ids.max() + 1
-    counts, have = aggregate("sum", values, present, bucket_ids, buckets)
     bucket_group = np.zeros(buckets, dtype=np.int64)
     bucket_bound = np.zeros(buckets)
     bucket_group[bucket_ids], bucket_bound[bucket_ids] = group_ids, bounds
-    # Lay buckets out as [group, position by bound].
+    # Lay buckets out as [group, position by bound]: the summed columns come out in that order (one copy).
     order = np.lexsort((bucket_bound, bucket_group))
+    rank = np.empty(buckets, dtype=np.int64)
+    rank[order] = np.arange(buckets)
+    counts, have = aggregate("sum", values, present, rank[bucket_ids], buckets)
     sorted_groups = bucket_group[order]
     position = np.arange(buckets) - np.searchsorted(sorted_groups, sorted_groups)
     width = int(position.max()) + 1
     upper = np.full((groups, width), np.inf)
     upper[sorted_groups, position] = bucket_bound[order]
-    counts, have = counts[:, order], have[:, order]
+    if (np.isnan(counts) & have).any():
+        raise Unsupported("histogram_quantile over NaN bucket counts")
     result = np.full((steps, groups), np.nan)
     result_present = np.zeros((steps, groups), dtype=bool)
     rows = max(1, BLOCK_CELLS // max(groups * width, 1))  # a few steps at a time: the cube stays small
@@ -539,38 +577,53 @@ def _bucket_quantile(q: float, counts: np.ndarray, have: np.ndarray, groups_of: 
     """Prometheus' bucketQuantile for some steps at once: counts/have are (steps, buckets), bucket k belonging to
     group groups_of[k] at position[k] in bound order; upper is (groups, width) of bounds."""
     steps, (groups, width) = counts.shape[0], upper.shape
-    cube = np.full((steps, groups, width), np.nan)
+    cube = np.empty((steps, groups, width))
     there = np.zeros((steps, groups, width), dtype=bool)
     cube[:, groups_of, position] = counts
     there[:, groups_of, position] = have
-    if np.isnan(cube[there]).any():
-        raise Unsupported("histogram_quantile over NaN bucket counts")
-    # Compact the buckets present at each step to the left, keeping bound order.
-    compact = np.argsort(~there, axis=2, kind="stable")
     n = there.sum(axis=2)
-    cube = np.take_along_axis(cube, compact, axis=2)
-    bound = np.take_along_axis(np.broadcast_to(upper, cube.shape), compact, axis=2)
-    del compact, there
-    valid = np.arange(width)[None, None, :] < n[:, :, None]
-    cube[~valid] = -np.inf
+    cells = np.arange(steps * groups)
+    if np.all(there[:, :, :-1] >= there[:, :, 1:]):
+        # What is scraped: the buckets present at a step are the lowest of their histogram; nothing to compact.
+        upper_rows = np.tile(np.arange(groups), steps)
+
+        def bound_at(index: np.ndarray) -> np.ndarray:
+            return upper[upper_rows, index.reshape(-1)].reshape(index.shape)
+    else:  # compact the buckets present at each step to the left, keeping bound order
+        compact = np.argsort(~there, axis=2, kind="stable")
+        cube = np.take_along_axis(cube, compact, axis=2)
+        bounds = np.take_along_axis(np.broadcast_to(upper, cube.shape), compact, axis=2).reshape(-1, width)
+        del compact
+
+        def bound_at(index: np.ndarray) -> np.ndarray:
+            return bounds[cells, index.reshape(-1)].reshape(index.shape)
+    del there
+    cube[np.arange(width) >= n[:, :, None]] = -np.inf
     np.maximum.accumulate(cube, axis=2, out=cube)  # ensureMonotonic
+    flat = cube.reshape(-1, width)
+
+    def count_at(index: np.ndarray) -> np.ndarray:
+        return flat[cells, index.reshape(-1)].reshape(index.shape)
+
     last = np.maximum(n - 1, 0)
-    observations = np.take_along_axis(cube, last[:, :, None], axis=2)[:, :, 0]
-    top = np.take_along_axis(bound, last[:, :, None], axis=2)[:, :, 0]
+    observations = count_at(last)
+    top = bound_at(last)
     result_present = n > 0
     with np.errstate(invalid="ignore", divide="ignore"):
         rank = q * observations
-        hit = valid & (np.arange(width)[None, None, :] < (n - 1)[:, :, None]) & (cube >= rank[:, :, None])
-        b = np.where(hit.any(axis=2), hit.argmax(axis=2), n - 1)
-        del hit, valid
+        # sort.Search over all but the last bucket: the first whose (monotonic) count reaches the rank.
+        hit = (np.arange(width) < (n - 1)[:, :, None]) & (cube >= rank[:, :, None])
+        first_hit = hit.argmax(axis=2)
+        b = np.where(hit.reshape(-1, width)[cells, first_hit.reshape(-1)].reshape(n.shape), first_hit, n - 1)
+        del hit
         b_safe = np.clip(b, 0, width - 1)
-        end = np.take_along_axis(bound, b_safe[:, :, None], axis=2)[:, :, 0]
-        count_b = np.take_along_axis(cube, b_safe[:, :, None], axis=2)[:, :, 0]
+        end = bound_at(b_safe)
+        count_b = count_at(b_safe)
         prev = np.clip(b - 1, 0, width - 1)
-        start = np.where(b > 0, np.take_along_axis(bound, prev[:, :, None], axis=2)[:, :, 0], 0.0)
-        count_prev = np.where(b > 0, np.take_along_axis(cube, prev[:, :, None], axis=2)[:, :, 0], 0.0)
+        start = np.where(b > 0, bound_at(prev), 0.0)
+        count_prev = np.where(b > 0, count_at(prev), 0.0)
         interpolated = start + (end - start) * ((rank - count_prev) / (count_b - count_prev))
-        second_last = np.take_along_axis(bound, np.clip(n - 2, 0, width - 1)[:, :, None], axis=2)[:, :, 0]
+        second_last = bound_at(np.clip(n - 2, 0, width - 1))
         result = np.where(b == n - 1, second_last, interpolated)
         result = np.where((b == 0) & (end <= 0) & (b != n - 1), end, result)
         nan = ~np.isposinf(top) | (n < 2) | (observations == 0)
@@ -700,11 +753,103 @@ def time_slice(raw: RawSamples, low_ms: int, high_ms: int) -> RawSamples:
                       raw.timestamps_ms[keep], raw.values[keep], raw.has_staleness)
 
 
+def series_slice(raw: RawSamples, keep: np.ndarray) -> RawSamples:
+    """The series of `raw` where `keep` (one bool per series), with all their samples, in the same order."""
+    samples = np.repeat(keep, raw.counts)
+    return RawSamples([metric for metric, kept in zip(raw.metrics, keep) if kept], raw.counts[keep],
+                      raw.timestamps_ms[samples], raw.values[samples], raw.has_staleness)
+
+
+def matching_series(metrics: Sequence[Mapping[str, str]], matchers: Sequence[Matcher]) -> np.ndarray:
+    """Whether each series matches every (Equal or NotEqual) matcher; a missing label matches as "" does."""
+    keep = np.ones(len(metrics), dtype=bool)
+    for matcher in matchers:
+        equal = np.fromiter((metric.get(matcher.name, "") == matcher.value for metric in metrics), dtype=bool,
+                            count=len(metrics))
+        keep &= equal if matcher.op == "Equal" else ~equal
+    return keep
+
+
+EXACT_OPS = ("Equal", "NotEqual")  # matchers applied locally exactly as Prometheus does (regexes are RE2's)
+
+
+@dataclass
+class PlannedRead:
+    """How one selector is read for the queries `LocalSource.prepare` planned: over [start_ms, end_ms] once, or
+    filtered from `parent`'s samples by the `extra` matchers; `uses` counts the planned reads of these samples
+    still to come (the evaluator's, and one per selector filtered from them)."""
+
+    start_ms: int
+    end_ms: int
+    uses: int = 0
+    parent: tuple[Matcher, ...] | None = None
+    extra: tuple[Matcher, ...] = ()
+
+
+def plan_reads(needs: Mapping[tuple[Matcher, ...], tuple[int, int]], widen_ms: int) -> dict[tuple, PlannedRead]:
+    """Each selector's read: its own, or (when it only adds Equal/NotEqual matchers to another selector read
+    anyway, whose own range covers it once widened by at most `widen_ms` a side) filtered from that one's samples."""
+    plan: dict[tuple, PlannedRead] = {}
+    for matchers in sorted(needs, key=len):  # a parent has fewer matchers; parents are read, never filtered
+        low, high = needs[matchers]
+        chosen = None
+        for other, read in plan.items():
+            extra = set(matchers) - set(other)
+            if (read.parent is None and set(other) < set(matchers) and all(m.op in EXACT_OPS for m in extra)
+                    and needs[other][0] - widen_ms <= low and high <= needs[other][1] + widen_ms
+                    and (chosen is None or len(other) > len(chosen))):
+                chosen = other
+        if chosen is None:
+            plan[matchers] = PlannedRead(low, high)
+            continue
+        parent = plan[chosen]
+        parent.start_ms, parent.end_ms = min(parent.start_ms, low), max(parent.end_ms, high)
+        extra = tuple(m for m in matchers if m not in set(chosen))
+        plan[matchers] = PlannedRead(low, high, parent=chosen, extra=extra)
+    return plan
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_:][A-Za-z0-9_:]*")
+
+
+def group_reads(plan: dict[tuple, PlannedRead], widen_ms: int) -> dict[tuple, PlannedRead]:
+    """Selectors read on their own that differ only in their metric name (`__name__="x"`, the same other
+    matchers) read together as `{__name__=~"x|y", ...}` and filtered by name: each read has a cost of its own
+    (a request, and a decoder's pass over the positions of its chunks) that small selectors would pay many times.
+    Histogram buckets (many series a metric) stay reads of their own, so one read's memory is one histogram's."""
+    groups: dict[tuple, list[tuple]] = {}
+    for matchers, read in plan.items():
+        names = [m for m in matchers if m.name == "__name__"]
+        if (read.parent is None and len(names) == 1 and names[0].op == "Equal"
+                and _PLAIN_NAME.fullmatch(names[0].value) and not names[0].value.endswith("_bucket")):
+            groups.setdefault(tuple(m for m in matchers if m.name != "__name__"), []).append(matchers)
+    for rest, members in groups.items():
+        members.sort(key=lambda m: plan[m].start_ms - plan[m].end_ms)  # the longest range first
+        low, high = plan[members[0]].start_ms, plan[members[0]].end_ms
+        # Ranges within `widen_ms` of the longest, both ends: no member reads much beyond its own.
+        members = [m for m in members
+                   if abs(plan[m].start_ms - low) <= widen_ms and abs(plan[m].end_ms - high) <= widen_ms]
+        if len(members) < 2:
+            continue
+        names = sorted(m.value for member in members for m in member if m.name == "__name__")
+        key = (Matcher("__name__", "Re", "|".join(names)),) + rest
+        plan[key] = PlannedRead(min(plan[m].start_ms for m in members), max(plan[m].end_ms for m in members))
+        for member in members:
+            read = plan[member]
+            read.parent, read.extra = key, tuple(m for m in member if m.name == "__name__")
+    return plan
+
+
 def _as_chunk(raw: RawSamples) -> MatrixChunk:
     return MatrixChunk(raw.metrics, raw.counts, raw.timestamps_ms, raw.values)
 
 
 READERS = ("auto", "remote-read", "range-vector", "query")
+# Selectors read at once. A read's decode holds a few times its samples' 16 bytes in temporaries, and decoding is
+# CPU work in this process (streamed chunks are decoded as they arrive): more reads in flight raised the peak, not
+# the pace (vLLM pack, 2 cores: 0.44 s and 31 bytes per raw sample with one, 0.47-0.52 s and up to 40 bytes with
+# two), while queries evaluate what was read beside them. (SAMPLES answers, which the server builds, gain from two.)
+READS_AT_ONCE = 1
 
 
 class LocalSource:
@@ -713,9 +858,14 @@ class LocalSource:
     server serves it, else the query path), "remote-read", "range-vector" (raw samples through `selector[Δ]`
     queries) or "query" (every query on the query path); or a snapshot with its recorded raw samples as `reader`
     (an object with `read(matchers, start_ms, end_ms)`, `has_staleness` and `name`), whose recorded results are
-    replayed as they are. `paths[query]` says how each query was answered (for reports)."""
+    replayed as they are. `paths[query]` says how each query was answered (for reports).
 
-    def __init__(self, source, reader="auto", cache_margin: pd.Timedelta = pd.Timedelta("1h")) -> None:
+    Raw samples read are kept for reuse by later queries and ranges (a monitor's rounds, `raw_samples()` for
+    snapshots), except those of queries planned together by `prepare` (a backtest), which go after the last read
+    planned for them unless `keep_samples`."""
+
+    def __init__(self, source, reader="auto", cache_margin: pd.Timedelta = pd.Timedelta("1h"),
+                 keep_samples: bool = False) -> None:
         self.source = source
         self.client = getattr(source, "client", None)
         self.url = getattr(source, "url", None)
@@ -733,14 +883,18 @@ class LocalSource:
             self.reader, self.reader_name = reader, reader.name
         # Live reads take some extra history once, so queries with longer look-behinds reuse them; a recording
         # is read exactly as recorded.
-        live = isinstance(self.reader, (RemoteReader, RangeVectorReader))
-        self.margin_ms = int(cache_margin.total_seconds() * 1000) if live else 0
+        self.live = isinstance(self.reader, (RemoteReader, RangeVectorReader))
+        self.margin_ms = int(cache_margin.total_seconds() * 1000) if self.live else 0
         self.paths: dict[str, str] = {}
         self.samples_read = 0
         self.bytes_read = 0
+        self.read_seconds = 0.0  # in the reader (request, answer, decode), summed over the reads
+        self.keep_samples = keep_samples
         self._cache: dict[tuple, tuple[int, int, RawSamples]] = {}
         self._locks: dict[tuple, threading.Lock] = {}
         self._lock = threading.Lock()
+        self._plan: dict[tuple, PlannedRead] = {}
+        self._reads = threading.BoundedSemaphore(READS_AT_ONCE)
 
     def close(self) -> None:
         self.source.close()
@@ -781,13 +935,54 @@ class LocalSource:
             return f"query ({why})"
         return f"local ({self.reader.name})"
 
+    def prepare(self, queries: Iterable[str], start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta) -> None:
+        """Plan the raw reads of queries about to be evaluated over the same range: each selector is read once
+        over the union of what its queries need (no re-read for a longer look-behind found later), a selector
+        that only narrows another one read anyway (`x{reason="error"}` beside `x`) is filtered from its samples
+        instead of read, and without `keep_samples` each selector's samples go at the last read planned for them
+        (held then only by the evaluation using them). What each query reads is found by evaluating it over no
+        samples, which records the reads it asks for."""
+        if self.reader is None:
+            return
+        grid = evaluation_grid(start, end, step)
+        if len(grid) == 0:
+            return
+        times_ms = _grid_ms(grid)
+        empty = RawSamples([], np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), np.empty(0),
+                           self.reader.has_staleness)
+        needs: dict[tuple, tuple[int, int]] = {}
+        reads: list[tuple] = []
+        for query in dict.fromkeys(queries):
+            if not self.plan(query).startswith("local"):
+                continue
+            asked: list[tuple[tuple, int, int]] = []
+            try:
+                Evaluator(lambda m, low, high: asked.append((m, low, high)) or empty,
+                          self.reader.has_staleness).evaluate(promql_parser.parse(query), times_ms)
+            except Unsupported:
+                continue
+            for matchers, low, high in asked:
+                reads.append(matchers)
+                known = needs.get(matchers, (low, high))
+                needs[matchers] = (min(known[0], low), max(known[1], high))
+        plan = plan_reads(needs, self.margin_ms)
+        if self.live:  # a recording holds the selectors it was asked for, not their union
+            plan = group_reads(plan, self.margin_ms)
+        for matchers in reads:
+            plan[matchers].uses += 1
+        for read in plan.values():
+            if read.parent is not None:
+                plan[read.parent].uses += 1
+        with self._lock:
+            self._plan = plan
+
     def query_range(self, query: str, start: pd.Timestamp, end: pd.Timestamp, step: pd.Timedelta) -> RangeFrame:
         path = self.plan(query)
         if path.startswith("local"):
             grid = evaluation_grid(start, end, step)
             if len(grid) == 0:
                 raise SourceError(f"range end {end} is before its start {start} (query: {query})")
-            times_ms = (grid.as_unit("ns").asi8 // _MS).astype(np.int64)  # pandas may hold µs or ns
+            times_ms = _grid_ms(grid)
             try:
                 vector = Evaluator(self._fetch, self.reader.has_staleness).evaluate(promql_parser.parse(query),
                                                                                     times_ms)
@@ -805,6 +1000,20 @@ class LocalSource:
         return self.source.query_range(query, start, end, step)
 
     def _fetch(self, matchers: tuple[Matcher, ...], start_ms: int, end_ms: int) -> RawSamples:
+        planned = self._plan.get(matchers)
+        if planned is None or planned.uses <= 0 or not planned.start_ms <= start_ms <= end_ms <= planned.end_ms:
+            return self._read(matchers, start_ms, end_ms, self.margin_ms)
+        if planned.parent is not None:
+            raw = self._filtered(matchers, planned)
+        else:
+            raw = self._read(matchers, planned.start_ms, planned.end_ms, 0)  # the union of what its queries need
+        with self._lock:
+            planned.uses -= 1
+            if planned.uses == 0 and not self.keep_samples:
+                self._cache.pop(matchers, None)
+        return raw
+
+    def _read(self, matchers: tuple[Matcher, ...], start_ms: int, end_ms: int, margin: int) -> RawSamples:
         key = matchers
         with self._lock:
             lock = self._locks.setdefault(key, threading.Lock())
@@ -815,20 +1024,47 @@ class LocalSource:
             if cached is not None and cached[0] <= start_ms < cached[1]:
                 # A later range (a monitor's next round): keep what is still needed, read only the new end, again
                 # from a little before it (samples near the old end may have arrived since).
-                low = max(cached[0], start_ms - self.margin_ms)
+                low = max(cached[0], start_ms - margin)
                 tail = max(low, cached[1] - TAIL_REREAD_MS)
-                new = self.reader.read(matchers, tail, end_ms)
+                new = self._reader_read(matchers, tail, end_ms)
                 raw = join_pieces([_as_chunk(time_slice(cached[2], low, tail - 1)), _as_chunk(new)],
                                   cached[2].has_staleness and new.has_staleness)
                 read, high = new, end_ms
             elif cached is None or start_ms >= cached[1]:  # nothing read yet that is still needed
-                low, high = start_ms - self.margin_ms, end_ms
-                raw = read = self.reader.read(matchers, low, high)
+                low, high = start_ms - margin, end_ms
+                raw = read = self._reader_read(matchers, low, high)
             else:  # an earlier start: read the union again
-                low, high = min(start_ms, cached[0]) - self.margin_ms, max(end_ms, cached[1])
-                raw = read = self.reader.read(matchers, low, high)
-            self._cache[key] = (low, high, raw)
+                low, high = min(start_ms, cached[0]) - margin, max(end_ms, cached[1])
+                raw = read = self._reader_read(matchers, low, high)
             with self._lock:
+                self._cache[key] = (low, high, raw)
                 self.samples_read += len(read.values)
                 self.bytes_read += read.nbytes
             return raw
+
+    def _reader_read(self, matchers: tuple[Matcher, ...], start_ms: int, end_ms: int) -> RawSamples:
+        with self._reads:
+            began = time.perf_counter()
+            try:
+                return self.reader.read(matchers, start_ms, end_ms)
+            finally:
+                with self._lock:
+                    self.read_seconds += time.perf_counter() - began
+
+    def _filtered(self, matchers: tuple[Matcher, ...], planned: PlannedRead) -> RawSamples:
+        with self._lock:
+            lock = self._locks.setdefault(matchers, threading.Lock())
+        with lock:
+            cached = self._cache.get(matchers)
+            if cached is not None and cached[0] <= planned.start_ms and cached[1] >= planned.end_ms:
+                return cached[2]
+            parent = self._plan[planned.parent]
+            whole = self._fetch(planned.parent, parent.start_ms, parent.end_ms)
+            raw = series_slice(whole, matching_series(whole.metrics, planned.extra))
+            with self._lock:
+                self._cache[matchers] = (parent.start_ms, parent.end_ms, raw)
+            return raw
+
+
+def _grid_ms(grid: pd.DatetimeIndex) -> np.ndarray:
+    return (grid.as_unit("ns").asi8 // _MS).astype(np.int64)  # pandas may hold µs or ns
