@@ -96,3 +96,21 @@ def test_a_value_equal_to_the_threshold_does_not_fire():
     just_past[60] = 5.001
     (finding,) = run(pack(above=5), {"signal": frame("q", {"a": just_past})})
     assert (finding.start, finding.end) == (GRID[60], GRID[61])
+
+
+def test_an_alert_kept_firing_into_the_range_is_reported_from_the_warmup():
+    # Active for 10 minutes, ending 8 minutes before the range start: with `for: 5m` it fired before the start, and
+    # `keep_firing_for: 10m` keeps it firing 2 minutes into the range, as Prometheus would at those evaluations.
+    rule_pack = pack(above=5, **{"for": "5m", "keep_firing_for": "10m"})
+    rule = rule_pack.rules[0]
+    range_start = GRID[60]
+    warmup = threshold_semantics.warmup(rule)
+    assert warmup == pd.Timedelta("15m")
+    values = np.ones(120)
+    values[42:52] = 9.0  # rows 42..51 active; the condition first fails at row 52, 8 steps before the start
+    fetched = GRID >= range_start - warmup
+    findings = threshold.evaluate(rule, rule_pack, {"signal": instance_frame(GRID[fetched], {"a": values[fetched]}, "q")},
+                                  RangeWindow(range_start, GRID[-1], STEP))
+    # Firing through row 61; it started before the range (the warm-up sees it ignite, not its whole run-up).
+    (finding,) = findings
+    assert finding.start < range_start and finding.end == GRID[62]

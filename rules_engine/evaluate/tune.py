@@ -79,7 +79,8 @@ def run_tune(ruleset: RuleSet, source: Source, name: str, start: pd.Timestamp, e
     pack, rule = _threshold_rule(ruleset, name)
     start, end = align(start, end, step)
     fors = sorted(set(fors or [rule.for_]))
-    fetch_start = (start - (rule.window or pd.Timedelta(0)) - max(fors)).floor(step)
+    # The warm-up of a backtest of the rule with the longest `for` swept: the same history, so the same episodes.
+    fetch_start = (start - kinds[rule.type].warmup(rule.model_copy(update={"for_": max(fors)}))).floor(step)
     frames, filtered = _fetch(ruleset, source, pack, rule, fetch_start, end, step, kinds)
     window = RangeWindow(start=start, end=end, step=step)
     values = compared_values(rule, pack, frames, window)

@@ -37,7 +37,8 @@ def queries(rule: RegressionRule, pack: RulePack, pushdown_step: pd.Timedelta | 
 
 
 def warmup(rule: RegressionRule) -> pd.Timedelta:
-    """History before the range start: the baseline's reach behind the current window, plus `for` and one interval.
+    """History before the range start: the baseline's reach behind the current window, plus `for`,
+    `keep_firing_for` (an alert that fired before the start and is kept firing into it) and one interval.
 
     An explicit-time baseline (`at:`) cannot be expressed relative to the range start: see earliest_sample().
     """
@@ -46,7 +47,7 @@ def warmup(rule: RegressionRule) -> pd.Timedelta:
         reach = max(rule.window, rule.baseline.offset + rule.baseline_window)  # type: ignore[operator]
     elif rule.baseline.kind == "preceding":
         reach = rule.window + rule.baseline_window
-    return reach + rule.for_ + rule.every
+    return reach + rule.for_ + rule.keep_firing_for + rule.every
 
 
 def earliest_sample(rule: RegressionRule) -> pd.Timestamp | None:

@@ -39,8 +39,9 @@ def queries(rule: ThresholdRule, pack: RulePack, pushdown_step: pd.Timedelta | N
 
 
 def warmup(rule: ThresholdRule) -> pd.Timedelta:
-    """History needed before the range start so the first evaluations see full windows and `for` durations."""
-    return (rule.window or pd.Timedelta(0)) + rule.for_
+    """History needed before the range start so the first evaluations see full windows and `for` durations, and an
+    alert that fired before the start and is kept firing into it by `keep_firing_for`."""
+    return (rule.window or pd.Timedelta(0)) + rule.for_ + rule.keep_firing_for
 
 
 def alert_condition(rule: ThresholdRule, pack: RulePack, interval: pd.Timedelta) -> AlertCondition:

@@ -26,7 +26,8 @@ def queries(rule: TrendRule, pack: RulePack, pushdown_step: pd.Timedelta | None 
 
 
 def warmup(rule: TrendRule) -> pd.Timedelta:
-    return rule.window + rule.for_
+    """Full fit windows and `for` at the first evaluations, and an alert kept firing into the range."""
+    return rule.window + rule.for_ + rule.keep_firing_for
 
 
 def lead_fractions(rule: TrendRule) -> dict[str, float]:
