@@ -132,6 +132,10 @@ def test_config_file_errors_name_line_and_field(tmp_path):
     path.write_text("prometheus: http://p:9090\nalertmanager: [http://a:9093, http://b:9093]\ninterval: 15s\n")
     config = load_config(str(path))
     assert config.alertmanager == ["http://a:9093", "http://b:9093"] and config.interval == "15s"
+    path.write_text("prometheus: http://p:9090\ninterval: 15s\ninterval: 1h\n")  # which one was meant?
+    with pytest.raises(MonitorConfigError) as error:
+        load_config(str(path))
+    assert f"{path}:3:" in str(error.value) and "interval" in str(error.value)
 
 
 def run_cli(*args: str, cwd=None) -> subprocess.CompletedProcess:

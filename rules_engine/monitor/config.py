@@ -5,14 +5,11 @@ Keys are the long option names with `_` for `-` (`prometheus`, `alertmanager` as
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Optional
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from rules_engine.spec.bounded_yaml import compose_documents
-from rules_engine.spec.loader import _index_lines, _validation_problems
+from rules_engine.spec.loader import SpecError, _validation_problems, read_mapping
 from rules_engine.spec.models import parse_duration
 
 
@@ -56,25 +53,14 @@ class MonitorConfig(BaseModel):
 
 
 def load_config(path: str) -> MonitorConfig:
+    """The settings of `path`, read like rule files are (bounded YAML, duplicate keys refused), every problem with
+    its file:line."""
     try:
-        text = Path(path).read_text()
-    except (OSError, UnicodeDecodeError) as error:
-        raise MonitorConfigError(f"{path}: cannot read: {error}") from None
+        document, lines = read_mapping(path)
+    except SpecError as error:
+        raise MonitorConfigError(str(error)) from None
     try:
-        documents = compose_documents(text)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        raise MonitorConfigError(f"{path}:{mark.line + 1 if mark else 1}: invalid YAML: "
-                                 f"{getattr(error, 'problem', error)}") from None
-    if len(documents) != 1 or not isinstance(documents[0][1], dict):
-        raise MonitorConfigError(f"{path}: expected one YAML mapping of settings")
-    node, document = documents[0]
-    lines: dict[tuple, int] = {}
-    problems = _index_lines(node, (), lines, path)
-    try:
-        config = MonitorConfig.model_validate(document)
+        return MonitorConfig.model_validate(document)
     except ValidationError as error:
-        problems += _validation_problems(error, lines, path)
-    if problems:
-        raise MonitorConfigError("\n".join(str(problem) for problem in problems))
-    return config
+        raise MonitorConfigError("\n".join(str(problem) for problem in _validation_problems(error, lines, path))
+                                 ) from None
