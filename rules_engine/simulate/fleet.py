@@ -175,6 +175,12 @@ class InstanceSeries:
     increments: dict[str, np.ndarray] = field(default_factory=dict)  # counter series key -> int64 per step
     histograms: dict[str, Histogram] = field(default_factory=dict)  # catalog name (current) -> Histogram
 
+    @property
+    def finished_requests(self) -> np.ndarray:
+        """Requests that reached the engine and finished per step, whatever the reason (stop, length, abort, error)."""
+        inc = self.increments
+        return inc["success_stop"] + inc["success_length"] + inc["success_abort"] + inc["success_error"]
+
 
 def _ar1(rng: np.random.Generator, n: int, phi: float, sd: float) -> np.ndarray:
     """Stationary AR(1) noise: slow wander rather than white noise, like real traffic."""

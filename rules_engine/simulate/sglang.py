@@ -100,7 +100,7 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
     rng = np.random.default_rng([spec.seed, instance.index + 1, 202])
     n, dt = base.times.size, float(spec.step)
     inc = base.increments
-    requests = inc["success_stop"] + inc["success_length"] + inc["success_abort"] + inc["success_error"]
+    requests = base.finished_requests
     # SGLang counts an internal error as an abort; client aborts on top of the base share.
     share = np.where(np.isnan(mods.abort_share), BASE_ABORT_SHARE, mods.abort_share)
     aborted = inc["success_error"] + rng.binomial(requests - inc["success_error"], np.clip(share, 0.0, 1.0))

@@ -100,7 +100,7 @@ def derive(spec: FleetSpec, base: InstanceSeries, mods: Modifiers) -> ServerSeri
     n, dt = base.times.size, float(spec.step)
     inc = base.increments
     # Reached the model; a client that aborts mid-generation is not a failure to the router.
-    requests = inc["success_stop"] + inc["success_length"] + inc["success_abort"] + inc["success_error"]
+    requests = base.finished_requests
     served_rate = np.maximum(requests / dt, 0.05)
 
     # The router admits at most max_concurrent_requests in flight: the queue is capped, the rest is refused.
