@@ -874,11 +874,13 @@ class LocalSource:
                 raise SourceError(f"reader must be one of {', '.join(READERS)}, got {reader!r}")
             if self.client is None and reader != "query":
                 raise SourceError(f"reader {reader!r} reads from a Prometheus-compatible server; {source!r} is not one")
+            served = None  # auto: the reader that probed remote read, its response type negotiated
             if reader == "auto":
-                reader = "remote-read" if probe_remote_read(self.client) else "query"
+                served = probe_remote_read(self.client)
+                reader = "remote-read" if served else "query"
             self.reader_name = reader
-            reader = {"remote-read": RemoteReader, "range-vector": RangeVectorReader}.get(reader)
-            self.reader = reader(self.client) if reader else None
+            make = {"remote-read": RemoteReader, "range-vector": RangeVectorReader}.get(reader)
+            self.reader = served or (make(self.client) if make else None)
         else:
             self.reader, self.reader_name = reader, reader.name
         # Live reads take some extra history once, so queries with longer look-behinds reuse them; a recording

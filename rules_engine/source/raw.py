@@ -515,10 +515,12 @@ class RangeVectorReader(_PieceReader):
                            chunk.timestamps_ms[keep], chunk.values[keep], chunk.warnings)
 
 
-def probe_remote_read(client: PrometheusClient) -> bool:
-    """Whether the server answers remote read: an empty read of a selector that matches nothing."""
+def probe_remote_read(client: PrometheusClient) -> RemoteReader | None:
+    """A reader of the server's remote read, its response type already negotiated (an empty read of a selector that
+    matches nothing), or None where the server does not answer remote read."""
+    reader = RemoteReader(client)
     try:
-        RemoteReader(client).negotiated()
+        reader.negotiated()
     except SourceError:
-        return False
-    return True
+        return None
+    return reader
